@@ -1,0 +1,11 @@
+//! smtps: embeddable SMTPS listeners for mail servers.
+//!
+//! This facade re-exports the workspace crates so a Rust embedder depends on one package:
+//!
+//! - [`proto`]: the sans-IO SMTP server session (RFC 5321 and its extensions).
+//! - [`tls`]: the sans-IO TLS transport over rustls, with the STARTTLS upgrade (RFC 3207)
+//!   and implicit TLS (RFC 8314).
+#![forbid(unsafe_code)]
+
+pub use smtps_proto as proto;
+pub use smtps_tls as tls;
