@@ -291,8 +291,8 @@ pub(crate) fn parse_helo_name(s: &str) -> Result<HeloName<'_>, AddressError> {
 
 /// Parses a reverse path at the start of `s`, which begins with `<`.
 pub(crate) fn parse_reverse_path(s: &str) -> Result<(ReversePath<'_>, &str), AddressError> {
-    if let Some(rest) = s.strip_prefix("<>") {
-        return Ok((ReversePath::Null, rest));
+    if let [b'<', b'>', ..] = s.as_bytes() {
+        return Ok((ReversePath::Null, s.get(2..).unwrap_or_default()));
     }
     let (mailbox, rest) = parse_path(s)?;
     Ok((ReversePath::Mailbox(mailbox), rest))
@@ -301,7 +301,8 @@ pub(crate) fn parse_reverse_path(s: &str) -> Result<(ReversePath<'_>, &str), Add
 /// Parses a forward path at the start of `s`, which begins with `<`.
 pub(crate) fn parse_forward_path(s: &str) -> Result<(ForwardPath<'_>, &str), AddressError> {
     const POSTMASTER: &str = "<postmaster>";
-    if let Some((head, rest)) = s.split_at_checked(POSTMASTER.len())
+    if let [b'<', b'P' | b'p', ..] = s.as_bytes()
+        && let Some((head, rest)) = s.split_at_checked(POSTMASTER.len())
         && head.eq_ignore_ascii_case(POSTMASTER)
     {
         return Ok((ForwardPath::Postmaster, rest));

@@ -295,10 +295,16 @@ impl<'a> Iterator for Parameters<'a> {
         if rest.is_empty() {
             return None;
         }
-        let (param, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        // Byte loops rather than `split_once`: tokens are short, and this is the hot path of MAIL.
+        // Both bytes searched for are ASCII, so the splits fall on character boundaries.
+        let space = rest.bytes().position(|b| b == b' ').unwrap_or(rest.len());
+        let (param, rest) = rest.split_at_checked(space).unwrap_or((rest, ""));
         self.rest = rest;
-        let (keyword, value) = match param.split_once('=') {
-            Some((keyword, value)) => (keyword, Some(value)),
+        let (keyword, value) = match param.bytes().position(|b| b == b'=') {
+            Some(eq) => match (param.get(..eq), param.get(eq + 1..)) {
+                (Some(keyword), Some(value)) => (keyword, Some(value)),
+                _ => (param, None),
+            },
             None => (param, None),
         };
         // esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
