@@ -1383,11 +1383,15 @@ impl ServerSession {
         reply.write_to(&mut self.output, false);
     }
 
-    /// A reply to a client mistake; too many of them close the session.
+    /// A reply to a client's command that was refused. Permanent refusals are client mistakes
+    /// and too many of them close the session; transient ones (such as `452` for recipients
+    /// over the limit, RFC 5321 §4.5.3.1.10) are flow control and are not counted.
     fn protocol_error(&mut self, reply: &Reply) {
         self.reply(reply);
-        self.errors += 1;
-        self.check_error_limit();
+        if reply.code().class() == 5 {
+            self.errors += 1;
+            self.check_error_limit();
+        }
     }
 
     fn check_error_limit(&mut self) {
