@@ -127,7 +127,7 @@ fn every_ecdsa_and_tls13_suite_negotiates_when_configured_alone() {
 fn rsa_suites_negotiate_with_an_rsa_certificate() {
     let pki = Pki::new();
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
-    let leaf = pki.issue_with_key(&["mx.example.org"], None, key);
+    let leaf = pki.issue_with_key(&["mx.example.org"], None, &key);
     for suite in TlsSettings::available_cipher_suites()
         .into_iter()
         .filter(|s| s.contains("_RSA_"))

@@ -54,14 +54,14 @@ impl Pki {
     /// An ECDSA P-256 leaf for `names`, CN = first name, valid until `not_after` (y, m, d).
     pub fn issue(&self, names: &[&str], not_after: Option<(i32, u8, u8)>) -> Leaf {
         let key = KeyPair::generate().unwrap();
-        self.issue_with_key(names, not_after, key)
+        self.issue_with_key(names, not_after, &key)
     }
 
     pub fn issue_with_key(
         &self,
         names: &[&str],
         not_after: Option<(i32, u8, u8)>,
-        key: KeyPair,
+        key: &KeyPair,
     ) -> Leaf {
         let mut params =
             CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
@@ -76,7 +76,7 @@ impl Pki {
         if let Some((y, m, d)) = not_after {
             params.not_after = rcgen::date_time_ymd(y, m, d);
         }
-        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let cert = params.signed_by(key, &self.ca).unwrap();
         Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
