@@ -92,7 +92,7 @@ mod session;
 pub use address::{
     AddressLiteral, Domain, ForwardPath, HeloName, LocalPart, MailDomain, Mailbox, ReversePath,
 };
-pub use command::{Command, CommandError, parse_command};
+pub use command::{Command, CommandError, Verb, parse_command};
 pub use config::{
     AuthMechanisms, Extensions, Limits, LineEndingPolicy, Policy, SessionConfig, VrfyPolicy,
 };

@@ -350,6 +350,31 @@ impl ServerSession {
         self.shut(AbortReason::Closed, Some(reply));
     }
 
+    /// The host cannot take the message in progress (its spool failed, say). The rest of the
+    /// body is still read to its end, so that none of it is taken for commands, and then
+    /// answered with `reply` (for a full disk, `452 4.3.1`, RFC 3463). No
+    /// [`Event::MessageEnd`] follows; an [`Event::MessageAborted`] does not either, since the
+    /// host made the call. Does nothing outside a message body.
+    pub fn refuse_message(&mut self, reply: Reply) {
+        if !self.in_body() {
+            return;
+        }
+        if let Mode::Bdat { refusal, .. } = &mut self.mode {
+            // The chunk is read to its end and refused; the transaction ends with it.
+            if refusal.is_none() {
+                *refusal = Some(reply);
+                self.txn = None;
+            }
+        } else if let Some(txn) = &mut self.txn
+            && txn.refusal.is_none()
+        {
+            txn.refusal = Some(reply);
+        }
+        // Body chunks already decoded but not yet handed over are dropped with the message.
+        self.ready
+            .retain(|ready| !matches!(ready, Ready::BodyFromScratch(_) | Ready::BodyFromInput(_)));
+    }
+
     /// The transport has completed the TLS handshake after [`Event::StartTls`]. The session
     /// starts afresh (RFC 3207 §4.2): the client must send EHLO again.
     ///
@@ -451,6 +476,14 @@ impl ServerSession {
     #[must_use]
     pub fn in_body(&self) -> bool {
         matches!(self.mode, Mode::Data(_) | Mode::Bdat { .. })
+    }
+
+    /// Whether a mail transaction is under way (after an accepted MAIL, until the message is
+    /// answered or the transaction reset) or a decision is outstanding: the session is not
+    /// idle, and a graceful shutdown should let it finish.
+    #[must_use]
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some() || self.pending.is_some() || self.in_body()
     }
 
     /// Whether an event awaits the host's decision.

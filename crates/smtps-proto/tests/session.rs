@@ -540,3 +540,41 @@ fn reply_codes_follow_rfc5321_ranges() {
     assert_eq!(ReplyCode::new(250), Some(ReplyCode::OK));
     assert!(ReplyCode::new(610).is_none());
 }
+
+#[test]
+fn host_refusing_mid_body_gets_its_reply_after_the_real_end() {
+    let mut peer = Peer::ready(config());
+    peer.send(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\nfirst part\r\n");
+    let full = Reply::from_parts(452, Some("4.3.1"), "Insufficient system storage").expect("reply");
+    peer.session.refuse_message(full);
+    let out = peer.send(b"MAIL FROM:<smuggled@x.org>\r\nrest\r\n.\r\nNOOP\r\n");
+    assert_eq!(
+        out,
+        "452 4.3.1 Insufficient system storage\r\n250 2.0.0 OK\r\n"
+    );
+    let decisions: Vec<_> = peer
+        .seen
+        .iter()
+        .filter(|s| matches!(s, Seen::Decision(..)))
+        .collect();
+    assert_eq!(
+        decisions.len(),
+        5,
+        "helo, mail, rcpt, data — and no end, no smuggled mail: {decisions:?}"
+    );
+    assert_eq!(peer.body(), b"first part\r\n");
+    assert!(!peer.session.in_transaction());
+}
+
+#[test]
+fn host_refusing_mid_bdat_chunk_consumes_it() {
+    let mut peer = Peer::ready(config());
+    peer.send(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nBDAT 15 LAST\r\nabc");
+    let full = Reply::from_parts(452, Some("4.3.1"), "Insufficient system storage").expect("reply");
+    peer.session.refuse_message(full);
+    let out = peer.send(b"NOOP\r\nNOOP\r\nNOOP\r\n");
+    assert_eq!(
+        out,
+        "452 4.3.1 Insufficient system storage\r\n250 2.0.0 OK\r\n"
+    );
+}
