@@ -95,3 +95,18 @@ pub use transport::{PLAINTEXT_BUFFER_LIMIT, StartTls, Transport};
 
 /// The rustls version this crate is built on, re-exported so hosts name the same types.
 pub use rustls;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_cross_threads() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send::<Transport>();
+        send_sync::<TlsAcceptor>();
+        send_sync::<TicketKeys>();
+        send_sync::<Error>();
+    }
+}

@@ -71,6 +71,8 @@ struct Tls {
     conn: ServerConnection,
     failure: Option<TlsError>,
     first_byte: Option<u8>,
+    /// Decrypted bytes not yet read (from rustls' `IoState`, minus what was read since).
+    plaintext_pending: usize,
     peer_closed: bool,
     closed: bool,
 }
@@ -136,7 +138,11 @@ impl Transport {
             }
             // WouldBlock (nothing yet), UnexpectedEof (closed) and Ok(0) (close_notify) all
             // mean "nothing to read"; `peer_closed` tells them apart.
-            State::Tls(t) => t.conn.reader().read(buf).unwrap_or(0),
+            State::Tls(t) => {
+                let n = t.conn.reader().read(buf).unwrap_or(0);
+                t.plaintext_pending = t.plaintext_pending.saturating_sub(n);
+                n
+            }
         }
     }
 
@@ -157,7 +163,9 @@ impl Transport {
             State::Plain(p) => p.consume(n.min(p.incoming.len() - p.in_pos)),
             State::Tls(t) => {
                 let available = t.conn.reader().into_first_chunk().map_or(0, <[u8]>::len);
-                t.conn.reader().consume(n.min(available));
+                let n = n.min(available);
+                t.conn.reader().consume(n);
+                t.plaintext_pending = t.plaintext_pending.saturating_sub(n);
             }
         }
     }
@@ -328,7 +336,7 @@ impl Transport {
     pub fn peer_closed(&self) -> bool {
         match &self.state {
             State::Plain(p) => p.eof && p.in_pos == p.incoming.len(),
-            State::Tls(t) => t.peer_closed,
+            State::Tls(t) => t.peer_closed && t.plaintext_pending == 0,
         }
     }
 
@@ -408,6 +416,7 @@ impl Tls {
             conn,
             failure: None,
             first_byte: None,
+            plaintext_pending: 0,
             peer_closed: false,
             closed: false,
         })
@@ -445,7 +454,10 @@ impl Tls {
                 }
             }
             match self.conn.process_new_packets() {
-                Ok(io_state) => self.peer_closed = io_state.peer_has_closed(),
+                Ok(io_state) => {
+                    self.plaintext_pending = io_state.plaintext_bytes_to_read();
+                    self.peer_closed = io_state.peer_has_closed();
+                }
                 Err(error) => return Err(self.fail(error)),
             }
         }

@@ -420,3 +420,23 @@ fn tls_eof_without_close_notify_marks_peer_closed() {
     assert!(pair.server.peer_closed());
     assert!(!pair.server.wants_read());
 }
+
+#[test]
+fn peer_closed_waits_until_plaintext_sent_before_close_notify_is_read() {
+    let pki = Pki::new();
+    let acc = acceptor(&pki, TlsSettings::new());
+    let mut pair = connect(&acc, &pki.client_config(tls13()), "mx.example.org");
+    pair.drive().unwrap();
+    pair.client.writer().write_all(b"QUIT\r\n").unwrap();
+    pair.client.send_close_notify();
+    let mut wire = Vec::new();
+    while pair.client.wants_write() {
+        pair.client.write_tls(&mut wire).unwrap();
+    }
+    assert_eq!(pair.server.handle_received(&wire).unwrap(), wire.len());
+    assert!(!pair.server.peer_closed(), "QUIT is still unread");
+    let mut buf = [0u8; 16];
+    assert_eq!(pair.server.read_plaintext(&mut buf), 6);
+    assert_eq!(&buf[..6], b"QUIT\r\n");
+    assert!(pair.server.peer_closed());
+}
