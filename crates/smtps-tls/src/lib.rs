@@ -1,7 +1,9 @@
 //! TLS for SMTP servers, sans-IO: implicit TLS (RFC 8314) and `STARTTLS` (RFC 3207) on rustls.
 //!
-//! This crate does no I/O, starts no thread and reads no clock. It is the only crate of `smtps`
-//! whose API names rustls types.
+//! This crate does no I/O, starts no thread and reads no clock itself. (rustls does read the
+//! system clock, through its default `TimeProvider`, to age session tickets and to check the
+//! validity period of client certificates.) It is the only crate of `smtps` whose API names
+//! rustls types.
 //!
 //! # The contract
 //!

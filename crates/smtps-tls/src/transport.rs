@@ -174,6 +174,9 @@ impl Transport {
     /// which may be fewer than given when output is backed up: send with
     /// [`poll_transmit`](Self::poll_transmit) and write the rest.
     ///
+    /// Under TLS, plaintext written during the handshake (the implicit-TLS `220` greeting,
+    /// RFC 8314 §3.3) is held by rustls and sent encrypted once the handshake completes.
+    ///
     /// Fails after [`close`](Self::close) and after a TLS failure.
     pub fn write_plaintext(&mut self, data: &[u8]) -> Result<usize, Error> {
         match &mut self.state {

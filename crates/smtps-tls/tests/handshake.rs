@@ -440,3 +440,20 @@ fn peer_closed_waits_until_plaintext_sent_before_close_notify_is_read() {
     assert_eq!(&buf[..6], b"QUIT\r\n");
     assert!(pair.server.peer_closed());
 }
+
+#[test]
+fn rfc8314_greeting_written_during_the_handshake_is_sent_encrypted_after_it() {
+    let pki = Pki::new();
+    let acc = acceptor(&pki, TlsSettings::new());
+    let mut pair = connect(&acc, &pki.client_config(tls13()), "mx.example.org");
+    // The event loop writes the banner as soon as it accepts the connection.
+    let banner = b"220 mx.example.org ESMTP\r\n";
+    assert_eq!(pair.server.write_plaintext(banner).unwrap(), banner.len());
+    pair.drive().unwrap();
+    assert_eq!(pair.client_received, banner);
+    let sent = String::from_utf8_lossy(&pair.server_sent);
+    assert!(
+        !sent.contains("ESMTP"),
+        "the banner never went out in clear"
+    );
+}
