@@ -1,0 +1,3 @@
+//! `smtpsd`: the standalone SMTPS daemon (the command line comes next).
+
+fn main() {}
