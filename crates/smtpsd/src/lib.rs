@@ -3,12 +3,14 @@
 //! Each module is independent of the event loop and tested on its own:
 //!
 //! - [`maildir`]: durable Maildir delivery (`tmp/` → fsync → `new/` → fsync), and a sink.
+//! - [`received`]: the `Received:` trace header (RFC 5321 §4.4, RFC 3848).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod maildir;
+pub mod received;
 
 /// The system's host name, as the kernel knows it (`/proc/sys/kernel/hostname`), or `None`
 /// when it cannot be read or is empty.
