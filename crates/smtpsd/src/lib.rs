@@ -4,6 +4,7 @@
 //!
 //! - [`maildir`]: durable Maildir delivery (`tmp/` → fsync → `new/` → fsync), and a sink.
 //! - [`received`]: the `Received:` trace header (RFC 5321 §4.4, RFC 3848).
+//! - [`users`]: the AUTH user file with argon2 password hashes.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -11,6 +12,7 @@
 
 pub mod maildir;
 pub mod received;
+pub mod users;
 
 /// The system's host name, as the kernel knows it (`/proc/sys/kernel/hostname`), or `None`
 /// when it cannot be read or is empty.
