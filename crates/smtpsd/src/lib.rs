@@ -6,11 +6,13 @@
 //! - [`received`]: the `Received:` trace header (RFC 5321 §4.4, RFC 3848).
 //! - [`users`]: the AUTH user file with argon2 password hashes.
 //! - [`devcert`]: the self-signed certificate of `--dev` mode.
+//! - [`config`]: the command line.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod config;
 pub mod devcert;
 pub mod maildir;
 pub mod received;

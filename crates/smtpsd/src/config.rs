@@ -1,0 +1,996 @@
+//! The command line: `smtpsd [OPTIONS]`, `smtpsd hash-password`, `--help`, `--version`.
+//!
+//! [`parse`] turns the arguments (without the program name) into a [`Command`]. The result is
+//! plain data: listener modes are named ([`ListenerModeName`]), limits and timeouts left unset
+//! are `None`, so the daemon applies the server's defaults. Every error names the flag and the
+//! value at fault. Values follow their flag (`--workers 4`) or are joined to it (`--workers=4`).
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The text `--help` prints.
+pub const HELP: &str = "\
+smtpsd: an SMTP server for implicit TLS (RFC 8314) and STARTTLS (RFC 3207) that delivers
+into a Maildir.
+
+USAGE:
+    smtpsd --dev                         try it out: TLS on 127.0.0.1:2465 and :2587,
+                                         self-signed certificate, mail into ./maildir
+    smtpsd --listen ADDR:PORT=MODE... --cert CHAIN.pem --key KEY.pem --maildir PATH [OPTIONS]
+    smtpsd hash-password                 read a password on standard input, print its
+                                         argon2id hash for a --users file
+
+LISTENERS AND CERTIFICATES:
+    --listen ADDR:PORT=MODE     listen on ADDR:PORT (e.g. 0.0.0.0:465, [::]:587); MODE is
+                                implicit-tls, starttls, starttls-required or plain; repeatable
+    --cert CHAIN.pem --key KEY.pem
+                                a certificate chain and its private key (PEM); repeatable:
+                                the first pair is the default, later ones are chosen by SNI
+    --dev                       development defaults (self-signed certificate for localhost,
+                                implicit TLS on 127.0.0.1:2465, STARTTLS required on
+                                127.0.0.1:2587, --maildir ./maildir, --hostname localhost)
+
+DELIVERY AND AUTH:
+    --maildir PATH              deliver into this Maildir (created if missing)
+    --sink                      accept and discard every message (for benchmarks)
+    --users FILE                AUTH PLAIN/LOGIN users, one `name:$argon2id$...` a line
+    --hostname NAME             our name in the greeting and Received: headers
+                                (default: the system's host name)
+
+LIMITS AND TIMEOUTS (defaults: the server's):
+    --workers N                 worker threads (default: one per core)
+    --max-message-size BYTES    largest message accepted (suffixes K, M, G: powers of 1024)
+    --max-recipients N          recipients per message
+    --max-connections N         connections in total
+    --max-connections-per-ip N  connections from one client address
+    --timeout-command SECS      waiting for a command (RFC 5321 §4.5.3.2: 300)
+    --timeout-data SECS         waiting for the next block of DATA
+    --timeout-handshake SECS    for the TLS handshake
+    --timeout-session SECS      for a whole session
+
+OTHER:
+    --log-level LEVEL           off, error, warn, info (default), debug or trace
+    --help                      print this help
+    --version                   print the version
+";
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Run the server with these options.
+    Run(Box<Options>),
+    /// Read a password on standard input and print its hash (`smtpsd hash-password`).
+    HashPassword,
+    /// Print [`HELP`].
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// The options of a server run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Options {
+    /// `--dev`: generate a self-signed certificate if no `--cert` was given.
+    pub dev: bool,
+    /// The listeners, in command-line order (never empty).
+    pub listeners: Vec<Listener>,
+    /// Certificate chains and keys; the first is the default, the others are for SNI. Empty
+    /// only with `--dev` (a certificate is generated) or when every listener is `plain`.
+    pub certificates: Vec<CertificateFiles>,
+    /// `--workers`.
+    pub workers: Option<NonZeroUsize>,
+    /// Where messages go.
+    pub spool: SpoolOption,
+    /// `--users`: the AUTH user file.
+    pub users: Option<PathBuf>,
+    /// Our host name (`--hostname`, `localhost` with `--dev`, else the system's).
+    pub hostname: String,
+    /// Size and count limits.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// `--log-level` (default `info`).
+    pub log_level: log::LevelFilter,
+}
+
+/// One `--listen ADDR:PORT=MODE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Listener {
+    /// The address and port to bind.
+    pub addr: SocketAddr,
+    /// How TLS is used on it.
+    pub mode: ListenerModeName,
+}
+
+/// A listener's TLS mode as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListenerModeName {
+    /// `implicit-tls`: TLS from the first byte (RFC 8314, port 465).
+    ImplicitTls,
+    /// `starttls`: plaintext, STARTTLS offered (RFC 3207, port 25).
+    StartTls,
+    /// `starttls-required`: STARTTLS offered and required before MAIL (port 587).
+    StartTlsRequired,
+    /// `plain`: no TLS at all.
+    Plain,
+}
+
+impl ListenerModeName {
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ImplicitTls => "implicit-tls",
+            Self::StartTls => "starttls",
+            Self::StartTlsRequired => "starttls-required",
+            Self::Plain => "plain",
+        }
+    }
+
+    /// Whether the mode needs a certificate.
+    pub fn uses_tls(self) -> bool {
+        !matches!(self, Self::Plain)
+    }
+}
+
+impl FromStr for ListenerModeName {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "implicit-tls" => Ok(Self::ImplicitTls),
+            "starttls" => Ok(Self::StartTls),
+            "starttls-required" => Ok(Self::StartTlsRequired),
+            "plain" => Ok(Self::Plain),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for ListenerModeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `--cert CHAIN.pem --key KEY.pem` pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CertificateFiles {
+    /// The certificate chain, leaf first (PEM).
+    pub chain: PathBuf,
+    /// The private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Where accepted messages go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpoolOption {
+    /// `--maildir PATH`.
+    Maildir(PathBuf),
+    /// `--sink`.
+    Sink,
+}
+
+/// Size and count limits; `None` keeps the server's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// `--max-message-size`, in bytes.
+    pub max_message_size: Option<u64>,
+    /// `--max-recipients`.
+    pub max_recipients: Option<NonZeroUsize>,
+    /// `--max-connections`.
+    pub max_connections: Option<NonZeroUsize>,
+    /// `--max-connections-per-ip`.
+    pub max_connections_per_ip: Option<NonZeroUsize>,
+}
+
+/// Timeouts; `None` keeps the server's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// `--timeout-command`: waiting for a command.
+    pub command: Option<Duration>,
+    /// `--timeout-data`: waiting for the next block of DATA.
+    pub data: Option<Duration>,
+    /// `--timeout-handshake`: the TLS handshake.
+    pub handshake: Option<Duration>,
+    /// `--timeout-session`: a whole session.
+    pub session: Option<Duration>,
+}
+
+/// The `--dev` implicit-TLS listener.
+pub const DEV_IMPLICIT_TLS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 2465);
+/// The `--dev` STARTTLS-required listener.
+pub const DEV_STARTTLS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 2587);
+
+/// Parses the command-line arguments that follow the program name.
+pub fn parse<I, S>(args: I) -> Result<Command, ConfigError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let mut args = args.into_iter().map(Into::into).peekable();
+    if args.peek().is_some_and(|a| a == "hash-password") {
+        args.next();
+        return match args.next() {
+            None => Ok(Command::HashPassword),
+            Some(a) if a == "--help" || a == "-h" => Ok(Command::Help),
+            Some(a) => Err(ConfigError::UnexpectedArgument(lossy(&a))),
+        };
+    }
+
+    let mut builder = Builder::default();
+    while let Some(arg) = args.next() {
+        let Some(text) = arg.to_str() else {
+            return Err(ConfigError::UnexpectedArgument(lossy(&arg)));
+        };
+        if text == "-h" {
+            return Ok(Command::Help);
+        }
+        let Some(body) = text.strip_prefix("--") else {
+            return Err(ConfigError::UnexpectedArgument(text.to_owned()));
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((name, value)) => (name, Some(OsString::from(value))),
+            None => (body, None),
+        };
+        let Some(flag) = Flag::find(name) else {
+            return Err(ConfigError::UnknownFlag {
+                flag: format!("--{name}"),
+                suggestion: suggest(name),
+            });
+        };
+        if !flag.takes_value {
+            if inline.is_some() {
+                return Err(ConfigError::UnexpectedValue { flag: flag.name });
+            }
+            match flag.name {
+                "--help" => return Ok(Command::Help),
+                "--version" => return Ok(Command::Version),
+                "--dev" => builder.dev = true,
+                "--sink" => builder.sink = true,
+                _ => {}
+            }
+            continue;
+        }
+        let value = match inline {
+            Some(value) => value,
+            None => args
+                .next()
+                .ok_or(ConfigError::MissingValue { flag: flag.name })?,
+        };
+        builder.take(flag.name, value)?;
+    }
+    builder
+        .finish()
+        .map(|options| Command::Run(Box::new(options)))
+}
+
+/// A command-line mistake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A flag smtpsd does not know.
+    UnknownFlag {
+        /// The flag as given.
+        flag: String,
+        /// A known flag spelled similarly.
+        suggestion: Option<&'static str>,
+    },
+    /// An argument that is not a flag, or not valid text.
+    UnexpectedArgument(String),
+    /// A flag that needs a value came last.
+    MissingValue {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// A flag without a value was given one (`--dev=yes`).
+    UnexpectedValue {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// A value that does not parse.
+    InvalidValue {
+        /// The flag.
+        flag: &'static str,
+        /// The value as given.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// A flag given twice that may appear only once.
+    Repeated {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// Two listeners on one address.
+    DuplicateListener(SocketAddr),
+    /// A `--key` without a `--cert` before it, or a `--cert` without its `--key`.
+    UnpairedCertificate {
+        /// The flag that has no partner.
+        flag: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// Two flags that exclude each other.
+    Conflict {
+        /// The first flag.
+        first: &'static str,
+        /// The second flag.
+        second: &'static str,
+    },
+    /// No `--listen` and no `--dev`.
+    NoListener,
+    /// A TLS listener but no certificate.
+    NoCertificate {
+        /// The first listener that needs one.
+        listener: SocketAddr,
+    },
+    /// Neither `--maildir` nor `--sink` (nor `--dev`).
+    NoSpool,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownFlag { flag, suggestion } => {
+                write!(f, "unknown option {flag}")?;
+                match suggestion {
+                    Some(s) => write!(f, "; did you mean {s}?"),
+                    None => write!(f, "; see smtpsd --help"),
+                }
+            }
+            Self::UnexpectedArgument(arg) => write!(
+                f,
+                "unexpected argument {arg:?}; options start with -- (see smtpsd --help)"
+            ),
+            Self::MissingValue { flag } => write!(f, "{flag} needs a value (see smtpsd --help)"),
+            Self::UnexpectedValue { flag } => write!(f, "{flag} takes no value"),
+            Self::InvalidValue {
+                flag,
+                value,
+                expected,
+            } => write!(f, "invalid value {value:?} for {flag}: expected {expected}"),
+            Self::Repeated { flag } => write!(f, "{flag} may be given only once"),
+            Self::DuplicateListener(addr) => {
+                write!(
+                    f,
+                    "--listen {addr} is given twice; each address may be used once"
+                )
+            }
+            Self::UnpairedCertificate { flag, value } => write!(
+                f,
+                "{flag} {value} has no partner: give certificates as pairs, \
+                 --cert CHAIN.pem --key KEY.pem"
+            ),
+            Self::Conflict { first, second } => {
+                write!(f, "{first} and {second} exclude each other; choose one")
+            }
+            Self::NoListener => write!(
+                f,
+                "no listener: pass --listen ADDR:PORT=MODE (e.g. --listen [::]:465=implicit-tls), \
+                 or --dev to try smtpsd out"
+            ),
+            Self::NoCertificate { listener } => write!(
+                f,
+                "the listener {listener} uses TLS but no certificate was given; \
+                 pass --cert CHAIN.pem --key KEY.pem (or --dev for a self-signed one)"
+            ),
+            Self::NoSpool => write!(
+                f,
+                "no delivery target: pass --maildir PATH, or --sink to discard messages"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One known flag.
+struct Flag {
+    name: &'static str,
+    takes_value: bool,
+}
+
+impl Flag {
+    const ALL: &'static [Flag] = &[
+        Flag::switch("--help"),
+        Flag::switch("--version"),
+        Flag::switch("--dev"),
+        Flag::switch("--sink"),
+        Flag::value("--listen"),
+        Flag::value("--cert"),
+        Flag::value("--key"),
+        Flag::value("--workers"),
+        Flag::value("--maildir"),
+        Flag::value("--users"),
+        Flag::value("--hostname"),
+        Flag::value("--max-message-size"),
+        Flag::value("--max-recipients"),
+        Flag::value("--max-connections"),
+        Flag::value("--max-connections-per-ip"),
+        Flag::value("--timeout-command"),
+        Flag::value("--timeout-data"),
+        Flag::value("--timeout-handshake"),
+        Flag::value("--timeout-session"),
+        Flag::value("--log-level"),
+    ];
+
+    const fn switch(name: &'static str) -> Self {
+        Self {
+            name,
+            takes_value: false,
+        }
+    }
+
+    const fn value(name: &'static str) -> Self {
+        Self {
+            name,
+            takes_value: true,
+        }
+    }
+
+    /// The flag named `name` (without its leading `--`).
+    fn find(name: &str) -> Option<&'static Flag> {
+        Self::ALL.iter().find(|f| &f.name[2..] == name)
+    }
+}
+
+/// Options as they are collected, before defaults and checks.
+#[derive(Default)]
+struct Builder {
+    dev: bool,
+    sink: bool,
+    listeners: Vec<Listener>,
+    certificates: Vec<CertificateFiles>,
+    pending_cert: Option<PathBuf>,
+    workers: Option<NonZeroUsize>,
+    maildir: Option<PathBuf>,
+    users: Option<PathBuf>,
+    hostname: Option<String>,
+    limits: Limits,
+    timeouts: Timeouts,
+    log_level: Option<log::LevelFilter>,
+}
+
+impl Builder {
+    fn take(&mut self, flag: &'static str, value: OsString) -> Result<(), ConfigError> {
+        match flag {
+            "--cert" => {
+                if let Some(chain) = self.pending_cert.take() {
+                    return Err(ConfigError::UnpairedCertificate {
+                        flag: "--cert",
+                        value: chain.display().to_string(),
+                    });
+                }
+                self.pending_cert = Some(PathBuf::from(value));
+            }
+            "--key" => {
+                let Some(chain) = self.pending_cert.take() else {
+                    return Err(ConfigError::UnpairedCertificate {
+                        flag: "--key",
+                        value: lossy(&value),
+                    });
+                };
+                self.certificates.push(CertificateFiles {
+                    chain,
+                    key: PathBuf::from(value),
+                });
+            }
+            "--maildir" => set_once(flag, &mut self.maildir, PathBuf::from(value))?,
+            "--users" => set_once(flag, &mut self.users, PathBuf::from(value))?,
+            _ => self.take_text(flag, text(flag, &value)?)?,
+        }
+        Ok(())
+    }
+
+    fn take_text(&mut self, flag: &'static str, value: &str) -> Result<(), ConfigError> {
+        match flag {
+            "--listen" => {
+                let listener = parse_listener(value)?;
+                if self.listeners.iter().any(|l| l.addr == listener.addr) {
+                    return Err(ConfigError::DuplicateListener(listener.addr));
+                }
+                self.listeners.push(listener);
+            }
+            "--workers" => set_once(flag, &mut self.workers, count(flag, value)?)?,
+            "--hostname" => set_once(flag, &mut self.hostname, parse_hostname(value)?)?,
+            "--max-message-size" => {
+                set_once(flag, &mut self.limits.max_message_size, size(flag, value)?)?;
+            }
+            "--max-recipients" => {
+                set_once(flag, &mut self.limits.max_recipients, count(flag, value)?)?;
+            }
+            "--max-connections" => {
+                set_once(flag, &mut self.limits.max_connections, count(flag, value)?)?;
+            }
+            "--max-connections-per-ip" => set_once(
+                flag,
+                &mut self.limits.max_connections_per_ip,
+                count(flag, value)?,
+            )?,
+            "--timeout-command" => set_once(flag, &mut self.timeouts.command, secs(flag, value)?)?,
+            "--timeout-data" => set_once(flag, &mut self.timeouts.data, secs(flag, value)?)?,
+            "--timeout-handshake" => {
+                set_once(flag, &mut self.timeouts.handshake, secs(flag, value)?)?;
+            }
+            "--timeout-session" => set_once(flag, &mut self.timeouts.session, secs(flag, value)?)?,
+            "--log-level" => {
+                let level = log::LevelFilter::from_str(value)
+                    .map_err(|_| invalid(flag, value, "off, error, warn, info, debug or trace"))?;
+                set_once(flag, &mut self.log_level, level)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Options, ConfigError> {
+        if let Some(chain) = self.pending_cert {
+            return Err(ConfigError::UnpairedCertificate {
+                flag: "--cert",
+                value: chain.display().to_string(),
+            });
+        }
+        let spool = match (self.maildir, self.sink) {
+            (Some(_), true) => {
+                return Err(ConfigError::Conflict {
+                    first: "--maildir",
+                    second: "--sink",
+                });
+            }
+            (Some(path), false) => SpoolOption::Maildir(path),
+            (None, true) => SpoolOption::Sink,
+            (None, false) if self.dev => SpoolOption::Maildir(PathBuf::from("./maildir")),
+            (None, false) => return Err(ConfigError::NoSpool),
+        };
+        let mut listeners = self.listeners;
+        if listeners.is_empty() {
+            if !self.dev {
+                return Err(ConfigError::NoListener);
+            }
+            listeners = vec![
+                Listener {
+                    addr: DEV_IMPLICIT_TLS,
+                    mode: ListenerModeName::ImplicitTls,
+                },
+                Listener {
+                    addr: DEV_STARTTLS,
+                    mode: ListenerModeName::StartTlsRequired,
+                },
+            ];
+        }
+        if !self.dev
+            && self.certificates.is_empty()
+            && let Some(l) = listeners.iter().find(|l| l.mode.uses_tls())
+        {
+            return Err(ConfigError::NoCertificate { listener: l.addr });
+        }
+        let hostname = match (self.hostname, self.dev) {
+            (Some(name), _) => name,
+            (None, true) => "localhost".to_owned(),
+            (None, false) => crate::system_hostname()
+                .and_then(|name| parse_hostname(&name).ok())
+                .unwrap_or_else(|| "localhost".to_owned()),
+        };
+        Ok(Options {
+            dev: self.dev,
+            listeners,
+            certificates: self.certificates,
+            workers: self.workers,
+            spool,
+            users: self.users,
+            hostname,
+            limits: self.limits,
+            timeouts: self.timeouts,
+            log_level: self.log_level.unwrap_or(log::LevelFilter::Info),
+        })
+    }
+}
+
+fn set_once<T>(flag: &'static str, slot: &mut Option<T>, value: T) -> Result<(), ConfigError> {
+    if slot.is_some() {
+        return Err(ConfigError::Repeated { flag });
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn invalid(flag: &'static str, value: &str, expected: &'static str) -> ConfigError {
+    ConfigError::InvalidValue {
+        flag,
+        value: value.to_owned(),
+        expected,
+    }
+}
+
+fn text<'a>(flag: &'static str, value: &'a OsStr) -> Result<&'a str, ConfigError> {
+    value
+        .to_str()
+        .ok_or_else(|| invalid(flag, &lossy(value), "valid UTF-8 text"))
+}
+
+fn lossy(value: &OsStr) -> String {
+    value.to_string_lossy().into_owned()
+}
+
+/// `ADDR:PORT=MODE`, e.g. `0.0.0.0:465=implicit-tls`, `[::]:587=starttls-required`.
+fn parse_listener(value: &str) -> Result<Listener, ConfigError> {
+    const EXPECTED: &str = "ADDR:PORT=MODE, e.g. 0.0.0.0:465=implicit-tls or [::]:587=starttls-required \
+                            (MODE: implicit-tls, starttls, starttls-required, plain)";
+    let Some((addr, mode)) = value.rsplit_once('=') else {
+        return Err(invalid("--listen", value, EXPECTED));
+    };
+    let addr = SocketAddr::from_str(addr).map_err(|_| {
+        invalid(
+            "--listen",
+            value,
+            "an IP address and port before `=`, e.g. 127.0.0.1:465 or [::1]:465 (names are not resolved)",
+        )
+    })?;
+    let mode = ListenerModeName::from_str(mode).map_err(|()| {
+        invalid(
+            "--listen",
+            value,
+            "a mode after `=`: implicit-tls, starttls, starttls-required or plain",
+        )
+    })?;
+    Ok(Listener { addr, mode })
+}
+
+/// A host name for the greeting: letters, digits, `-` and `.`, at most 255 characters, no
+/// empty label.
+fn parse_hostname(value: &str) -> Result<String, ConfigError> {
+    let valid = !value.is_empty()
+        && value.len() <= 255
+        && value.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid(
+            "--hostname",
+            value,
+            "a domain name such as mx.example.org (letters, digits, `-`, `.`)",
+        ))
+    }
+}
+
+fn count(flag: &'static str, value: &str) -> Result<NonZeroUsize, ConfigError> {
+    NonZeroUsize::from_str(value).map_err(|_| invalid(flag, value, "a whole number of at least 1"))
+}
+
+fn secs(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    match u64::from_str(value) {
+        Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+        _ => Err(invalid(
+            flag,
+            value,
+            "a whole number of seconds, at least 1",
+        )),
+    }
+}
+
+/// Bytes, optionally with a K, M or G suffix (powers of 1024).
+fn size(flag: &'static str, value: &str) -> Result<u64, ConfigError> {
+    const EXPECTED: &str = "a number of bytes of at least 1, optionally with K, M or G (e.g. 25M)";
+    let (digits, multiplier) = match value.as_bytes().last() {
+        Some(b'k' | b'K') => (&value[..value.len() - 1], 1 << 10),
+        Some(b'm' | b'M') => (&value[..value.len() - 1], 1 << 20),
+        Some(b'g' | b'G') => (&value[..value.len() - 1], 1 << 30),
+        _ => (value, 1),
+    };
+    u64::from_str(digits)
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| invalid(flag, value, EXPECTED))
+}
+
+/// The known flag closest to `name` (without `--`), if it is a plausible typo.
+fn suggest(name: &str) -> Option<&'static str> {
+    Flag::ALL
+        .iter()
+        .map(|f| (edit_distance(name, &f.name[2..]), f.name))
+        .filter(|&(d, _)| d <= 2)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, n)| n)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Options {
+        match parse(args.iter().copied()) {
+            Ok(Command::Run(options)) => *options,
+            other => panic!("{args:?} gave {other:?}"),
+        }
+    }
+
+    fn error(args: &[&str]) -> ConfigError {
+        parse(args.iter().copied()).unwrap_err()
+    }
+
+    #[test]
+    fn dev_alone_gives_the_documented_defaults() {
+        let o = run(&["--dev"]);
+        assert!(o.dev);
+        assert_eq!(
+            o.listeners,
+            vec![
+                Listener {
+                    addr: "127.0.0.1:2465".parse().unwrap(),
+                    mode: ListenerModeName::ImplicitTls
+                },
+                Listener {
+                    addr: "127.0.0.1:2587".parse().unwrap(),
+                    mode: ListenerModeName::StartTlsRequired
+                },
+            ]
+        );
+        assert!(o.certificates.is_empty());
+        assert_eq!(o.spool, SpoolOption::Maildir(PathBuf::from("./maildir")));
+        assert_eq!(o.hostname, "localhost");
+        assert_eq!(o.log_level, log::LevelFilter::Info);
+        assert_eq!(o.limits, Limits::default());
+        assert_eq!(o.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn a_full_command_line_is_collected_in_order() {
+        let o = run(&[
+            "--listen",
+            "0.0.0.0:465=implicit-tls",
+            "--listen=[::]:587=starttls-required",
+            "--listen",
+            "[::1]:25=starttls",
+            "--listen",
+            "127.0.0.1:2525=plain",
+            "--cert",
+            "/etc/a.pem",
+            "--key",
+            "/etc/a.key",
+            "--cert=/etc/b.pem",
+            "--key=/etc/b.key",
+            "--workers",
+            "4",
+            "--maildir",
+            "/var/mail/x",
+            "--users",
+            "/etc/smtpsd/users",
+            "--hostname",
+            "mx.example.org",
+            "--max-message-size",
+            "25M",
+            "--max-recipients",
+            "100",
+            "--max-connections",
+            "1000",
+            "--max-connections-per-ip",
+            "20",
+            "--timeout-command",
+            "300",
+            "--timeout-data",
+            "180",
+            "--timeout-handshake",
+            "10",
+            "--timeout-session",
+            "3600",
+            "--log-level",
+            "debug",
+        ]);
+        let modes: Vec<_> = o.listeners.iter().map(|l| l.mode).collect();
+        assert_eq!(
+            modes,
+            [
+                ListenerModeName::ImplicitTls,
+                ListenerModeName::StartTlsRequired,
+                ListenerModeName::StartTls,
+                ListenerModeName::Plain
+            ]
+        );
+        assert_eq!(o.listeners[1].addr, "[::]:587".parse().unwrap());
+        assert_eq!(
+            o.certificates,
+            vec![
+                CertificateFiles {
+                    chain: "/etc/a.pem".into(),
+                    key: "/etc/a.key".into()
+                },
+                CertificateFiles {
+                    chain: "/etc/b.pem".into(),
+                    key: "/etc/b.key".into()
+                },
+            ]
+        );
+        assert_eq!(o.workers, NonZeroUsize::new(4));
+        assert_eq!(o.spool, SpoolOption::Maildir("/var/mail/x".into()));
+        assert_eq!(o.users, Some("/etc/smtpsd/users".into()));
+        assert_eq!(o.hostname, "mx.example.org");
+        assert_eq!(o.limits.max_message_size, Some(25 << 20));
+        assert_eq!(o.limits.max_recipients, NonZeroUsize::new(100));
+        assert_eq!(o.limits.max_connections, NonZeroUsize::new(1000));
+        assert_eq!(o.limits.max_connections_per_ip, NonZeroUsize::new(20));
+        assert_eq!(o.timeouts.command, Some(Duration::from_secs(300)));
+        assert_eq!(o.timeouts.data, Some(Duration::from_secs(180)));
+        assert_eq!(o.timeouts.handshake, Some(Duration::from_secs(10)));
+        assert_eq!(o.timeouts.session, Some(Duration::from_secs(3600)));
+        assert_eq!(o.log_level, log::LevelFilter::Debug);
+        assert!(!o.dev);
+    }
+
+    #[test]
+    fn explicit_flags_override_dev_defaults() {
+        let o = run(&[
+            "--dev",
+            "--listen",
+            "127.0.0.1:9465=implicit-tls",
+            "--sink",
+            "--hostname",
+            "dev.example",
+        ]);
+        assert_eq!(o.listeners.len(), 1);
+        assert_eq!(o.spool, SpoolOption::Sink);
+        assert_eq!(o.hostname, "dev.example");
+    }
+
+    #[test]
+    fn help_version_and_hash_password_are_commands() {
+        assert_eq!(parse(["--help"]), Ok(Command::Help));
+        assert_eq!(parse(["-h"]), Ok(Command::Help));
+        assert_eq!(parse(["--dev", "--version"]), Ok(Command::Version));
+        assert_eq!(parse(["hash-password"]), Ok(Command::HashPassword));
+        assert_eq!(parse(["hash-password", "--help"]), Ok(Command::Help));
+        assert_eq!(
+            parse(["hash-password", "secret"]),
+            Err(ConfigError::UnexpectedArgument("secret".into()))
+        );
+    }
+
+    #[test]
+    fn plain_only_listeners_need_no_certificate() {
+        let o = run(&["--listen", "127.0.0.1:2525=plain", "--sink"]);
+        assert!(o.certificates.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_flag_and_value() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--lisen", "x"],
+                "unknown option --lisen; did you mean --listen?",
+            ),
+            (
+                &["--frobnicate"],
+                "unknown option --frobnicate; see smtpsd --help",
+            ),
+            (&["serve"], "unexpected argument \"serve\""),
+            (&["--workers"], "--workers needs a value"),
+            (&["--dev=yes"], "--dev takes no value"),
+            (&["--workers", "0"], "invalid value \"0\" for --workers"),
+            (
+                &["--workers", "many"],
+                "invalid value \"many\" for --workers",
+            ),
+            (
+                &["--listen", "127.0.0.1:465"],
+                "invalid value \"127.0.0.1:465\" for --listen",
+            ),
+            (
+                &["--listen", "localhost:465=plain"],
+                "names are not resolved",
+            ),
+            (&["--listen", "127.0.0.1:465=tls"], "a mode after `=`"),
+            (
+                &["--listen", "127.0.0.1:99999=plain"],
+                "127.0.0.1:99999=plain",
+            ),
+            (
+                &["--max-message-size", "10X"],
+                "invalid value \"10X\" for --max-message-size",
+            ),
+            (&["--max-message-size", "99999999999G"], "99999999999G"),
+            (
+                &["--timeout-data", "0"],
+                "invalid value \"0\" for --timeout-data",
+            ),
+            (
+                &["--log-level", "loud"],
+                "invalid value \"loud\" for --log-level",
+            ),
+            (
+                &["--hostname", "bad name"],
+                "invalid value \"bad name\" for --hostname",
+            ),
+            (&["--hostname", "a..b"], "for --hostname"),
+            (
+                &["--dev", "--workers", "2", "--workers", "3"],
+                "--workers may be given only once",
+            ),
+            (&["--key", "k.pem"], "--key k.pem has no partner"),
+            (
+                &["--cert", "a.pem", "--cert", "b.pem"],
+                "--cert a.pem has no partner",
+            ),
+            (&["--dev", "--cert", "a.pem"], "--cert a.pem has no partner"),
+            (
+                &["--dev", "--maildir", "m", "--sink"],
+                "--maildir and --sink exclude each other",
+            ),
+            (&["--sink"], "no listener"),
+            (
+                &["--listen", "[::]:465=implicit-tls", "--sink"],
+                "the listener [::]:465 uses TLS",
+            ),
+            (&["--listen", "[::]:25=plain"], "no delivery target"),
+            (
+                &["--listen", "[::]:25=plain", "--listen", "[::]:25=starttls"],
+                "--listen [::]:25 is given twice",
+            ),
+        ];
+        for (args, needle) in cases {
+            let message = error(args).to_string();
+            assert!(message.contains(needle), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_paths_are_kept() {
+        use std::os::unix::ffi::OsStringExt;
+        let path = OsString::from_vec(b"/tmp/\xffmail".to_vec());
+        let args = vec![
+            OsString::from("--dev"),
+            OsString::from("--maildir"),
+            path.clone(),
+        ];
+        let Ok(Command::Run(o)) = parse(args) else {
+            panic!("did not parse");
+        };
+        assert_eq!(o.spool, SpoolOption::Maildir(PathBuf::from(path)));
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(size("--x", "1"), Ok(1));
+        assert_eq!(size("--x", "64k"), Ok(64 << 10));
+        assert_eq!(size("--x", "2G"), Ok(2 << 30));
+        assert!(size("--x", "0").is_err());
+        assert!(size("--x", "K").is_err());
+    }
+}
