@@ -100,6 +100,14 @@ pub struct Options {
     pub log_level: log::LevelFilter,
 }
 
+impl Options {
+    /// Whether the daemon must generate the development certificate ([`crate::devcert`]):
+    /// `--dev` without `--cert`, and some listener uses TLS.
+    pub fn needs_dev_certificate(&self) -> bool {
+        self.dev && self.certificates.is_empty() && self.listeners.iter().any(|l| l.mode.uses_tls())
+    }
+}
+
 /// One `--listen ADDR:PORT=MODE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -765,6 +773,7 @@ mod tests {
             ]
         );
         assert!(o.certificates.is_empty());
+        assert!(o.needs_dev_certificate());
         assert_eq!(o.spool, SpoolOption::Maildir(PathBuf::from("./maildir")));
         assert_eq!(o.hostname, "localhost");
         assert_eq!(o.log_level, log::LevelFilter::Info);
@@ -853,6 +862,7 @@ mod tests {
         assert_eq!(o.timeouts.session, Some(Duration::from_secs(3600)));
         assert_eq!(o.log_level, log::LevelFilter::Debug);
         assert!(!o.dev);
+        assert!(!o.needs_dev_certificate());
     }
 
     #[test]
@@ -887,6 +897,8 @@ mod tests {
     fn plain_only_listeners_need_no_certificate() {
         let o = run(&["--listen", "127.0.0.1:2525=plain", "--sink"]);
         assert!(o.certificates.is_empty());
+        let o = run(&["--dev", "--listen", "127.0.0.1:2525=plain"]);
+        assert!(!o.needs_dev_certificate());
     }
 
     #[test]

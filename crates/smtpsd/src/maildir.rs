@@ -728,6 +728,17 @@ mod tests {
     }
 
     #[test]
+    fn spool_is_shared_between_threads_and_deliveries_move_between_them() {
+        fn shared<T: Send + Sync>() {}
+        fn movable<T: Send>() {}
+        shared::<Spool>();
+        shared::<Maildir>();
+        movable::<Delivery>();
+        shared::<QueueId>();
+        shared::<DeliveryError>();
+    }
+
+    #[test]
     fn hostname_slash_and_colon_are_escaped() {
         assert_eq!(sanitize_hostname("a/b:c"), "a\\057b\\072c");
         assert_eq!(sanitize_hostname(""), "localhost");
