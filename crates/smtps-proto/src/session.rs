@@ -199,6 +199,7 @@ pub struct ServerSession {
     txn: Option<Transaction>,
     transactions: u32,
     errors: u32,
+    commands: u64,
     scratch: Vec<u8>,
     sasl: Vec<u8>,
 }
@@ -310,6 +311,7 @@ impl ServerSession {
             txn: None,
             transactions: 0,
             errors: 0,
+            commands: 0,
             scratch: Vec::new(),
             sasl: Vec::new(),
         };
@@ -486,6 +488,12 @@ impl ServerSession {
         self.txn.is_some() || self.pending.is_some() || self.in_body()
     }
 
+    /// Command lines received so far (for a per-session command limit).
+    #[must_use]
+    pub fn commands(&self) -> u64 {
+        self.commands
+    }
+
     /// Whether an event awaits the host's decision.
     #[must_use]
     pub fn awaiting_decision(&self) -> bool {
@@ -618,6 +626,7 @@ impl ServerSession {
     }
 
     fn command(&mut self, line: Range<usize>) {
+        self.commands += 1;
         let command = match parse_command(&self.input[line.clone()]) {
             Ok(command) => command,
             Err(error) => {
@@ -1318,7 +1327,12 @@ impl ServerSession {
     fn refuse(&mut self, kind: PendingKind, reply: &Reply) {
         match kind {
             PendingKind::Connect => {
-                self.write_plain(reply);
+                // A refused greeting carries the host's enhanced status, if it gave one, so
+                // that the client can log why (`554 5.7.1`, `421 4.7.0`), as is common
+                // practice; nothing has been advertised yet to say otherwise.
+                let enhanced = reply.status().is_some()
+                    && self.config.extensions.contains(Extensions::ENHANCED_STATUS_CODES);
+                reply.write_to(&mut self.output, enhanced);
                 if reply.code() == ReplyCode::SERVICE_UNAVAILABLE {
                     self.mode = Mode::Closed;
                 } else {

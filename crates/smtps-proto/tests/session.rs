@@ -236,7 +236,7 @@ fn greeting_421_closes_at_once() {
         .expect("outstanding");
     let mut out = Vec::new();
     session.poll_transmit(&mut out);
-    assert_eq!(out, b"421 too busy\r\n");
+    assert_eq!(out, b"421 4.7.0 too busy\r\n");
     assert!(session.is_closed());
 }
 

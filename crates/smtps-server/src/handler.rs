@@ -1,0 +1,352 @@
+//! The host's side: the [`Handler`] trait, the answers it gives, the session information it
+//! sees, and the [`Responder`] that answers later from any thread.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use mio::{Token, Waker};
+use smtps_proto::{
+    AbortReason, AuthMechanism, DecisionId, ForwardPath, HeloName, MailParameters, RcptParameters,
+    Reply, ReplyCode, ReversePath, Verdict,
+};
+use smtps_tls::TlsInfo;
+
+use crate::config::ListenerMode;
+
+/// The host: decides on each step of every session.
+///
+/// One value serves every connection, from every worker thread (`Send + Sync`); per-connection
+/// state lives in [`Handler::Session`], created by [`Handler::connect`]. Each decision method
+/// returns an [`Answer`]: now, or [`Answer::Deferred`] after taking a [`Responder`] with
+/// [`Context::defer`] to answer later from any thread. Until then the session waits, replies
+/// stay in order, and nothing later from that client is acted on.
+///
+/// Methods run on a worker thread: they should not block. Work that takes time (a queue
+/// commit, a DNS lookup) is what deferring is for.
+pub trait Handler: Send + Sync + 'static {
+    /// Per-connection state.
+    type Session: Send + 'static;
+
+    /// A client connected (for implicit TLS: after the handshake). Accept to send the `220`
+    /// greeting; refuse with `554` (the session then answers only QUIT) or `421` (closes).
+    fn connect(&self, cx: &mut Context<'_>) -> (Self::Session, Answer);
+
+    /// HELO or EHLO (RFC 5321 §4.1.1.1).
+    fn helo(
+        &self,
+        session: &mut Self::Session,
+        cx: &mut Context<'_>,
+        name: &HeloName<'_>,
+    ) -> Answer {
+        let _ = (session, cx, name);
+        Answer::Accept
+    }
+
+    /// AUTH (RFC 4954). The default refuses: a server without a user database has no
+    /// business accepting credentials.
+    fn auth(
+        &self,
+        session: &mut Self::Session,
+        cx: &mut Context<'_>,
+        credentials: &Credentials<'_>,
+    ) -> Answer {
+        let _ = (session, cx, credentials);
+        Answer::Reject(Reply::new(
+            ReplyCode::AUTH_INVALID,
+            smtps_proto::EnhancedStatus::new(5, 7, 8),
+            "Authentication credentials invalid",
+        ))
+    }
+
+    /// MAIL FROM (§4.1.1.2).
+    fn mail(
+        &self,
+        session: &mut Self::Session,
+        cx: &mut Context<'_>,
+        from: &ReversePath<'_>,
+        params: &MailParameters<'_>,
+    ) -> Answer {
+        let _ = (session, cx, from, params);
+        Answer::Accept
+    }
+
+    /// RCPT TO (§4.1.1.3).
+    fn rcpt(
+        &self,
+        session: &mut Self::Session,
+        cx: &mut Context<'_>,
+        to: &ForwardPath<'_>,
+        params: &RcptParameters<'_>,
+    ) -> Answer {
+        let _ = (session, cx, to, params);
+        Answer::Accept
+    }
+
+    /// DATA or the first BDAT chunk (RFC 3030): the body is about to arrive.
+    fn data_start(&self, session: &mut Self::Session, cx: &mut Context<'_>) -> Answer {
+        let _ = (session, cx);
+        Answer::Accept
+    }
+
+    /// Message octets, dot-unstuffed, in order. Return an error reply (such as
+    /// `452 4.3.1` when the spool is full) to refuse the message: the rest of the body is read
+    /// and that reply given at its end.
+    ///
+    /// # Errors
+    /// The reply for a message the host cannot take.
+    fn body_chunk(
+        &self,
+        session: &mut Self::Session,
+        cx: &mut Context<'_>,
+        chunk: &[u8],
+    ) -> Result<(), Reply>;
+
+    /// The whole message has arrived. Accept only once it is stored durably: the `250` is the
+    /// promise to deliver.
+    fn message_end(&self, session: &mut Self::Session, cx: &mut Context<'_>, size: u64) -> Answer;
+
+    /// The message in progress was dropped (too large, client gone, shutdown): discard what
+    /// was spooled. It will never be acknowledged.
+    fn message_aborted(
+        &self,
+        session: &mut Self::Session,
+        cx: &mut Context<'_>,
+        reason: AbortReason,
+    ) {
+        let _ = (session, cx, reason);
+    }
+
+    /// The transaction was reset (RSET, a new EHLO, STARTTLS).
+    fn reset(&self, session: &mut Self::Session, cx: &mut Context<'_>) {
+        let _ = (session, cx);
+    }
+
+    /// The connection is closing; the last call for this session.
+    fn disconnect(&self, session: Self::Session, cx: &mut Context<'_>, reason: CloseReason) {
+        let _ = (session, cx, reason);
+    }
+}
+
+/// A decision method's answer.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Accept, with the default reply.
+    Accept,
+    /// Accept with this reply (2xx; for DATA, 3xx).
+    AcceptWith(Reply),
+    /// Refuse with this reply (4xx or 5xx; `421` also closes).
+    Reject(Reply),
+    /// The answer comes later through the [`Responder`] taken with [`Context::defer`].
+    Deferred,
+}
+
+impl Answer {
+    /// The verdict for the session, or `None` for a deferred answer.
+    pub(crate) fn into_verdict(self) -> Option<Verdict> {
+        match self {
+            Self::Accept => Some(Verdict::Accept),
+            Self::AcceptWith(reply) => Some(Verdict::AcceptWith(reply)),
+            Self::Reject(reply) => Some(Verdict::Reject(reply)),
+            Self::Deferred => None,
+        }
+    }
+}
+
+/// AUTH credentials, decoded (RFC 4954, RFC 4616).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials<'a> {
+    /// The mechanism.
+    pub mechanism: AuthMechanism,
+    /// The authorization identity; empty when not given.
+    pub authorization_id: &'a str,
+    /// The authentication identity (the user name).
+    pub authentication_id: &'a str,
+    /// The password.
+    pub password: &'a str,
+}
+
+/// Why a connection closed.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent QUIT.
+    Quit,
+    /// The client closed the connection.
+    ClientClosed,
+    /// A timer expired.
+    Timeout,
+    /// The client made too many errors, or sent too many commands.
+    TooManyErrors,
+    /// Over a connection limit.
+    Limit,
+    /// The host answered `421`, or refused the connection.
+    Refused,
+    /// The server is shutting down.
+    Shutdown,
+    /// The TLS handshake or a TLS record failed.
+    Tls(String),
+    /// A socket error.
+    Io(String),
+}
+
+/// What is known about a session, for every decision.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// A number unique within the server process: the key for [`Responder`] and logs.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The local address the client connected to.
+    pub local: SocketAddr,
+    /// The index of the listener in [`crate::ServerConfig::listeners`].
+    pub listener: usize,
+    /// The listener's mode.
+    pub mode: ListenerMode,
+    /// What TLS negotiated, once it has (implicit TLS, or after STARTTLS).
+    pub tls: Option<TlsInfo>,
+    /// The HELO/EHLO name, once accepted.
+    pub helo: Option<String>,
+    /// Whether the client used EHLO.
+    pub extended: bool,
+    /// The authenticated identity, once AUTH succeeded.
+    pub auth_id: Option<String>,
+    /// The reverse path of the transaction in progress (`""` for `<>`).
+    pub mail_from: Option<String>,
+    /// The accepted recipients of the transaction in progress.
+    pub recipients: Vec<String>,
+    /// Messages accepted in this session.
+    pub messages: u64,
+}
+
+/// Passed to every handler call: the session's information, and the way to defer.
+pub struct Context<'a> {
+    pub(crate) info: &'a SessionInfo,
+    pub(crate) defer: Option<DeferSlot>,
+    pub(crate) deferred: bool,
+}
+
+impl Context<'_> {
+    /// The session's information.
+    #[must_use]
+    pub fn info(&self) -> &SessionInfo {
+        self.info
+    }
+
+    /// Takes the responder for this decision, to answer later; the method then returns
+    /// [`Answer::Deferred`]. In calls that take no decision (body chunks, resets) there is
+    /// nothing to defer and this returns `None`.
+    pub fn defer(&mut self) -> Option<Responder> {
+        let slot = self.defer.take()?;
+        self.deferred = true;
+        Some(Responder { slot: Some(slot) })
+    }
+}
+
+/// Where a deferred answer goes: the worker's queue, woken through its `Waker`.
+pub(crate) struct DeferSlot {
+    pub(crate) mailbox: Arc<Mailbox>,
+    pub(crate) token: Token,
+    pub(crate) session: u64,
+    pub(crate) decision: DecisionId,
+}
+
+/// A worker's inbox for answers given from other threads.
+pub(crate) struct Mailbox {
+    pub(crate) queue: Mutex<Vec<Completion>>,
+    pub(crate) waker: Waker,
+}
+
+/// A deferred answer on its way to the worker.
+pub(crate) struct Completion {
+    pub(crate) token: Token,
+    pub(crate) session: u64,
+    pub(crate) decision: DecisionId,
+    pub(crate) verdict: Verdict,
+}
+
+impl Mailbox {
+    pub(crate) fn post(&self, completion: Completion) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(completion);
+        // A failed wake leaves the answer queued; the worker's timer sweep picks it up.
+        if let Err(error) = self.waker.wake() {
+            log::warn!("smtps: cannot wake worker: {error}");
+        }
+    }
+
+    pub(crate) fn take(&self) -> Vec<Completion> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Answers one deferred decision, once, from any thread.
+///
+/// Dropping it unanswered answers `451 4.3.0` so that no session waits forever for a host
+/// that lost track of it. If the session has closed meanwhile, the answer is ignored.
+pub struct Responder {
+    slot: Option<DeferSlot>,
+}
+
+impl Responder {
+    /// The session this answer is for ([`SessionInfo::id`]).
+    #[must_use]
+    pub fn session_id(&self) -> u64 {
+        self.slot.as_ref().map_or(0, |slot| slot.session)
+    }
+
+    /// Gives the answer.
+    pub fn respond(mut self, verdict: Verdict) {
+        self.send(verdict);
+    }
+
+    /// Accepts with the default reply.
+    pub fn accept(self) {
+        self.respond(Verdict::Accept);
+    }
+
+    /// Accepts with the host's reply (2xx, or 3xx for DATA).
+    pub fn accept_with(self, reply: Reply) {
+        self.respond(Verdict::AcceptWith(reply));
+    }
+
+    /// Refuses with the host's reply (4xx or 5xx).
+    pub fn reject(self, reply: Reply) {
+        self.respond(Verdict::Reject(reply));
+    }
+
+    fn send(&mut self, verdict: Verdict) {
+        if let Some(slot) = self.slot.take() {
+            slot.mailbox.post(Completion {
+                token: slot.token,
+                session: slot.session,
+                decision: slot.decision,
+                verdict,
+            });
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if self.slot.is_some() {
+            self.send(Verdict::Reject(Reply::new(
+                ReplyCode::LOCAL_ERROR,
+                smtps_proto::EnhancedStatus::new(4, 3, 0),
+                "Temporary failure, try again later",
+            )));
+        }
+    }
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("session", &self.session_id())
+            .finish()
+    }
+}

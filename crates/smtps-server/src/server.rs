@@ -1,0 +1,286 @@
+//! [`Server`]: binds the listeners, starts the workers, and hands out a [`ServerHandle`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Poll, Waker};
+use smtps_proto::SessionConfig;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{ListenerMode, ServerConfig};
+use crate::error::Error;
+use crate::handler::{Handler, Mailbox};
+use crate::worker::{WAKER, Worker};
+
+/// An SMTP server: listeners bound, workers ready. [`Server::run`] or [`Server::start`] serves.
+pub struct Server<H: Handler> {
+    shared: Arc<Shared<H>>,
+    workers: Vec<Worker<H>>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+/// What every worker of a server shares.
+pub(crate) struct Shared<H> {
+    pub(crate) handler: H,
+    pub(crate) config: ServerConfig,
+    /// The session configuration of each listener (its mode applied).
+    pub(crate) session_configs: Vec<Arc<SessionConfig>>,
+    pub(crate) control: Arc<Control>,
+    pub(crate) next_session: AtomicU64,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Shutdown state, shared with [`ServerHandle`]s.
+pub(crate) struct Control {
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) deadline: Mutex<Option<Instant>>,
+    pub(crate) mailboxes: Vec<Arc<Mailbox>>,
+}
+
+/// Controls a running server from any thread: graceful shutdown.
+#[derive(Clone)]
+pub struct ServerHandle {
+    control: Arc<Control>,
+}
+
+/// A server running on its own threads ([`Server::start`]).
+pub struct RunningServer {
+    handle: ServerHandle,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl<H: Handler> Server<H> {
+    /// Binds every listener (so that a bad address fails here, naming it) and prepares the
+    /// workers.
+    ///
+    /// # Errors
+    /// [`Error::NoListeners`], [`Error::TlsNotConfigured`], [`Error::Bind`] (port in use,
+    /// permission denied, address not local), or [`Error::Io`].
+    pub fn bind(config: ServerConfig, handler: H) -> Result<Self, Error> {
+        if config.listeners.is_empty() {
+            return Err(Error::NoListeners);
+        }
+        for listener in &config.listeners {
+            if listener.mode.uses_tls() && config.tls.is_none() {
+                return Err(Error::TlsNotConfigured {
+                    addr: listener.addr,
+                });
+            }
+        }
+        let workers = if config.workers == 0 {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        } else {
+            config.workers
+        };
+        // Each worker gets its own socket per listener (SO_REUSEPORT): the kernel spreads
+        // connections across workers with no shared accept queue to contend on.
+        let mut sockets: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut local_addrs = Vec::new();
+        for listener in &config.listeners {
+            let mut addr = listener.addr;
+            for worker in &mut sockets {
+                let socket = bind_reuseport(addr)?;
+                if addr.port() == 0 {
+                    addr = socket
+                        .local_addr()
+                        .map_err(|source| Error::Bind { addr, source })?;
+                }
+                worker.push(socket);
+            }
+            local_addrs.push(addr);
+        }
+        let mut polls = Vec::new();
+        let mut mailboxes = Vec::new();
+        for _ in 0..workers {
+            let poll = Poll::new().map_err(|source| Error::Io {
+                context: "creating a poll instance",
+                source,
+            })?;
+            let waker = Waker::new(poll.registry(), WAKER).map_err(|source| Error::Io {
+                context: "creating a waker",
+                source,
+            })?;
+            mailboxes.push(Arc::new(Mailbox {
+                queue: Mutex::new(Vec::new()),
+                waker,
+            }));
+            polls.push(poll);
+        }
+        let session_configs = config
+            .listeners
+            .iter()
+            .map(|listener| {
+                let mut session = config.session.clone();
+                if listener.mode == ListenerMode::StartTlsRequired {
+                    session.policy.require_tls_for_mail = true;
+                }
+                Arc::new(session)
+            })
+            .collect();
+        let control = Arc::new(Control {
+            shutdown: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+            mailboxes: mailboxes.clone(),
+        });
+        let shared = Arc::new(Shared {
+            handler,
+            config,
+            session_configs,
+            control,
+            next_session: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        });
+        let workers = polls
+            .into_iter()
+            .zip(sockets)
+            .zip(mailboxes)
+            .enumerate()
+            .map(|(index, ((poll, listeners), mailbox))| {
+                Worker::new(index, Arc::clone(&shared), poll, listeners, mailbox)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            shared,
+            workers,
+            local_addrs,
+        })
+    }
+
+    /// The bound addresses, one per configured listener, in order (with the real port where
+    /// port 0 was asked for).
+    #[must_use]
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// A handle to stop the server.
+    #[must_use]
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            control: Arc::clone(&self.shared.control),
+        }
+    }
+
+    /// Serves on the calling thread plus one thread per further worker, until a shutdown
+    /// completes.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a thread cannot start; [`Error::WorkerPanicked`].
+    pub fn run(self) -> Result<(), Error> {
+        let mut workers = self.workers.into_iter();
+        let first = workers.next();
+        let threads = spawn_all(workers)?;
+        let mut panicked = false;
+        if let Some(worker) = first {
+            panicked |=
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())).is_err();
+        }
+        for thread in threads {
+            panicked |= thread.join().is_err();
+        }
+        if panicked {
+            Err(Error::WorkerPanicked)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Serves on new threads and returns at once.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a thread cannot start.
+    pub fn start(self) -> Result<RunningServer, Error> {
+        let handle = self.handle();
+        let threads = spawn_all(self.workers.into_iter())?;
+        Ok(RunningServer { handle, threads })
+    }
+}
+
+fn spawn_all<H: Handler>(
+    workers: impl Iterator<Item = Worker<H>>,
+) -> Result<Vec<JoinHandle<()>>, Error> {
+    workers
+        .map(|worker| {
+            std::thread::Builder::new()
+                .name(format!("smtps-worker-{}", worker.index()))
+                .spawn(move || worker.run())
+                .map_err(|source| Error::Io {
+                    context: "starting a worker thread",
+                    source,
+                })
+        })
+        .collect()
+}
+
+impl ServerHandle {
+    /// Starts a graceful shutdown: listeners close at once; idle sessions get `421 4.3.2` and
+    /// close; transactions in flight may finish until `grace` has passed, after which they
+    /// are answered `421 4.3.2` and the host is told their messages were aborted.
+    pub fn shutdown(&self, grace: Duration) {
+        *self
+            .control
+            .deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + grace);
+        self.control.shutdown.store(true, Ordering::SeqCst);
+        for mailbox in &self.control.mailboxes {
+            if let Err(error) = mailbox.waker.wake() {
+                log::warn!("smtps: cannot wake worker for shutdown: {error}");
+            }
+        }
+    }
+
+    /// Whether a shutdown was requested.
+    #[must_use]
+    pub fn is_shutting_down(&self) -> bool {
+        self.control.shutdown.load(Ordering::SeqCst)
+    }
+}
+
+impl RunningServer {
+    /// The handle.
+    #[must_use]
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Waits for every worker to finish (after [`ServerHandle::shutdown`]).
+    ///
+    /// # Errors
+    /// [`Error::WorkerPanicked`].
+    pub fn join(self) -> Result<(), Error> {
+        let mut panicked = false;
+        for thread in self.threads {
+            panicked |= thread.join().is_err();
+        }
+        if panicked {
+            Err(Error::WorkerPanicked)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A non-blocking listening socket with SO_REUSEADDR and SO_REUSEPORT.
+fn bind_reuseport(addr: SocketAddr) -> Result<TcpListener, Error> {
+    let bind_error = |source| Error::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(bind_error)?;
+    if addr.is_ipv6() {
+        // `[::]:465` should not also claim the IPv4 port: list `0.0.0.0:465` separately.
+        socket.set_only_v6(true).map_err(bind_error)?;
+    }
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.set_reuse_port(true).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    socket.listen(1024).map_err(bind_error)?;
+    Ok(TcpListener::from_std(socket.into()))
+}

@@ -1,0 +1,662 @@
+//! The event loop over real sockets on 127.0.0.1: implicit TLS, STARTTLS, deferred answers,
+//! timers, limits, shutdown. Every blocking call has a timeout.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use smtps_proto::{AbortReason, Reply, SessionConfig};
+use smtps_server::{
+    Answer, CloseReason, Context, Handler, ListenerMode, Responder, RunningServer, Server,
+    ServerConfig,
+};
+use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the test host saw.
+#[derive(Default)]
+struct Log {
+    messages: Vec<(String, Vec<String>, Vec<u8>)>,
+    aborted: Vec<AbortReason>,
+    closed: Vec<CloseReason>,
+    tls_versions: Vec<String>,
+}
+
+/// A host that records everything; optionally defers RCPT and end-of-message answers to a
+/// separate thread.
+struct Recorder {
+    log: Arc<Mutex<Log>>,
+    defer_to: Option<mpsc::Sender<Responder>>,
+}
+
+#[derive(Default)]
+struct Spool {
+    body: Vec<u8>,
+}
+
+impl Handler for Recorder {
+    type Session = Spool;
+
+    fn connect(&self, cx: &mut Context<'_>) -> (Spool, Answer) {
+        if let Some(tls) = &cx.info().tls {
+            self.log
+                .lock()
+                .unwrap()
+                .tls_versions
+                .push(tls.version_name().to_owned());
+        }
+        (Spool::default(), Answer::Accept)
+    }
+
+    fn rcpt(
+        &self,
+        _spool: &mut Spool,
+        cx: &mut Context<'_>,
+        to: &smtps_proto::ForwardPath<'_>,
+        _params: &smtps_proto::RcptParameters<'_>,
+    ) -> Answer {
+        if to.to_string().contains("nobody") {
+            return Answer::Reject(Reply::from_parts(550, Some("5.1.1"), "No such user").unwrap());
+        }
+        match &self.defer_to {
+            Some(sender) => {
+                sender.send(cx.defer().unwrap()).unwrap();
+                Answer::Deferred
+            }
+            None => Answer::Accept,
+        }
+    }
+
+    fn body_chunk(
+        &self,
+        spool: &mut Spool,
+        _cx: &mut Context<'_>,
+        chunk: &[u8],
+    ) -> Result<(), Reply> {
+        spool.body.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn message_end(&self, spool: &mut Spool, cx: &mut Context<'_>, _size: u64) -> Answer {
+        let info = cx.info();
+        let entry = (
+            info.mail_from.clone().unwrap_or_default(),
+            info.recipients.clone(),
+            std::mem::take(&mut spool.body),
+        );
+        self.log.lock().unwrap().messages.push(entry);
+        match &self.defer_to {
+            Some(sender) => {
+                sender.send(cx.defer().unwrap()).unwrap();
+                Answer::Deferred
+            }
+            None => Answer::AcceptWith(Reply::from_parts(250, Some("2.0.0"), "queued").unwrap()),
+        }
+    }
+
+    fn message_aborted(&self, spool: &mut Spool, _cx: &mut Context<'_>, reason: AbortReason) {
+        spool.body.clear();
+        self.log.lock().unwrap().aborted.push(reason);
+    }
+
+    fn disconnect(&self, _spool: Spool, _cx: &mut Context<'_>, reason: CloseReason) {
+        self.log.lock().unwrap().closed.push(reason);
+    }
+}
+
+struct Fixture {
+    server: Option<RunningServer>,
+    implicit: SocketAddr,
+    starttls: SocketAddr,
+    log: Arc<Mutex<Log>>,
+    client_config: Arc<ClientConfig>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.handle().shutdown(Duration::ZERO);
+            let _ = server.join();
+        }
+    }
+}
+
+fn certificate() -> (CertificateSource, RootCertStore) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    (
+        CertificateSource::pem(cert.pem(), key.serialize_pem()),
+        roots,
+    )
+}
+
+fn start(
+    configure: impl FnOnce(&mut ServerConfig),
+    defer_to: Option<mpsc::Sender<Responder>>,
+) -> Fixture {
+    let (source, roots) = certificate();
+    let tls = Arc::new(TlsAcceptor::new(TlsSettings::new().default_certificate(source)).unwrap());
+    let mut config = ServerConfig::new(SessionConfig::new("mx.test"))
+        .listener("127.0.0.1:0".parse().unwrap(), ListenerMode::ImplicitTls)
+        .listener(
+            "127.0.0.1:0".parse().unwrap(),
+            ListenerMode::StartTlsRequired,
+        )
+        .tls(tls);
+    config.workers = 2;
+    configure(&mut config);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let server = Server::bind(
+        config,
+        Recorder {
+            log: Arc::clone(&log),
+            defer_to,
+        },
+    )
+    .unwrap();
+    let addrs = server.local_addrs().to_vec();
+    let client_config = Arc::new(
+        ClientConfig::builder_with_provider(
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        )
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    Fixture {
+        server: Some(server.start().unwrap()),
+        implicit: addrs[0],
+        starttls: addrs[1],
+        log,
+        client_config,
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Upgrading,
+}
+
+/// A minimal SMTP client: enough to drive the server byte for byte.
+struct Client {
+    stream: Stream,
+    buf: Vec<u8>,
+    config: Arc<ClientConfig>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, config: &Arc<ClientConfig>, tls: bool) -> Self {
+        let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut client = Self {
+            stream: Stream::Plain(tcp),
+            buf: Vec::new(),
+            config: Arc::clone(config),
+        };
+        if tls {
+            client.upgrade();
+        }
+        client
+    }
+
+    fn upgrade(&mut self) {
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
+            panic!("already TLS")
+        };
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = ClientConnection::new(Arc::clone(&self.config), name).unwrap();
+        self.stream = Stream::Tls(Box::new(StreamOwned::new(conn, tcp)));
+    }
+
+    fn send(&mut self, data: &[u8]) {
+        match &mut self.stream {
+            Stream::Plain(s) => s.write_all(data).unwrap(),
+            Stream::Tls(s) => {
+                s.write_all(data).unwrap();
+                s.flush().unwrap();
+            }
+            Stream::Upgrading => unreachable!(),
+        }
+    }
+
+    fn read_some(&mut self) -> usize {
+        let mut chunk = [0u8; 4096];
+        let n = match &mut self.stream {
+            Stream::Plain(s) => s.read(&mut chunk),
+            Stream::Tls(s) => s.read(&mut chunk),
+            Stream::Upgrading => unreachable!(),
+        };
+        let n = n.unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// One whole reply (all its lines).
+    fn reply(&mut self) -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let mut start = 0;
+            while let Some(end) = self.buf[start..].windows(2).position(|w| w == b"\r\n") {
+                let line = &self.buf[start..start + end];
+                if line.len() >= 4 && line[3] == b' ' || line.len() == 3 {
+                    let reply = String::from_utf8(self.buf[..start + end + 2].to_vec()).unwrap();
+                    self.buf.drain(..start + end + 2);
+                    return reply;
+                }
+                start += end + 2;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reply; have {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+            if self.read_some() == 0 {
+                return String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned();
+            }
+        }
+    }
+
+    fn command(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Whether the server closed the connection (EOF, or a reset) within the timeout; whatever
+    /// else arrives first (a TLS alert, a last reply) is skipped.
+    fn closed(&mut self) -> bool {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let mut chunk = [0u8; 4096];
+        while Instant::now() < deadline {
+            let result = match &mut self.stream {
+                Stream::Plain(s) => s.read(&mut chunk),
+                Stream::Tls(s) => s.read(&mut chunk),
+                Stream::Upgrading => unreachable!(),
+            };
+            match result {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+fn send_message(client: &mut Client, from: &str, to: &str, body: &str) -> String {
+    assert!(
+        client
+            .command(&format!("MAIL FROM:<{from}>"))
+            .starts_with("250")
+    );
+    assert!(
+        client
+            .command(&format!("RCPT TO:<{to}>"))
+            .starts_with("250")
+    );
+    assert!(client.command("DATA").starts_with("354"));
+    client.send(body.as_bytes());
+    client.command(".")
+}
+
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn message_over_implicit_tls_rfc8314() {
+    let fx = start(|_| {}, None);
+    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    assert!(client.reply().starts_with("220 mx.test"));
+    let ehlo = client.command("EHLO client.test");
+    assert!(
+        ehlo.contains("250-AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    let reply = send_message(
+        &mut client,
+        "a@x.test",
+        "b@y.test",
+        "Subject: t\r\n\r\nhello\r\n",
+    );
+    assert_eq!(reply, "250 2.0.0 queued\r\n");
+    assert!(client.command("QUIT").starts_with("221"));
+    assert!(client.closed());
+    let log = fx.log.lock().unwrap();
+    assert_eq!(log.messages.len(), 1);
+    assert_eq!(log.messages[0].0, "a@x.test");
+    assert_eq!(log.messages[0].1, vec!["b@y.test".to_owned()]);
+    assert_eq!(log.messages[0].2, b"Subject: t\r\n\r\nhello\r\n");
+    assert_eq!(log.tls_versions, vec!["TLSv1.3".to_owned()]);
+}
+
+#[test]
+fn starttls_required_then_message_rfc3207() {
+    let fx = start(|_| {}, None);
+    let mut client = Client::connect(fx.starttls, &fx.client_config, false);
+    assert!(client.reply().starts_with("220"));
+    let ehlo = client.command("EHLO client.test");
+    assert!(
+        ehlo.contains("250-STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    assert!(
+        client
+            .command("MAIL FROM:<a@x.test>")
+            .starts_with("530 5.7.0")
+    );
+    assert!(client.command("STARTTLS").starts_with("220 2.0.0"));
+    client.upgrade();
+    let ehlo = client.command("EHLO client.test");
+    assert!(
+        ehlo.contains("AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    let reply = send_message(&mut client, "a@x.test", "b@y.test", "hi\r\n");
+    assert!(reply.starts_with("250"), "{reply}");
+}
+
+#[test]
+fn starttls_injection_is_discarded_cve_2011_0411() {
+    let fx = start(|_| {}, None);
+    let mut client = Client::connect(fx.starttls, &fx.client_config, false);
+    client.reply();
+    client.command("EHLO attacker.test");
+    // The injected commands travel in the same packet as STARTTLS, in plaintext.
+    client.send(b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\n");
+    assert!(client.reply().starts_with("220 2.0.0"));
+    client.upgrade();
+    // Had the injection been kept, this RCPT would be accepted in its transaction.
+    assert!(
+        client.command("RCPT TO:<b@y.test>").starts_with("503"),
+        "injected MAIL was executed"
+    );
+    assert!(client.command("EHLO client.test").starts_with("250"));
+    assert!(
+        client
+            .command("RCPT TO:<b@y.test>")
+            .starts_with("503 5.5.1")
+    );
+}
+
+#[test]
+fn smuggling_lf_dot_lf_does_not_end_the_message() {
+    let fx = start(|_| {}, None);
+    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    client.reply();
+    client.command("EHLO c.test");
+    assert!(client.command("MAIL FROM:<a@x.test>").starts_with("250"));
+    assert!(client.command("RCPT TO:<b@y.test>").starts_with("250"));
+    assert!(client.command("DATA").starts_with("354"));
+    client.send(
+        b"one\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\nsmuggled\r\n.\r\n",
+    );
+    assert!(client.reply().starts_with("250"));
+    let log = fx.log.lock().unwrap();
+    assert_eq!(
+        log.messages.len(),
+        1,
+        "exactly one message, the smuggled one is its content"
+    );
+    assert!(String::from_utf8_lossy(&log.messages[0].2).contains("MAIL FROM:<evil@x.test>"));
+}
+
+#[test]
+fn deferred_answers_from_another_thread_keep_order() {
+    let (sender, receiver) = mpsc::channel::<Responder>();
+    let fx = start(|_| {}, Some(sender));
+    // The host's "queue" thread: answers each deferred decision after a pause.
+    let host = std::thread::spawn(move || {
+        let mut answered = 0;
+        while let Ok(responder) = receiver.recv_timeout(IO_TIMEOUT) {
+            std::thread::sleep(Duration::from_millis(20));
+            responder.accept_with(Reply::from_parts(250, Some("2.0.0"), "committed").unwrap());
+            answered += 1;
+            if answered == 3 {
+                break;
+            }
+        }
+        answered
+    });
+    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    client.reply();
+    client.command("EHLO c.test");
+    client.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<nobody@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n");
+    assert_eq!(client.reply(), "250 2.1.0 Sender OK\r\n");
+    assert_eq!(client.reply(), "250 2.0.0 committed\r\n");
+    assert_eq!(client.reply(), "550 5.1.1 No such user\r\n");
+    assert_eq!(client.reply(), "250 2.0.0 committed\r\n");
+    assert!(client.reply().starts_with("354"));
+    client.send(b"body\r\n.\r\n");
+    assert_eq!(client.reply(), "250 2.0.0 committed\r\n");
+    assert_eq!(host.join().unwrap(), 3);
+}
+
+#[test]
+fn dropped_responder_answers_451() {
+    let (sender, receiver) = mpsc::channel::<Responder>();
+    let fx = start(|_| {}, Some(sender));
+    let host = std::thread::spawn(move || {
+        let responder = receiver.recv_timeout(IO_TIMEOUT).unwrap();
+        drop(responder);
+    });
+    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    client.reply();
+    client.command("EHLO c.test");
+    client.command("MAIL FROM:<a@x.test>");
+    assert!(
+        client
+            .command("RCPT TO:<b@y.test>")
+            .starts_with("451 4.3.0")
+    );
+    host.join().unwrap();
+}
+
+#[test]
+fn command_timeout_answers_421_rfc5321_4_5_3_2() {
+    let fx = start(|c| c.timeouts.command = Duration::from_millis(300), None);
+    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    client.reply();
+    client.command("EHLO c.test");
+    let reply = client.reply();
+    assert!(reply.starts_with("421 4.4.2"), "{reply}");
+    assert!(client.closed());
+    wait_for("disconnect", || {
+        fx.log
+            .lock()
+            .unwrap()
+            .closed
+            .contains(&CloseReason::Timeout)
+    });
+}
+
+#[test]
+fn handshake_timeout_closes_a_stalled_client() {
+    let fx = start(|c| c.timeouts.handshake = Duration::from_millis(300), None);
+    // Connects but never sends a ClientHello.
+    let mut client = Client::connect(fx.implicit, &fx.client_config, false);
+    let started = Instant::now();
+    assert!(client.closed());
+    assert!(started.elapsed() < IO_TIMEOUT);
+    // And the server still serves.
+    let mut good = Client::connect(fx.implicit, &fx.client_config, true);
+    assert!(good.reply().starts_with("220"));
+}
+
+#[test]
+fn client_vanishing_mid_data_delivers_nothing() {
+    let fx = start(|_| {}, None);
+    {
+        let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+        client.reply();
+        client.command("EHLO c.test");
+        client.command("MAIL FROM:<a@x.test>");
+        client.command("RCPT TO:<b@y.test>");
+        client.command("DATA");
+        client.send(b"partial body without end\r\n");
+    }
+    wait_for("abort", || {
+        fx.log
+            .lock()
+            .unwrap()
+            .aborted
+            .contains(&AbortReason::ClientLeft)
+    });
+    assert!(fx.log.lock().unwrap().messages.is_empty());
+    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    assert!(
+        client.reply().starts_with("220"),
+        "the server goes on serving"
+    );
+}
+
+#[test]
+fn per_ip_limit_answers_421_4_7_0() {
+    let fx = start(|c| c.limits.connections_per_ip = 2, None);
+    let mut first = Client::connect(fx.starttls, &fx.client_config, false);
+    let mut second = Client::connect(fx.starttls, &fx.client_config, false);
+    assert!(first.reply().starts_with("220"));
+    assert!(second.reply().starts_with("220"));
+    let mut third = Client::connect(fx.starttls, &fx.client_config, false);
+    let reply = third.reply();
+    assert!(reply.starts_with("421 4.7.0"), "{reply:?}");
+    assert!(third.closed());
+    drop(first);
+    wait_for("slot freed", || {
+        let mut again = Client::connect(fx.starttls, &fx.client_config, false);
+        again.reply().starts_with("220")
+    });
+}
+
+#[test]
+fn graceful_shutdown_finishes_transactions_and_closes_idle_sessions() {
+    let mut fx = start(|_| {}, None);
+    let mut idle = Client::connect(fx.implicit, &fx.client_config, true);
+    idle.reply();
+    idle.command("EHLO idle.test");
+    let mut busy = Client::connect(fx.implicit, &fx.client_config, true);
+    busy.reply();
+    busy.command("EHLO busy.test");
+    busy.command("MAIL FROM:<a@x.test>");
+    busy.command("RCPT TO:<b@y.test>");
+    busy.command("DATA");
+    let server = fx.server.take().unwrap();
+    server.handle().shutdown(Duration::from_secs(5));
+    assert!(
+        idle.reply().starts_with("421 4.3.2"),
+        "idle session told to go"
+    );
+    assert!(idle.closed());
+    busy.send(b"in flight\r\n.\r\n");
+    assert!(
+        busy.reply().starts_with("250"),
+        "transaction in flight finishes"
+    );
+    assert!(
+        busy.command("MAIL FROM:<a@x.test>")
+            .starts_with("421 4.3.2")
+    );
+    server.join().unwrap();
+    assert_eq!(fx.log.lock().unwrap().messages.len(), 1);
+    assert!(
+        TcpStream::connect_timeout(&fx.implicit, IO_TIMEOUT).is_err(),
+        "listener closed"
+    );
+}
+
+#[test]
+fn shutdown_deadline_aborts_unfinished_messages() {
+    let mut fx = start(|_| {}, None);
+    let mut busy = Client::connect(fx.implicit, &fx.client_config, true);
+    busy.reply();
+    busy.command("EHLO busy.test");
+    busy.command("MAIL FROM:<a@x.test>");
+    busy.command("RCPT TO:<b@y.test>");
+    busy.command("DATA");
+    busy.send(b"never finished\r\n");
+    let server = fx.server.take().unwrap();
+    server.handle().shutdown(Duration::from_millis(200));
+    assert!(busy.reply().starts_with("421 4.3.2"));
+    server.join().unwrap();
+    let log = fx.log.lock().unwrap();
+    assert!(log.messages.is_empty());
+    assert!(log.aborted.contains(&AbortReason::Closed));
+}
+
+#[test]
+fn plaintext_to_implicit_tls_port_is_refused_and_server_survives() {
+    let fx = start(|_| {}, None);
+    let mut client = Client::connect(fx.implicit, &fx.client_config, false);
+    client.send(b"EHLO plaintext.test\r\n");
+    assert!(client.closed());
+    let mut good = Client::connect(fx.implicit, &fx.client_config, true);
+    assert!(good.reply().starts_with("220"));
+}
+
+#[test]
+fn port_in_use_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config =
+        ServerConfig::new(SessionConfig::new("mx.test")).listener(addr, ListenerMode::Plain);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let error = Server::bind(
+        config,
+        Recorder {
+            log,
+            defer_to: None,
+        },
+    )
+    .err()
+    .unwrap();
+    let text = error.to_string();
+    assert!(
+        text.contains(&addr.to_string()) && text.contains("another process"),
+        "{text}"
+    );
+}
+
+#[test]
+fn tls_listener_without_certificate_is_a_configuration_error() {
+    let config = ServerConfig::new(SessionConfig::new("mx.test"))
+        .listener("127.0.0.1:0".parse().unwrap(), ListenerMode::ImplicitTls);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let error = Server::bind(
+        config,
+        Recorder {
+            log,
+            defer_to: None,
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(
+        error.to_string().contains("no certificate is configured"),
+        "{error}"
+    );
+}
