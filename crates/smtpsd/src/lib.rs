@@ -7,13 +7,17 @@
 //! - [`users`]: the AUTH user file with argon2 password hashes.
 //! - [`devcert`]: the self-signed certificate of `--dev` mode.
 //! - [`config`]: the command line.
+//! - [`daemon`]: the options turned into a running server with a delivering handler.
+//! - [`logger`]: a plain stderr logger for the `log` facade.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
+pub mod daemon;
 pub mod devcert;
+pub mod logger;
 pub mod maildir;
 pub mod received;
 pub mod users;

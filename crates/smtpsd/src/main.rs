@@ -3,8 +3,11 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-use smtpsd::config::{self, Command};
-use smtpsd::users;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use smtpsd::config::{self, Command, Options};
+use smtpsd::daemon::{Daemon, SHUTDOWN_GRACE};
+use smtpsd::{logger, users};
 
 fn main() -> ExitCode {
     let command = match config::parse(std::env::args_os().skip(1)) {
@@ -24,12 +27,123 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::HashPassword => hash_password(),
-        Command::Run(_options) => {
-            eprintln!("smtpsd: server not wired yet");
-            ExitCode::from(2)
-        }
+        Command::Run(options) => run(&options),
         _ => ExitCode::from(2),
     }
+}
+
+/// Runs the server until SIGTERM or SIGINT; SIGHUP reloads the certificates.
+fn run(options: &Options) -> ExitCode {
+    logger::init(options.log_level);
+    let daemon = match Daemon::build(options) {
+        Ok(daemon) => daemon,
+        Err(error) => {
+            eprintln!("smtpsd: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = daemon.handle();
+    let tls = daemon.tls();
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("smtpsd: cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signal_handle = signals.handle();
+    let watcher = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if signal == SIGHUP {
+                match tls.as_deref().map(smtps_tls::TlsAcceptor::reload) {
+                    Some(Ok(())) => log::info!("smtpsd: certificates reloaded"),
+                    Some(Err(error)) => {
+                        log::error!(
+                            "smtpsd: certificate reload failed, keeping the old ones: {error}"
+                        );
+                    }
+                    None => log::info!("smtpsd: SIGHUP: no certificates to reload"),
+                }
+            } else {
+                log::info!(
+                    "smtpsd: shutting down (grace {}s)",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                handle.shutdown(SHUTDOWN_GRACE);
+                return;
+            }
+        }
+    });
+    for (listener, addr) in options.listeners.iter().zip(daemon.local_addrs()) {
+        log::info!("smtpsd: listening on {addr} ({})", listener.mode);
+    }
+    if options.dev {
+        print_dev_instructions(
+            options,
+            daemon.local_addrs(),
+            daemon.dev_certificate.as_deref(),
+        );
+    }
+    let result = daemon.run();
+    signal_handle.close();
+    let _ = watcher.join();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("smtpsd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_dev_instructions(
+    options: &Options,
+    addrs: &[std::net::SocketAddr],
+    certificate: Option<&std::path::Path>,
+) {
+    let maildir = match &options.spool {
+        config::SpoolOption::Maildir(path) => path.display().to_string(),
+        _ => "(sink: messages are discarded)".to_owned(),
+    };
+    let implicit = options
+        .listeners
+        .iter()
+        .zip(addrs)
+        .find(|(l, _)| l.mode == config::ListenerModeName::ImplicitTls)
+        .map(|(_, a)| *a);
+    let starttls = options
+        .listeners
+        .iter()
+        .zip(addrs)
+        .find(|(l, _)| l.mode.uses_tls() && l.mode != config::ListenerModeName::ImplicitTls)
+        .map(|(_, a)| *a);
+    println!("smtpsd --dev: mail goes to {maildir}");
+    if let Some(cert) = certificate {
+        println!("self-signed certificate for localhost: {}", cert.display());
+    }
+    if let Some(addr) = implicit {
+        println!("\nimplicit TLS on {addr}; send a test message with swaks:");
+        println!(
+            "  swaks --server {} --port {} --tls-on-connect --to you@localhost --from me@localhost",
+            addr.ip(),
+            addr.port()
+        );
+        println!("or with Python:");
+        println!(
+            "  python3 -c 'import smtplib,ssl; c=ssl._create_unverified_context(); \\\n    s=smtplib.SMTP_SSL(\"{}\", {}, context=c); \\\n    s.sendmail(\"me@localhost\", [\"you@localhost\"], \"Subject: hi\\r\\n\\r\\nhello\\r\\n\"); s.quit()'",
+            addr.ip(),
+            addr.port()
+        );
+    }
+    if let Some(addr) = starttls {
+        println!("\nSTARTTLS (required before MAIL) on {addr}:");
+        println!(
+            "  swaks --server {} --port {} --tls --to you@localhost --from me@localhost",
+            addr.ip(),
+            addr.port()
+        );
+    }
+    println!("\nstop with Ctrl-C (graceful shutdown); SIGHUP reloads certificates");
 }
 
 /// `smtpsd hash-password`: reads one line (the password, without its line ending) from

@@ -1,0 +1,433 @@
+//! The daemon proper: options → server configuration, the delivering [`Handler`], signals.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use smtps_proto::{AbortReason, Reply, SessionConfig};
+use smtps_server::{
+    Answer, CloseReason, Context, Credentials, Handler, ListenerMode, Responder, Server,
+    ServerConfig, ServerHandle,
+};
+use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings};
+
+use crate::config::{ListenerModeName, Options, SpoolOption};
+use crate::maildir::{Delivery, DeliveryError, Maildir, Spool};
+use crate::received::{Protocol, Received};
+use crate::users::UserFile;
+
+/// How long a graceful shutdown lets transactions in flight finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Threads that commit messages (fsync) so that workers never wait on the disk.
+const COMMITTERS: usize = 4;
+
+/// A start-up failure, naming the file or address at fault.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The certificate or key could not be loaded.
+    Tls(smtps_tls::Error),
+    /// The development certificate could not be written.
+    DevCertificate(crate::devcert::DevCertError),
+    /// The maildir could not be opened or created.
+    Maildir(DeliveryError),
+    /// The users file could not be read.
+    Users(crate::users::UsersError),
+    /// A listener could not be opened, or the loop could not start.
+    Server(smtps_server::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tls(e) => write!(f, "{e}"),
+            Self::DevCertificate(e) => write!(f, "{e}"),
+            Self::Maildir(e) => write!(f, "{e}"),
+            Self::Users(e) => write!(f, "{e}"),
+            Self::Server(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A server built from the options, ready to run.
+pub struct Daemon {
+    server: Server<Delivering>,
+    tls: Option<Arc<TlsAcceptor>>,
+    /// The development certificate, when one was generated.
+    pub dev_certificate: Option<PathBuf>,
+}
+
+impl Daemon {
+    /// Loads certificates, opens the maildir and the user file, binds every listener.
+    ///
+    /// # Errors
+    /// A [`StartError`] that names the file or address and what to do.
+    pub fn build(options: &Options) -> Result<Self, StartError> {
+        let mut dev_certificate = None;
+        let mut certificates: Vec<(PathBuf, PathBuf)> = options
+            .certificates
+            .iter()
+            .map(|c| (c.chain.clone(), c.key.clone()))
+            .collect();
+        if options.needs_dev_certificate() {
+            let dir = dev_certificate_dir();
+            let generated = crate::devcert::generate(&dir).map_err(StartError::DevCertificate)?;
+            dev_certificate = Some(generated.cert_path.clone());
+            certificates.push((generated.cert_path, generated.key_path));
+        }
+        let tls = match certificates.split_first() {
+            None => None,
+            Some(((chain, key), others)) => {
+                let mut settings = TlsSettings::new().certificate_files(chain, key);
+                for (chain, key) in others {
+                    for name in certificate_names(chain, key)? {
+                        settings =
+                            settings.sni_certificate(name, CertificateSource::files(chain, key));
+                    }
+                }
+                Some(Arc::new(
+                    TlsAcceptor::new(settings).map_err(StartError::Tls)?,
+                ))
+            }
+        };
+        let spool = match &options.spool {
+            SpoolOption::Maildir(path) => Spool::Maildir(
+                Maildir::open_or_create(path)
+                    .map_err(StartError::Maildir)?
+                    .with_hostname(&options.hostname),
+            ),
+            _ => Spool::Sink,
+        };
+        let users = match &options.users {
+            Some(path) => Some(Arc::new(UserFile::load(path).map_err(StartError::Users)?)),
+            None => None,
+        };
+        let mut session = SessionConfig::new(options.hostname.clone());
+        if let Some(size) = options.limits.max_message_size {
+            session.limits.message_size = size;
+        }
+        if let Some(recipients) = options.limits.max_recipients {
+            session.limits.recipients = recipients.get();
+        }
+        let mut config = ServerConfig::new(session);
+        for listener in &options.listeners {
+            let mode = match listener.mode {
+                ListenerModeName::ImplicitTls => ListenerMode::ImplicitTls,
+                ListenerModeName::StartTls => ListenerMode::StartTls,
+                ListenerModeName::StartTlsRequired => ListenerMode::StartTlsRequired,
+                _ => ListenerMode::Plain,
+            };
+            config = config.listener(listener.addr, mode);
+        }
+        if let Some(tls) = &tls {
+            config = config.tls(Arc::clone(tls));
+        }
+        config.workers = options.workers.map_or(0, std::num::NonZero::get);
+        let limits = &options.limits;
+        if let Some(n) = limits.max_connections {
+            config.limits.connections = n.get();
+        }
+        if let Some(n) = limits.max_connections_per_ip {
+            config.limits.connections_per_ip = n.get();
+        }
+        let timeouts = &options.timeouts;
+        if let Some(t) = timeouts.command {
+            config.timeouts.command = t;
+        }
+        if let Some(t) = timeouts.data {
+            config.timeouts.data_block = t;
+        }
+        if let Some(t) = timeouts.handshake {
+            config.timeouts.handshake = t;
+        }
+        if let Some(t) = timeouts.session {
+            config.timeouts.session = t;
+        }
+        let handler = Delivering::new(spool, users, options.hostname.clone());
+        let server = Server::bind(config, handler).map_err(StartError::Server)?;
+        Ok(Self {
+            server,
+            tls,
+            dev_certificate,
+        })
+    }
+
+    /// The bound addresses, in the order of the options' listeners.
+    #[must_use]
+    pub fn local_addrs(&self) -> &[std::net::SocketAddr] {
+        self.server.local_addrs()
+    }
+
+    /// A handle for shutting down.
+    #[must_use]
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// The TLS acceptor, for reloading certificates.
+    #[must_use]
+    pub fn tls(&self) -> Option<Arc<TlsAcceptor>> {
+        self.tls.clone()
+    }
+
+    /// Serves until shut down.
+    ///
+    /// # Errors
+    /// A worker failure.
+    pub fn run(self) -> Result<(), smtps_server::Error> {
+        self.server.run()
+    }
+}
+
+/// Where `--dev` writes its certificate: beside the process, in a per-user temp directory.
+fn dev_certificate_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("smtpsd-dev-{}", std::process::id()))
+}
+
+/// The names an additional (SNI) certificate serves: its subject's CN, read by loading it.
+fn certificate_names(chain: &PathBuf, key: &PathBuf) -> Result<Vec<String>, StartError> {
+    let probe = TlsAcceptor::new(TlsSettings::new().certificate_files(chain, key))
+        .map_err(StartError::Tls)?;
+    Ok(probe
+        .certificates()
+        .iter()
+        .flat_map(|info| {
+            info.subject
+                .split(',')
+                .filter_map(|rdn| rdn.trim().strip_prefix("CN="))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect())
+}
+
+/// The host: AUTH against the user file, delivery into the spool with a `Received:` header,
+/// `250` only after the message is durable.
+pub struct Delivering {
+    spool: Spool,
+    users: Option<Arc<UserFile>>,
+    hostname: String,
+    commits: Mutex<mpsc::Sender<(Delivery, Responder)>>,
+}
+
+impl Delivering {
+    fn new(spool: Spool, users: Option<Arc<UserFile>>, hostname: String) -> Self {
+        let (sender, receiver) = mpsc::channel::<(Delivery, Responder)>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for index in 0..COMMITTERS {
+            let receiver = Arc::clone(&receiver);
+            let spawned = std::thread::Builder::new()
+                .name(format!("smtpsd-commit-{index}"))
+                .spawn(move || commit_loop(&receiver));
+            if let Err(error) = spawned {
+                log::error!("smtpsd: cannot start a commit thread: {error}");
+            }
+        }
+        Self {
+            spool,
+            users,
+            hostname,
+            commits: Mutex::new(sender),
+        }
+    }
+}
+
+fn commit_loop(receiver: &Mutex<mpsc::Receiver<(Delivery, Responder)>>) {
+    loop {
+        let next = receiver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv();
+        let Ok((delivery, responder)) = next else {
+            return;
+        };
+        match delivery.commit() {
+            Ok(id) => responder.accept_with(Reply::new(
+                smtps_proto::ReplyCode::OK,
+                smtps_proto::EnhancedStatus::new(2, 0, 0),
+                format!("queued as {id}"),
+            )),
+            Err(error) => {
+                log::error!("smtpsd: delivery failed: {error}");
+                responder.reject(delivery_reply(&error));
+            }
+        }
+    }
+}
+
+fn delivery_reply(error: &DeliveryError) -> Reply {
+    let (code, status, text) = error.smtp_reply();
+    Reply::from_parts(code, Some(status), text).unwrap_or_else(|| {
+        Reply::new(
+            smtps_proto::ReplyCode::LOCAL_ERROR,
+            None,
+            "Local error in processing",
+        )
+    })
+}
+
+/// Per-session state: the message being spooled.
+#[derive(Default)]
+pub struct Session {
+    delivery: Option<Delivery>,
+}
+
+impl Handler for Delivering {
+    type Session = Session;
+
+    fn connect(&self, _cx: &mut Context<'_>) -> (Session, Answer) {
+        (Session::default(), Answer::Accept)
+    }
+
+    fn auth(
+        &self,
+        _session: &mut Session,
+        cx: &mut Context<'_>,
+        credentials: &Credentials<'_>,
+    ) -> Answer {
+        let Some(users) = &self.users else {
+            return Answer::Reject(auth_failed());
+        };
+        let Some(responder) = cx.defer() else {
+            return Answer::Reject(auth_failed());
+        };
+        // argon2 costs tens of milliseconds: verify off the worker thread.
+        let users = Arc::clone(users);
+        let user = credentials.authentication_id.to_owned();
+        let password = credentials.password.as_bytes().to_vec();
+        let spawned = std::thread::Builder::new()
+            .name("smtpsd-auth".into())
+            .spawn(move || {
+                if users.verify(&user, &password) {
+                    responder.accept();
+                } else {
+                    log::warn!("smtpsd: authentication failed for {user:?}");
+                    responder.reject(auth_failed());
+                }
+            });
+        if let Err(error) = spawned {
+            // The responder went down with the closure: it answers 451 by itself.
+            log::error!("smtpsd: cannot start an authentication thread: {error}");
+        }
+        Answer::Deferred
+    }
+
+    fn data_start(&self, session: &mut Session, cx: &mut Context<'_>) -> Answer {
+        let info = cx.info();
+        let tls = info.tls.as_ref();
+        let protocol = Protocol::from_session(info.extended, tls.is_some(), info.auth_id.is_some());
+        let comment = tls.map(|tls| {
+            let text = tls.received_comment();
+            text.trim_start_matches('(')
+                .trim_end_matches(')')
+                .to_owned()
+        });
+        let recipient = match info.recipients.as_slice() {
+            [only] => Some(only.clone()),
+            _ => None,
+        };
+        let helo = info.helo.clone().unwrap_or_default();
+        let peer = info.peer.ip();
+        let started = self.spool.begin_with(|id| {
+            let mut received = Received::new(
+                peer,
+                &helo,
+                &self.hostname,
+                protocol,
+                id.as_str(),
+                SystemTime::now(),
+            );
+            received.tls = comment;
+            received.recipient = recipient;
+            received.to_header().into_bytes()
+        });
+        match started {
+            Ok(delivery) => {
+                session.delivery = Some(delivery);
+                Answer::Accept
+            }
+            Err(error) => {
+                log::error!("smtpsd: cannot start delivery: {error}");
+                Answer::Reject(delivery_reply(&error))
+            }
+        }
+    }
+
+    fn body_chunk(
+        &self,
+        session: &mut Session,
+        _cx: &mut Context<'_>,
+        chunk: &[u8],
+    ) -> Result<(), Reply> {
+        let Some(delivery) = &mut session.delivery else {
+            return Ok(());
+        };
+        delivery.write(chunk).map_err(|error| {
+            log::error!("smtpsd: delivery failed: {error}");
+            session.delivery = None;
+            delivery_reply(&error)
+        })
+    }
+
+    fn message_end(&self, session: &mut Session, cx: &mut Context<'_>, _size: u64) -> Answer {
+        let Some(delivery) = session.delivery.take() else {
+            return Answer::Reject(Reply::new(
+                smtps_proto::ReplyCode::LOCAL_ERROR,
+                smtps_proto::EnhancedStatus::new(4, 3, 0),
+                "Local error in processing",
+            ));
+        };
+        if matches!(self.spool, Spool::Sink) {
+            return match delivery.commit() {
+                Ok(id) => Answer::AcceptWith(Reply::new(
+                    smtps_proto::ReplyCode::OK,
+                    smtps_proto::EnhancedStatus::new(2, 0, 0),
+                    format!("queued as {id}"),
+                )),
+                Err(error) => Answer::Reject(delivery_reply(&error)),
+            };
+        }
+        let Some(responder) = cx.defer() else {
+            return Answer::Reject(Reply::new(
+                smtps_proto::ReplyCode::LOCAL_ERROR,
+                None,
+                "Local error",
+            ));
+        };
+        let sent = self
+            .commits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send((delivery, responder));
+        if sent.is_err() {
+            log::error!("smtpsd: no commit thread is running");
+        }
+        // On a send error the responder is dropped with the message: it answers 451 by itself.
+        Answer::Deferred
+    }
+
+    fn message_aborted(&self, session: &mut Session, _cx: &mut Context<'_>, _reason: AbortReason) {
+        // Dropping the delivery removes its temporary file.
+        session.delivery = None;
+    }
+
+    fn reset(&self, session: &mut Session, _cx: &mut Context<'_>) {
+        session.delivery = None;
+    }
+
+    fn disconnect(&self, session: Session, _cx: &mut Context<'_>, _reason: CloseReason) {
+        drop(session);
+    }
+}
+
+fn auth_failed() -> Reply {
+    Reply::new(
+        smtps_proto::ReplyCode::AUTH_INVALID,
+        smtps_proto::EnhancedStatus::new(5, 7, 8),
+        "Authentication credentials invalid",
+    )
+}
