@@ -499,8 +499,12 @@ fn read<S>(conn: &mut Connection<S>, buf: &mut [u8]) -> bool {
     progressed
 }
 
+/// Whether to read the socket: not while the session is full, and not while replies back up
+/// because the client does not read them (write back-pressure).
 fn wants_input<S>(conn: &Connection<S>) -> bool {
-    conn.transport.wants_read() && conn.session.as_ref().is_none_or(ServerSession::wants_input)
+    conn.outbox.is_empty()
+        && conn.transport.wants_read()
+        && conn.session.as_ref().is_none_or(ServerSession::wants_input)
 }
 
 /// Writes pending output to the socket. Returns whether anything moved.
@@ -691,14 +695,8 @@ fn dispatch<H: Handler>(
                     authentication_id,
                     password,
                 };
-                let answer = host
-                    .as_mut()
-                    .map(|h| handler.auth(h, &mut cx, &credentials));
-                log::info!(
-                    "smtps: session={} event=auth user={authentication_id:?} mechanism={mechanism:?}",
-                    cx.info.id
-                );
-                answer
+                host.as_mut()
+                    .map(|h| handler.auth(h, &mut cx, &credentials))
             }
             Event::Mail { from, params, .. } => {
                 update = Update::Mail(path_text(&from.to_string()));
@@ -849,6 +847,10 @@ fn resolve(
         return;
     };
     let accepted = matches!(verdict, Verdict::Accept | Verdict::AcceptWith(_));
+    let code = match &verdict {
+        Verdict::AcceptWith(reply) | Verdict::Reject(reply) => reply.code().as_u16(),
+        _ => 0,
+    };
     if let Err(error) = session.decide(decision, verdict) {
         log::warn!("smtps: session={} invalid decision: {error}", info.id);
         // A verdict that does not fit must not leave the client hanging.
@@ -862,6 +864,7 @@ fn resolve(
         );
         return;
     }
+    log_decision(info.id, &update, accepted, code);
     match update {
         Update::Helo(name, extended) if accepted => {
             info.helo = Some(name);
@@ -883,6 +886,30 @@ fn resolve(
             info.recipients.clear();
         }
         _ => {}
+    }
+}
+
+/// One log line per decided step (`code=0` is the session's default reply).
+fn log_decision(id: u64, update: &Update, accepted: bool, code: u16) {
+    let outcome = if accepted { "accepted" } else { "refused" };
+    match update {
+        Update::None => {}
+        Update::Helo(name, extended) => log::info!(
+            "smtps: session={id} event={} name={name:?} {outcome} code={code}",
+            if *extended { "ehlo" } else { "helo" }
+        ),
+        Update::Auth(user) => {
+            log::info!("smtps: session={id} event=auth user={user:?} {outcome} code={code}");
+        }
+        Update::Mail(from) => {
+            log::info!("smtps: session={id} event=mail from=<{from}> {outcome} code={code}");
+        }
+        Update::Rcpt(to) => {
+            log::info!("smtps: session={id} event=rcpt to=<{to}> {outcome} code={code}");
+        }
+        Update::MessageEnd => {
+            log::info!("smtps: session={id} event=message_end {outcome} code={code}");
+        }
     }
 }
 

@@ -660,3 +660,41 @@ fn tls_listener_without_certificate_is_a_configuration_error() {
         "{error}"
     );
 }
+
+#[test]
+fn client_that_never_reads_replies_is_not_read_either_write_backpressure() {
+    let fx = start(|c| c.limits.commands_per_session = u64::MAX, None);
+    // Small client buffers, so that the test reaches the server's own limits quickly.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket
+        .connect_timeout(&fx.starttls.into(), IO_TIMEOUT)
+        .unwrap();
+    let mut tcp: TcpStream = socket.into();
+    tcp.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    let batch = b"NOOP\r\n".repeat(10_000);
+    let mut sent = 0usize;
+    let limit = 64 << 20;
+    let blocked = loop {
+        match tcp.write(&batch) {
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break true;
+            }
+            Err(e) => panic!("unexpected write error after {sent} bytes: {e}"),
+        }
+        if sent >= limit {
+            break false;
+        }
+    };
+    assert!(
+        blocked,
+        "the server kept reading {sent} bytes while its replies were not read"
+    );
+}
