@@ -1,0 +1,4 @@
+//! `session`: see `smtps_fuzzing::session` for the input format and the checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| smtps_fuzzing::session(data));
