@@ -1,0 +1,483 @@
+//! `smtps_config`: listeners, certificates, SMTP settings, limits, timeouts and workers, shared
+//! by both levels of the API.
+
+use std::ffi::c_char;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use smtps_proto::SessionConfig;
+use smtps_server::{ConnectionLimits, ListenerConfig, ListenerMode, ServerConfig, Timeouts};
+use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings};
+
+use crate::error::{fail, smtps_result, tls_error};
+use crate::ffi::{
+    Castable, OwnershipBox, take_box, to_boxed_ptr, try_mut_from_ptr, try_ref_from_ptr, try_str,
+};
+use crate::panic::ffi_boundary;
+
+/// Configuration for a server (`smtps_server_new`) or for connections (`smtps_conn_new`).
+///
+/// Made by `smtps_config_new`, freed by `smtps_config_free`. Setters must not run while another
+/// thread uses the same config; once it is only read (by `smtps_server_new`, `smtps_conn_new`)
+/// it may be shared between threads. A server copies what it needs: the config may be freed
+/// right after `smtps_server_new`. Connections do not keep it either.
+#[allow(non_camel_case_types)]
+pub struct smtps_config {
+    _private: [u8; 0],
+}
+
+impl Castable for smtps_config {
+    type Ownership = OwnershipBox;
+    type RustType = Config;
+}
+
+/// How a listener or connection speaks TLS: one of the `SMTPS_MODE_*` values.
+#[allow(non_camel_case_types)]
+pub type smtps_mode = u32;
+/// TLS from the first byte: submission on port 465 (RFC 8314).
+pub const SMTPS_MODE_IMPLICIT_TLS: smtps_mode = 0;
+/// Plaintext with STARTTLS offered (RFC 3207): relay on port 25.
+pub const SMTPS_MODE_START_TLS: smtps_mode = 1;
+/// Plaintext with STARTTLS offered and required before MAIL (`530 5.7.0`): port 587.
+pub const SMTPS_MODE_START_TLS_REQUIRED: smtps_mode = 2;
+/// Plaintext only, no STARTTLS (loopback, or behind a TLS terminator).
+pub const SMTPS_MODE_PLAIN: smtps_mode = 3;
+
+/// A timer to set with `smtps_config_set_timeout`: one of the `SMTPS_TIMEOUT_*` values.
+#[allow(non_camel_case_types)]
+pub type smtps_timeout = u32;
+/// From accept (or STARTTLS) to the end of the TLS handshake. Default 30 s.
+pub const SMTPS_TIMEOUT_HANDSHAKE: smtps_timeout = 0;
+/// Waiting for the next command. Default 300 s (RFC 5321 §4.5.3.2.7).
+pub const SMTPS_TIMEOUT_COMMAND: smtps_timeout = 1;
+/// Waiting for the next block of message data. Default 180 s.
+pub const SMTPS_TIMEOUT_DATA_BLOCK: smtps_timeout = 2;
+/// Waiting for the host to decide; past it the command is answered `451 4.3.0`. Default 300 s.
+pub const SMTPS_TIMEOUT_DECISION: smtps_timeout = 3;
+/// A whole session. Default 3600 s.
+pub const SMTPS_TIMEOUT_SESSION: smtps_timeout = 4;
+
+/// A limit to set with `smtps_config_set_limit`: one of the `SMTPS_LIMIT_*` values.
+#[allow(non_camel_case_types)]
+pub type smtps_limit = u32;
+/// Largest message in octets, advertised with SIZE. Default 25 MiB.
+pub const SMTPS_LIMIT_MESSAGE_SIZE: smtps_limit = 0;
+/// Recipients per message. Default 100.
+pub const SMTPS_LIMIT_RECIPIENTS: smtps_limit = 1;
+/// Protocol errors before the session is closed. Default 10.
+pub const SMTPS_LIMIT_ERRORS: smtps_limit = 2;
+/// Transactions per session; 0 for no limit (the default).
+pub const SMTPS_LIMIT_TRANSACTIONS: smtps_limit = 3;
+/// Largest body chunk handed to the host at once. Default 64 KiB.
+pub const SMTPS_LIMIT_BODY_CHUNK: smtps_limit = 4;
+/// Connections open at once (server level). Default 10000.
+pub const SMTPS_LIMIT_CONNECTIONS: smtps_limit = 5;
+/// Connections open at once from one IP address (server level). Default 50.
+pub const SMTPS_LIMIT_CONNECTIONS_PER_IP: smtps_limit = 6;
+/// Commands in one session (server level). Default 10000.
+pub const SMTPS_LIMIT_COMMANDS_PER_SESSION: smtps_limit = 7;
+
+/// The Rust value behind `smtps_config`.
+pub(crate) struct Config {
+    session: SessionConfig,
+    listeners: Vec<ListenerConfig>,
+    certificate: Option<(PathBuf, PathBuf)>,
+    sni: Vec<(String, PathBuf, PathBuf)>,
+    workers: usize,
+    timeouts: Timeouts,
+    limits: ConnectionLimits,
+    /// The acceptor built from the certificate settings, once asked for; shared by every
+    /// connection made from this config and by servers built from it.
+    acceptor: Mutex<Option<Arc<TlsAcceptor>>>,
+}
+
+impl Config {
+    fn new() -> Self {
+        Self {
+            session: SessionConfig::new("localhost"),
+            listeners: Vec::new(),
+            certificate: None,
+            sni: Vec::new(),
+            workers: 0,
+            timeouts: Timeouts::default(),
+            limits: ConnectionLimits::default(),
+            acceptor: Mutex::new(None),
+        }
+    }
+
+    /// Forgets a built acceptor after a certificate setting changed.
+    fn invalidate_tls(&mut self) {
+        *self
+            .acceptor
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The TLS acceptor, built (reading the files) on first use; `None` without a certificate.
+    pub(crate) fn acceptor(&self) -> Result<Option<Arc<TlsAcceptor>>, smtps_result> {
+        let Some((chain, key)) = &self.certificate else {
+            if self.sni.is_empty() {
+                return Ok(None);
+            }
+            return Err(fail(
+                smtps_result::TlsNotConfigured,
+                "SNI certificates given without a default certificate \
+                 (smtps_config_set_certificate_files)",
+            ));
+        };
+        let mut cached = self.acceptor.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(acceptor) = &*cached {
+            return Ok(Some(Arc::clone(acceptor)));
+        }
+        let mut settings =
+            TlsSettings::new().default_certificate(CertificateSource::files(chain, key));
+        for (name, chain, key) in &self.sni {
+            settings = settings.sni_certificate(name.clone(), CertificateSource::files(chain, key));
+        }
+        let acceptor = Arc::new(settings.build().map_err(|error| tls_error(&error))?);
+        *cached = Some(Arc::clone(&acceptor));
+        Ok(Some(acceptor))
+    }
+
+    /// The SMTP settings for a connection in `mode`.
+    pub(crate) fn session_config(&self, mode: ListenerMode) -> Arc<SessionConfig> {
+        let mut session = self.session.clone();
+        if mode == ListenerMode::StartTlsRequired {
+            session.policy.require_tls_for_mail = true;
+        }
+        Arc::new(session)
+    }
+
+    /// The server configuration, with the TLS acceptor built.
+    pub(crate) fn server_config(&self) -> Result<ServerConfig, smtps_result> {
+        let mut config = ServerConfig::new(self.session.clone());
+        config.listeners.clone_from(&self.listeners);
+        config.tls = self.acceptor()?;
+        config.workers = self.workers;
+        config.timeouts = self.timeouts.clone();
+        config.limits = self.limits.clone();
+        Ok(config)
+    }
+}
+
+/// The listener mode for a raw `smtps_mode`.
+pub(crate) fn listener_mode(mode: smtps_mode) -> Result<ListenerMode, smtps_result> {
+    match mode {
+        SMTPS_MODE_IMPLICIT_TLS => Ok(ListenerMode::ImplicitTls),
+        SMTPS_MODE_START_TLS => Ok(ListenerMode::StartTls),
+        SMTPS_MODE_START_TLS_REQUIRED => Ok(ListenerMode::StartTlsRequired),
+        SMTPS_MODE_PLAIN => Ok(ListenerMode::Plain),
+        other => Err(fail(
+            smtps_result::InvalidParameter,
+            format_args!("{other} is not an smtps_mode"),
+        )),
+    }
+}
+
+/// The `smtps_mode` of a listener mode.
+pub(crate) fn mode_number(mode: ListenerMode) -> smtps_mode {
+    match mode {
+        ListenerMode::ImplicitTls => SMTPS_MODE_IMPLICIT_TLS,
+        ListenerMode::StartTls => SMTPS_MODE_START_TLS,
+        ListenerMode::StartTlsRequired => SMTPS_MODE_START_TLS_REQUIRED,
+        _ => SMTPS_MODE_PLAIN,
+    }
+}
+
+/// A new configuration with defaults: host name `localhost`, no listener, no certificate, one
+/// worker per core, the RFC timeouts and limits.
+///
+/// Returns NULL only if the library panicked. Free with `smtps_config_free`.
+///
+/// # Safety
+/// None: no arguments.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_new() -> *mut smtps_config {
+    ffi_boundary! { to_boxed_ptr::<smtps_config>(Config::new()) }
+}
+
+/// Frees a configuration. NULL is a no-op. Servers and connections made from it are not
+/// affected.
+///
+/// # Safety
+/// `config` is NULL or from `smtps_config_new`, not freed before, and not in use by another
+/// thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_free(config: *mut smtps_config) {
+    ffi_boundary! {
+        // SAFETY: the caller hands back a pointer from `smtps_config_new`, or NULL.
+        drop(unsafe { take_box(config) });
+    }
+}
+
+/// Sets the server's host name, used in the greeting and the EHLO reply. `hostname` is a
+/// NUL-terminated UTF-8 string, copied.
+///
+/// # Safety
+/// `config` is a live config; `hostname` is NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_set_hostname(
+    config: *mut smtps_config,
+    hostname: *const c_char,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        let hostname = try_str!(hostname);
+        if hostname.is_empty() || hostname.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return fail(smtps_result::InvalidParameter, format_args!("{hostname:?} is not a host name"));
+        }
+        config.session.hostname = hostname.to_owned();
+        smtps_result::Ok
+    }
+}
+
+/// Adds a listener on `addr` (NUL-terminated `IP:port`, such as `"[::]:465"` or
+/// `"127.0.0.1:0"`; port 0 picks a free port, see `smtps_server_local_port`) in `mode`.
+///
+/// Returns `SMTPS_RESULT_INVALID_ADDRESS` for an address that does not parse,
+/// `SMTPS_RESULT_INVALID_PARAMETER` for an unknown mode.
+///
+/// # Safety
+/// `config` is a live config; `addr` is NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_add_listener(
+    config: *mut smtps_config,
+    addr: *const c_char,
+    mode: smtps_mode,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        let addr = try_str!(addr);
+        let mode = match listener_mode(mode) {
+            Ok(mode) => mode,
+            Err(error) => return error,
+        };
+        let Ok(addr) = addr.parse::<SocketAddr>() else {
+            return fail(
+                smtps_result::InvalidAddress,
+                format_args!("{addr:?} is not IP:port (such as [::]:465 or 0.0.0.0:587)"),
+            );
+        };
+        config.listeners.push(ListenerConfig::new(addr, mode));
+        smtps_result::Ok
+    }
+}
+
+/// Sets the default certificate chain and private key: PEM file paths (NUL-terminated),
+/// read when a server or the first connection is made, or by
+/// `smtps_config_load_certificates`, and again by the reload functions.
+///
+/// # Safety
+/// `config` is a live config; `chain` and `key` are NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_set_certificate_files(
+    config: *mut smtps_config,
+    chain: *const c_char,
+    key: *const c_char,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        let chain = try_str!(chain);
+        let key = try_str!(key);
+        config.certificate = Some((chain.into(), key.into()));
+        config.invalidate_tls();
+        smtps_result::Ok
+    }
+}
+
+/// Adds a certificate chain and key (PEM file paths) served to clients that ask for
+/// `server_name` with SNI (`"mail.example.org"`, or a `"*.example.org"` wildcard). Clients
+/// without SNI, or asking for another name, get the default certificate.
+///
+/// # Safety
+/// `config` is a live config; the strings are NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_add_sni_certificate_files(
+    config: *mut smtps_config,
+    server_name: *const c_char,
+    chain: *const c_char,
+    key: *const c_char,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        let name = try_str!(server_name);
+        let chain = try_str!(chain);
+        let key = try_str!(key);
+        config.sni.push((name.to_owned(), chain.into(), key.into()));
+        config.invalidate_tls();
+        smtps_result::Ok
+    }
+}
+
+/// Reads the certificate files now, so that a mistake shows before serving (and, for a
+/// fork-per-connection host, once in the parent rather than in every child). Later
+/// `smtps_conn_new` and `smtps_server_new` calls share what was loaded.
+///
+/// Returns `SMTPS_RESULT_TLS_NOT_CONFIGURED` without a certificate, or the file's error
+/// (`SMTPS_RESULT_CERTIFICATE_FILE`, `SMTPS_RESULT_PRIVATE_KEY`, ...) with the file named in
+/// `smtps_last_error()`.
+///
+/// # Safety
+/// `config` is a live config.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_load_certificates(
+    config: *const smtps_config,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_ref_from_ptr!(config);
+        match config.acceptor() {
+            Ok(Some(_)) => smtps_result::Ok,
+            Ok(None) => fail(smtps_result::TlsNotConfigured, "no certificate configured"),
+            Err(error) => error,
+        }
+    }
+}
+
+/// Reads the certificate files again (after a renewal) for connections made from this config
+/// from now on. On failure the previous certificates stay in use. Thread-safe. (A server has
+/// its own: `smtps_server_reload_certificates`.)
+///
+/// # Safety
+/// `config` is a live config.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_reload_certificates(
+    config: *const smtps_config,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_ref_from_ptr!(config);
+        let cached = config.acceptor.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        match cached {
+            Some(acceptor) => match acceptor.reload() {
+                Ok(()) => smtps_result::Ok,
+                Err(error) => tls_error(&error),
+            },
+            None => match config.acceptor() {
+                Ok(Some(_)) => smtps_result::Ok,
+                Ok(None) => fail(smtps_result::TlsNotConfigured, "no certificate configured"),
+                Err(error) => error,
+            },
+        }
+    }
+}
+
+/// Sets the number of worker threads of a server (each with its own event loop); 0, the
+/// default, means one per core.
+///
+/// # Safety
+/// `config` is a live config.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_set_workers(
+    config: *mut smtps_config,
+    workers: usize,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        config.workers = workers;
+        smtps_result::Ok
+    }
+}
+
+/// Sets a timer (`SMTPS_TIMEOUT_*`) in milliseconds, more than 0. Timers apply at the server
+/// level; a connection-level host keeps its own time.
+///
+/// # Safety
+/// `config` is a live config.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_set_timeout(
+    config: *mut smtps_config,
+    timeout: smtps_timeout,
+    milliseconds: u64,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        if milliseconds == 0 {
+            return fail(smtps_result::InvalidParameter, "a timeout must be more than 0 ms");
+        }
+        let value = Duration::from_millis(milliseconds);
+        let timeouts = &mut config.timeouts;
+        let slot = match timeout {
+            SMTPS_TIMEOUT_HANDSHAKE => &mut timeouts.handshake,
+            SMTPS_TIMEOUT_COMMAND => &mut timeouts.command,
+            SMTPS_TIMEOUT_DATA_BLOCK => &mut timeouts.data_block,
+            SMTPS_TIMEOUT_DECISION => &mut timeouts.decision,
+            SMTPS_TIMEOUT_SESSION => &mut timeouts.session,
+            other => {
+                return fail(smtps_result::InvalidParameter, format_args!("{other} is not an smtps_timeout"));
+            }
+        };
+        *slot = value;
+        smtps_result::Ok
+    }
+}
+
+/// Sets a limit (`SMTPS_LIMIT_*`). Values that do not fit the limit's type, and 0 where it
+/// makes no sense, are `SMTPS_RESULT_INVALID_PARAMETER`.
+///
+/// # Safety
+/// `config` is a live config.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_set_limit(
+    config: *mut smtps_config,
+    limit: smtps_limit,
+    value: u64,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        let invalid = || fail(smtps_result::InvalidParameter, format_args!("{value} is out of range for limit {limit}"));
+        let size = usize::try_from(value).ok().filter(|v| *v > 0);
+        let count = u32::try_from(value).ok().filter(|v| *v > 0);
+        let limits = &mut config.session.limits;
+        match limit {
+            SMTPS_LIMIT_MESSAGE_SIZE if value > 0 => limits.message_size = value,
+            SMTPS_LIMIT_RECIPIENTS => match size { Some(v) => limits.recipients = v, None => return invalid() },
+            SMTPS_LIMIT_ERRORS => match count { Some(v) => limits.errors = v, None => return invalid() },
+            SMTPS_LIMIT_TRANSACTIONS => match u32::try_from(value) {
+                Ok(0) => limits.transactions = None,
+                Ok(v) => limits.transactions = Some(v),
+                Err(_) => return invalid(),
+            },
+            SMTPS_LIMIT_BODY_CHUNK => match size { Some(v) => limits.body_chunk = v, None => return invalid() },
+            SMTPS_LIMIT_CONNECTIONS => match size { Some(v) => config.limits.connections = v, None => return invalid() },
+            SMTPS_LIMIT_CONNECTIONS_PER_IP => match size { Some(v) => config.limits.connections_per_ip = v, None => return invalid() },
+            SMTPS_LIMIT_COMMANDS_PER_SESSION if value > 0 => config.limits.commands_per_session = value,
+            _ => return invalid(),
+        }
+        smtps_result::Ok
+    }
+}
+
+/// Whether MAIL is refused (`530 5.7.0`) until the client has authenticated: a submission
+/// server's setting (RFC 4954 §6). Off by default.
+///
+/// # Safety
+/// `config` is a live config.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_set_require_auth(
+    config: *mut smtps_config,
+    required: bool,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        config.session.policy.require_auth_for_mail = required;
+        smtps_result::Ok
+    }
+}
+
+/// Whether AUTH is offered and accepted without TLS. Sends passwords in clear text: only for
+/// tests. Off by default.
+///
+/// # Safety
+/// `config` is a live config.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_set_danger_allow_plaintext_auth(
+    config: *mut smtps_config,
+    allowed: bool,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        config.session.policy.danger_allow_plaintext_auth = allowed;
+        smtps_result::Ok
+    }
+}

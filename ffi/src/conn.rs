@@ -1,0 +1,738 @@
+//! `smtps_conn`: one SMTP connection without I/O — TLS and SMTP together — for hosts that own
+//! their sockets (fork-per-connection, Exim style).
+
+use std::ffi::c_char;
+use std::sync::Arc;
+
+use smtps_proto::{Event, Reply, Security, ServerSession, SessionConfig};
+use smtps_server::ListenerMode;
+use smtps_tls::{TlsAcceptor, TlsInfo, Transport};
+
+use crate::callbacks::smtps_abort_reason;
+use crate::config::{listener_mode, smtps_config, smtps_mode};
+use crate::error::{fail, session_error, smtps_result, tls_error};
+use crate::ffi::{
+    Castable, OwnershipBox, byte_slice, byte_slice_mut, check_out, take_box, to_boxed_ptr,
+    try_mut_from_ptr, try_ref_from_ptr, try_str_opt, write_out,
+};
+use crate::panic::ffi_boundary;
+use crate::reply::verdict;
+use crate::view::{smtps_bytes, smtps_str};
+
+/// One connection: feed it the bytes read from the socket, take events and answer them, and
+/// send the bytes it gives. STARTTLS is handled inside: when the client asks, the connection
+/// queues the `220` and upgrades itself at the right byte.
+///
+/// Made by `smtps_conn_new`, freed by `smtps_conn_free`. Not thread-safe: use one connection
+/// from one thread at a time (it may move between threads).
+#[allow(non_camel_case_types)]
+pub struct smtps_conn {
+    _private: [u8; 0],
+}
+
+impl Castable for smtps_conn {
+    type Ownership = OwnershipBox;
+    type RustType = Conn;
+}
+
+/// What an `smtps_event` is.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum smtps_event_kind {
+    /// Nothing to do now: send the output, then read more.
+    None = 0,
+    /// The client connected (for implicit TLS: after the handshake). Decide: accept to greet.
+    Connect = 1,
+    /// HELO or EHLO (`flag`: EHLO); `text` is the client's name. Decide.
+    Helo = 2,
+    /// AUTH: `text` the user, `secret` the password, `authzid` the authorization identity.
+    /// Decide: accept answers `235 2.7.0`, refuse with `535 5.7.8`.
+    Auth = 3,
+    /// MAIL FROM: `text` the address without `<>` (empty for `<>`). Decide.
+    Mail = 4,
+    /// RCPT TO: `text` the address without `<>`. Decide.
+    Rcpt = 5,
+    /// DATA, or the first BDAT (`flag`). Decide: accept sends `354`.
+    DataStart = 6,
+    /// Message octets in `data`, dot-unstuffed.
+    Body = 7,
+    /// The whole message (`size` octets) has arrived. Decide, once it is stored durably.
+    MessageEnd = 8,
+    /// The message in progress was dropped (`abort_reason`); it is never acknowledged.
+    MessageAborted = 9,
+    /// The transaction was reset (RSET, EHLO, STARTTLS).
+    Reset = 10,
+    /// The connection switched to TLS after STARTTLS; `size` counts the plaintext bytes
+    /// pipelined after the command and discarded (CVE-2011-0411).
+    StartTls = 11,
+    /// A bare LF or CR was seen (`flag`: it was refused by policy).
+    BareLineEnding = 12,
+    /// QUIT was answered: send the output, then close.
+    Quit = 13,
+    /// Too many errors: the session closed itself with `421`.
+    TooManyErrors = 14,
+}
+
+/// An event from `smtps_conn_next_event`. The views borrow the connection: valid until the
+/// next call on it.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct smtps_event {
+    /// What happened.
+    pub kind: smtps_event_kind,
+    /// Whether the event awaits `smtps_conn_decide(conn, decision, ...)`. Until it is answered
+    /// the session acts on nothing later (replies stay in order).
+    pub awaits_decision: bool,
+    /// The decision to answer, when `awaits_decision`.
+    pub decision: u64,
+    /// HELO name, MAIL/RCPT address, AUTH user.
+    pub text: smtps_str,
+    /// AUTH password (wiped when the decision is answered).
+    pub secret: smtps_str,
+    /// AUTH authorization identity (usually empty).
+    pub authzid: smtps_str,
+    /// Body octets (`SMTPS_EVENT_KIND_BODY`).
+    pub data: smtps_bytes,
+    /// Message size (`MESSAGE_END`), discarded octets (`START_TLS`).
+    pub size: u64,
+    /// EHLO (`HELO`), BDAT (`DATA_START`), refused (`BARE_LINE_ENDING`).
+    pub flag: bool,
+    /// Why (`MESSAGE_ABORTED`).
+    pub abort_reason: smtps_abort_reason,
+}
+
+impl Default for smtps_event {
+    fn default() -> Self {
+        Self {
+            kind: smtps_event_kind::None,
+            awaits_decision: false,
+            decision: 0,
+            text: smtps_str::default(),
+            secret: smtps_str::default(),
+            authzid: smtps_str::default(),
+            data: smtps_bytes::default(),
+            size: 0,
+            flag: false,
+            abort_reason: smtps_abort_reason::Other,
+        }
+    }
+}
+
+/// The Rust value behind `smtps_conn`.
+pub(crate) struct Conn {
+    transport: Transport,
+    session: Option<ServerSession>,
+    session_config: Arc<SessionConfig>,
+    security: Security,
+    acceptor: Option<Arc<TlsAcceptor>>,
+    tls: Option<TlsInfo>,
+    /// Session output the transport has not taken yet.
+    outbox: Vec<u8>,
+    /// Transport output not yet taken by the host.
+    wire: Vec<u8>,
+    wire_pos: usize,
+    /// Text of the last event (owned here so the event can borrow it).
+    text: String,
+    /// The decision handed out and not answered yet (one at a time per session).
+    awaiting: Option<smtps_proto::DecisionId>,
+    eof: bool,
+    eof_delivered: bool,
+    /// The transport failed or the peer left before the session began.
+    dead: bool,
+    closed_transport: bool,
+}
+
+impl Conn {
+    /// Moves received plaintext into the session, and delivers the end of stream.
+    fn pump(&mut self) {
+        if self.session.is_none() && !self.transport.is_handshaking() && !self.dead {
+            if self.transport.is_tls() {
+                self.tls = self.transport.tls_info();
+            }
+            self.session = Some(ServerSession::new(
+                Arc::clone(&self.session_config),
+                self.security,
+            ));
+        }
+        let Some(session) = self.session.as_mut() else {
+            if self.eof && self.transport.is_handshaking() {
+                self.dead = true;
+            }
+            return;
+        };
+        loop {
+            let plaintext = self.transport.received_plaintext();
+            if plaintext.is_empty() {
+                break;
+            }
+            let taken = session.handle_input(plaintext);
+            if taken == 0 {
+                break;
+            }
+            self.transport.consume_plaintext(taken);
+        }
+        if self.eof && !self.eof_delivered && self.transport.received_plaintext().is_empty() {
+            self.eof_delivered = true;
+            session.handle_eof();
+        }
+    }
+
+    /// Moves session output into the transport and transport output into `wire`.
+    fn flush(&mut self) {
+        if let Some(session) = self.session.as_mut() {
+            session.poll_transmit(&mut self.outbox);
+        }
+        if !self.outbox.is_empty() {
+            match self.transport.write_plaintext(&self.outbox) {
+                Ok(taken) => {
+                    self.outbox.drain(..taken);
+                }
+                Err(_) => self.outbox.clear(),
+            }
+        }
+        let closed = self.dead || self.session.as_ref().is_some_and(ServerSession::is_closed);
+        if closed && self.outbox.is_empty() && !self.closed_transport {
+            self.closed_transport = true;
+            self.transport.close();
+        }
+        if self.wire_pos == self.wire.len() {
+            self.wire.clear();
+            self.wire_pos = 0;
+        }
+        self.transport.poll_transmit(&mut self.wire);
+    }
+
+    /// Switches to TLS after the session queued its `220` to STARTTLS.
+    fn start_tls(&mut self) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        session.poll_transmit(&mut self.outbox);
+        let written = self.transport.write_plaintext(&self.outbox);
+        self.outbox.clear();
+        let upgraded = match &self.acceptor {
+            Some(acceptor) => written.and_then(|_| self.transport.start_tls(acceptor)),
+            None => Err(smtps_tls::Error::from(smtps_tls::UsageError::AlreadyTls)),
+        };
+        match upgraded {
+            Ok(_) => {
+                let _ = session.handle_tls_established();
+                self.tls = None;
+            }
+            Err(error) => {
+                log::error!("smtps: STARTTLS failed: {error}");
+                session.close(&crate::reply::fixed(421, "4.7.0", "TLS not available"));
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.dead || self.session.as_ref().is_some_and(ServerSession::is_closed)
+    }
+
+    fn has_output(&self) -> bool {
+        self.wire_pos < self.wire.len()
+            || !self.outbox.is_empty()
+            || self.transport.wants_write()
+            || self.session.as_ref().is_some_and(ServerSession::has_output)
+    }
+}
+
+/// Makes a connection in `mode` (`SMTPS_MODE_*`) with `config`'s host name, limits, policies
+/// and certificates (loaded on first use and shared with later connections; see
+/// `smtps_config_load_certificates`). In `SMTPS_MODE_IMPLICIT_TLS` the first event comes after
+/// the handshake; otherwise `SMTPS_EVENT_KIND_CONNECT` comes at once. `config` may be freed
+/// afterwards. On success `*conn_out` receives the connection, freed by `smtps_conn_free`.
+///
+/// `SMTPS_RESULT_TLS_NOT_CONFIGURED` for a TLS mode without a certificate.
+///
+/// # Safety
+/// `config` is NULL or a live config not being changed by another thread; `conn_out` is NULL
+/// or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_new(
+    config: *const smtps_config,
+    mode: smtps_mode,
+    conn_out: *mut *mut smtps_conn,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_ref_from_ptr!(config);
+        check_out!(conn_out);
+        let mode = match listener_mode(mode) {
+            Ok(mode) => mode,
+            Err(error) => return error,
+        };
+        let acceptor = match config.acceptor() {
+            Ok(acceptor) => acceptor,
+            Err(error) => return error,
+        };
+        if mode.uses_tls() && acceptor.is_none() {
+            return fail(smtps_result::TlsNotConfigured, "a TLS mode needs a certificate (smtps_config_set_certificate_files)");
+        }
+        let (transport, security) = match (mode, &acceptor) {
+            (ListenerMode::ImplicitTls, Some(acceptor)) => match Transport::new_implicit_tls(acceptor) {
+                Ok(transport) => (transport, Security::Tls),
+                Err(error) => return tls_error(&error),
+            },
+            (ListenerMode::Plain, _) => (Transport::new_plaintext(), Security::Plaintext),
+            _ => (Transport::new_plaintext(), Security::StartTlsAvailable),
+        };
+        let conn = Conn {
+            transport,
+            session: None,
+            session_config: config.session_config(mode),
+            security,
+            acceptor,
+            tls: None,
+            outbox: Vec::new(),
+            wire: Vec::new(),
+            wire_pos: 0,
+            text: String::new(),
+            awaiting: None,
+            eof: false,
+            eof_delivered: false,
+            dead: false,
+            closed_transport: false,
+        };
+        // SAFETY: checked non-NULL above; writable by contract.
+        unsafe { write_out(conn_out, to_boxed_ptr::<smtps_conn>(conn)) };
+        smtps_result::Ok
+    }
+}
+
+/// Frees a connection. NULL is a no-op.
+///
+/// # Safety
+/// `conn` is NULL or from `smtps_conn_new` and not freed before.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_free(conn: *mut smtps_conn) {
+    ffi_boundary! {
+        // SAFETY: a pointer from `smtps_conn_new`, or NULL, by contract.
+        drop(unsafe { take_box(conn) });
+    }
+}
+
+/// Offers `len` bytes read from the socket; `*taken_out` receives how many were taken. Keep
+/// the rest and offer it again after draining events (`smtps_conn_next_event`) and output:
+/// that is the back-pressure. `len` 0 with `data` NULL is allowed.
+///
+/// `SMTPS_RESULT_TLS_HANDSHAKE` / `SMTPS_RESULT_TLS_SESSION` when TLS fails (details in
+/// `smtps_last_error()`): send what `smtps_conn_take_output` still gives (the alert), then
+/// close. After the connection closed, bytes are taken and ignored.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `data` is valid for `len` bytes; `taken_out` is NULL
+/// or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_feed(
+    conn: *mut smtps_conn,
+    data: *const u8,
+    len: usize,
+    taken_out: *mut usize,
+) -> smtps_result {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        check_out!(taken_out);
+        // SAFETY: valid for `len` bytes by contract.
+        let Some(data) = (unsafe { byte_slice(data, len) }) else {
+            return crate::panic::NullParameterOrDefault::value();
+        };
+        if conn.is_closed() || conn.eof {
+            // SAFETY: checked non-NULL above.
+            unsafe { write_out(taken_out, data.len()) };
+            return smtps_result::Ok;
+        }
+        let taken = match conn.transport.handle_received(data) {
+            Ok(taken) => taken,
+            Err(error) => {
+                conn.dead = true;
+                conn.flush();
+                return tls_error(&error);
+            }
+        };
+        conn.pump();
+        // SAFETY: checked non-NULL above.
+        unsafe { write_out(taken_out, taken) };
+        smtps_result::Ok
+    }
+}
+
+/// Tells the connection that the client closed its side (a socket read returned 0). A
+/// message in progress is aborted; the session closes once its output is sent.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_feed_eof(conn: *mut smtps_conn) -> smtps_result {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        if !conn.eof {
+            conn.eof = true;
+            conn.transport.handle_eof();
+            conn.pump();
+        }
+        smtps_result::Ok
+    }
+}
+
+/// Sets `*event_out` to the next event; `kind` is `SMTPS_EVENT_KIND_NONE` when there is none
+/// (send the output, read more input, or answer the awaited decision). Call it until it gives
+/// NONE after every feed and every decision. The event's views are valid until the next call
+/// on this connection.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `event_out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_next_event(
+    conn: *mut smtps_conn,
+    event_out: *mut smtps_event,
+) -> smtps_result {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        check_out!(event_out);
+        conn.pump();
+        let event = next_event(conn);
+        // SAFETY: checked non-NULL above; writable by contract.
+        unsafe { write_out(event_out, event) };
+        smtps_result::Ok
+    }
+}
+
+fn next_event(conn: &mut Conn) -> smtps_event {
+    let mut out = smtps_event::default();
+    let Some(session) = conn.session.as_mut() else {
+        return out;
+    };
+    let Some(event) = session.poll_event() else {
+        return out;
+    };
+    let text = &mut conn.text;
+    text.clear();
+    let mut awaiting = None;
+    match event {
+        Event::Connect { decision } => {
+            out.kind = smtps_event_kind::Connect;
+            out.decision = decision.as_u64();
+            awaiting = Some(decision);
+        }
+        Event::Helo {
+            decision,
+            extended,
+            name,
+        } => {
+            out.kind = smtps_event_kind::Helo;
+            out.decision = decision.as_u64();
+            awaiting = Some(decision);
+            out.flag = extended;
+            *text = name.to_string();
+        }
+        Event::Auth {
+            decision,
+            authorization_id,
+            authentication_id,
+            password,
+            ..
+        } => {
+            out.kind = smtps_event_kind::Auth;
+            out.decision = decision.as_u64();
+            awaiting = Some(decision);
+            // These borrow the session's buffers, untouched until its next `&mut` call.
+            out.text = smtps_str::new(authentication_id);
+            out.secret = smtps_str::new(password);
+            out.authzid = smtps_str::new(authorization_id);
+        }
+        Event::Mail { decision, from, .. } => {
+            out.kind = smtps_event_kind::Mail;
+            out.decision = decision.as_u64();
+            awaiting = Some(decision);
+            *text = strip_brackets(from.to_string());
+        }
+        Event::Rcpt { decision, to, .. } => {
+            out.kind = smtps_event_kind::Rcpt;
+            out.decision = decision.as_u64();
+            awaiting = Some(decision);
+            *text = strip_brackets(to.to_string());
+        }
+        Event::DataStart { decision, chunked } => {
+            out.kind = smtps_event_kind::DataStart;
+            out.decision = decision.as_u64();
+            awaiting = Some(decision);
+            out.flag = chunked;
+        }
+        Event::BodyChunk(chunk) => {
+            out.kind = smtps_event_kind::Body;
+            out.data = smtps_bytes::new(chunk);
+        }
+        Event::MessageEnd { decision, size } => {
+            out.kind = smtps_event_kind::MessageEnd;
+            out.decision = decision.as_u64();
+            awaiting = Some(decision);
+            out.size = size;
+        }
+        Event::MessageAborted { reason } => {
+            out.kind = smtps_event_kind::MessageAborted;
+            out.abort_reason = reason.into();
+        }
+        Event::Reset => out.kind = smtps_event_kind::Reset,
+        Event::StartTls { discarded } => {
+            out.kind = smtps_event_kind::StartTls;
+            out.size = discarded as u64;
+            conn.start_tls();
+        }
+        Event::BareLineEnding { rejected, .. } => {
+            out.kind = smtps_event_kind::BareLineEnding;
+            out.flag = rejected;
+        }
+        Event::Quit => out.kind = smtps_event_kind::Quit,
+        Event::TooManyErrors => out.kind = smtps_event_kind::TooManyErrors,
+        _ => return next_event(conn),
+    }
+    out.awaits_decision = awaiting.is_some();
+    if awaiting.is_some() {
+        conn.awaiting = awaiting;
+    }
+    if !conn.text.is_empty() {
+        out.text = smtps_str::new(&conn.text);
+    }
+    out
+}
+
+/// `<a@b>` → `a@b`, `<>` → ``.
+fn strip_brackets(path: String) -> String {
+    match path.strip_prefix('<').and_then(|p| p.strip_suffix('>')) {
+        Some(inner) => inner.to_owned(),
+        None => path,
+    }
+}
+
+/// Answers a decision. `code` 0 accepts with the default reply; 2xx (3xx for DATA) accepts
+/// with the host's reply; 4xx/5xx refuses (`421` closes). `enhanced` (such as `"2.0.0"`) and
+/// `text` are NULL or NUL-terminated UTF-8, copied.
+///
+/// `SMTPS_RESULT_UNKNOWN_DECISION` if `decision` is not the awaited one;
+/// `SMTPS_RESULT_INVALID_REPLY` if the reply is malformed or does not fit (the decision then
+/// still waits).
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `enhanced` and `text` are NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_decide(
+    conn: *mut smtps_conn,
+    decision: u64,
+    code: u16,
+    enhanced: *const c_char,
+    text: *const c_char,
+) -> smtps_result {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        let enhanced = try_str_opt!(enhanced);
+        let text = try_str_opt!(text);
+        let Some(session) = conn.session.as_mut() else {
+            return fail(smtps_result::UnknownDecision, "no decision is awaited yet");
+        };
+        let verdict = match verdict(code, enhanced, text, None) {
+            Ok(verdict) => verdict,
+            Err(error) => return error,
+        };
+        // Decision ids are only made by the session; a foreign number is simply unknown.
+        let Some(id) = conn.awaiting.filter(|id| id.as_u64() == decision) else {
+            return fail(smtps_result::UnknownDecision, format_args!("decision {decision} is not awaited"));
+        };
+        match session.decide(id, verdict) {
+            Ok(()) => {
+                conn.awaiting = None;
+                smtps_result::Ok
+            }
+            Err(error) => session_error(error),
+        }
+    }
+}
+
+/// Refuses the message being received (the host's spool failed): the rest of the body is read
+/// and not passed on, then answered with this reply (4xx or 5xx; NULL texts give
+/// `452 4.3.1`-style defaults). Does nothing outside a message body.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `enhanced` and `text` are NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_refuse_message(
+    conn: *mut smtps_conn,
+    code: u16,
+    enhanced: *const c_char,
+    text: *const c_char,
+) -> smtps_result {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        let enhanced = try_str_opt!(enhanced);
+        let text = try_str_opt!(text);
+        let reply = match negative_reply(code, enhanced, text) {
+            Ok(reply) => reply,
+            Err(error) => return error,
+        };
+        if let Some(session) = conn.session.as_mut() {
+            session.refuse_message(reply);
+        }
+        smtps_result::Ok
+    }
+}
+
+/// Closes the session with a final reply (4xx or 5xx, such as `421 4.4.2` on the host's
+/// timeout): a message in progress is aborted, and the connection closes once the output is
+/// sent.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `enhanced` and `text` are NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_close(
+    conn: *mut smtps_conn,
+    code: u16,
+    enhanced: *const c_char,
+    text: *const c_char,
+) -> smtps_result {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        let enhanced = try_str_opt!(enhanced);
+        let text = try_str_opt!(text);
+        let reply = match negative_reply(code, enhanced, text) {
+            Ok(reply) => reply,
+            Err(error) => return error,
+        };
+        match conn.session.as_mut() {
+            Some(session) => session.close(&reply),
+            None => conn.dead = true,
+        }
+        smtps_result::Ok
+    }
+}
+
+fn negative_reply(
+    code: u16,
+    enhanced: Option<&str>,
+    text: Option<&str>,
+) -> Result<Reply, smtps_result> {
+    match verdict(code, enhanced, text, None)? {
+        smtps_proto::Verdict::Reject(reply) => Ok(reply),
+        _ => Err(fail(
+            smtps_result::InvalidReply,
+            "a 4xx or 5xx reply is needed",
+        )),
+    }
+}
+
+/// Copies bytes to send to the socket into `buf` (up to `len`); `*n_out` receives how many (0
+/// when there is nothing to send). Call it until it gives 0 after every event round.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `buf` is valid for `len` writable bytes; `n_out` is
+/// NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_take_output(
+    conn: *mut smtps_conn,
+    buf: *mut u8,
+    len: usize,
+    n_out: *mut usize,
+) -> smtps_result {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        check_out!(n_out);
+        // SAFETY: valid for `len` writable bytes by contract.
+        let Some(buf) = (unsafe { byte_slice_mut(buf, len) }) else {
+            return crate::panic::NullParameterOrDefault::value();
+        };
+        if conn.wire_pos == conn.wire.len() {
+            conn.flush();
+        }
+        let ready = &conn.wire[conn.wire_pos..];
+        let n = ready.len().min(buf.len());
+        buf[..n].copy_from_slice(&ready[..n]);
+        conn.wire_pos += n;
+        // SAFETY: checked non-NULL above.
+        unsafe { write_out(n_out, n) };
+        smtps_result::Ok
+    }
+}
+
+/// Whether the host should read from the socket and feed the connection (false while input
+/// waits inside it, after the end of stream, and once closed).
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_wants_read(conn: *const smtps_conn) -> bool {
+    ffi_boundary! {
+        let conn = try_ref_from_ptr!(conn);
+        !conn.is_closed() && !conn.eof && conn.transport.wants_read()
+    }
+}
+
+/// Whether output waits for `smtps_conn_take_output`.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_wants_write(conn: *const smtps_conn) -> bool {
+    ffi_boundary! { try_ref_from_ptr!(conn).has_output() }
+}
+
+/// Whether the connection is over (QUIT, `421`, the client left, TLS failed): once
+/// `smtps_conn_wants_write` is false too, close the socket and free the connection. True for
+/// NULL.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_is_closed(conn: *const smtps_conn) -> bool {
+    ffi_boundary! {
+        // SAFETY: see `try_ref_from_ptr`; NULL counts as closed.
+        match unsafe { crate::ffi::try_ref(conn) } {
+            Some(conn) => conn.is_closed(),
+            None => true,
+        }
+    }
+}
+
+/// The TLS version (`"TLSv1.3"`); empty without TLS. Valid until the next call on `conn`.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_tls_version(conn: *mut smtps_conn) -> smtps_str {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        smtps_str::opt(tls_info(conn).map(TlsInfo::version_name))
+    }
+}
+
+/// The TLS cipher suite; empty without TLS. Valid until the next call on `conn`.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_tls_cipher(conn: *mut smtps_conn) -> smtps_str {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        smtps_str::opt(tls_info(conn).map(TlsInfo::cipher_suite_name))
+    }
+}
+
+/// The SNI server name the client asked for; empty if none. Valid until the next call on
+/// `conn`.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_sni(conn: *mut smtps_conn) -> smtps_str {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        smtps_str::opt(tls_info(conn).and_then(|tls| tls.server_name.as_deref()))
+    }
+}
+
+fn tls_info(conn: &mut Conn) -> Option<&TlsInfo> {
+    if conn.tls.is_none() && conn.transport.is_tls() && !conn.transport.is_handshaking() {
+        conn.tls = conn.transport.tls_info();
+    }
+    conn.tls.as_ref()
+}

@@ -1,0 +1,578 @@
+//! `smtps_server`: listeners bound, callbacks registered; run on library threads
+//! (`smtps_server_start`), on the calling thread (`smtps_server_run`), or from the host's own
+//! poll loop (`smtps_server_start_polled` + `smtps_server_dispatch`).
+
+use std::ffi::{c_char, c_int, c_void};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ::smtps_server::{RunningServer, Server, ServerHandle};
+use smtps_tls::TlsAcceptor;
+
+use crate::callbacks::smtps_callbacks;
+use crate::config::smtps_config;
+use crate::error::{fail, io_error, server_error, smtps_result, tls_error};
+use crate::ffi::{
+    Castable, OwnershipBox, check_out, take_box, to_boxed_ptr, try_ref_from_ptr, try_str_opt,
+    write_out,
+};
+use crate::handler::{Core, FfiHandler, Pending, UserData, in_callback};
+use crate::panic::ffi_boundary;
+use crate::reply::verdict;
+
+/// A server: its listeners are bound from `smtps_server_new` on. Free with
+/// `smtps_server_free`. Every function taking a server is thread-safe unless it says
+/// otherwise.
+#[allow(non_camel_case_types)]
+pub struct smtps_server {
+    _private: [u8; 0],
+}
+
+impl Castable for smtps_server {
+    type Ownership = OwnershipBox;
+    type RustType = FfiServer;
+}
+
+/// The Rust value behind `smtps_server`.
+pub(crate) struct FfiServer {
+    core: Arc<Core>,
+    handle: ServerHandle,
+    local_addrs: Vec<SocketAddr>,
+    tls: Option<Arc<TlsAcceptor>>,
+    state: Mutex<State>,
+    /// Serialises `smtps_server_dispatch` (callbacks of the poll-loop mode run one at a time).
+    dispatching: Mutex<()>,
+}
+
+enum State {
+    /// Bound, not serving yet.
+    Bound(Box<Server<FfiHandler>>),
+    /// Serving on library threads; the supervisor joins them.
+    Threads(Option<JoinHandle<()>>),
+    /// Serving from `smtps_server_run` on a host thread.
+    Caller,
+    /// A shutdown was requested (`smtps_server_shutdown`).
+    ShuttingDown(Option<JoinHandle<()>>),
+    /// `smtps_server_stop` is waiting for the end.
+    Stopping,
+    /// Over.
+    Stopped,
+}
+
+impl FfiServer {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts the workers on library threads, with a supervisor thread that marks the end.
+    fn start(&self, polled: bool) -> smtps_result {
+        let mut state = self.state();
+        let server = match std::mem::replace(&mut *state, State::Stopped) {
+            State::Bound(server) => server,
+            other => {
+                let result = phase_error(&other);
+                *state = other;
+                return result;
+            }
+        };
+        self.core.polled.store(polled, Ordering::Release);
+        let running = match server.start() {
+            Ok(running) => running,
+            Err(error) => {
+                self.core.finish(false);
+                return server_error(&error);
+            }
+        };
+        let core = Arc::clone(&self.core);
+        let supervisor = std::thread::Builder::new()
+            .name("smtps-supervisor".into())
+            .spawn(move || supervise(&core, running));
+        match supervisor {
+            Ok(thread) => {
+                *state = State::Threads(Some(thread));
+                smtps_result::Ok
+            }
+            Err(error) => {
+                // The workers run without a supervisor; stop them.
+                self.handle.shutdown(Duration::ZERO);
+                self.core.finish(false);
+                io_error("starting the supervisor thread", &error)
+            }
+        }
+    }
+
+    /// Requests a shutdown. Returns the supervisor to join, if any, or an error.
+    fn request_stop(
+        &self,
+        grace: Duration,
+        waiting: bool,
+    ) -> Result<Option<JoinHandle<()>>, smtps_result> {
+        let mut state = self.state();
+        match std::mem::replace(&mut *state, State::Stopped) {
+            State::Bound(server) => {
+                drop(server);
+                self.core.finish(false);
+                Ok(None)
+            }
+            State::Threads(thread) => {
+                self.handle.shutdown(grace);
+                if waiting {
+                    *state = State::Stopping;
+                    Ok(thread)
+                } else {
+                    *state = State::ShuttingDown(thread);
+                    Ok(None)
+                }
+            }
+            State::Caller => {
+                self.handle.shutdown(grace);
+                *state = if waiting {
+                    State::Stopping
+                } else {
+                    State::ShuttingDown(None)
+                };
+                Ok(None)
+            }
+            State::ShuttingDown(thread) if waiting => {
+                *state = State::Stopping;
+                Ok(thread)
+            }
+            other @ (State::ShuttingDown(_) | State::Stopping | State::Stopped) => {
+                *state = other;
+                Err(fail(
+                    smtps_result::AlreadyStopped,
+                    "the server was already stopped",
+                ))
+            }
+        }
+    }
+
+    /// Waits for every worker to stop; in the poll-loop mode runs the remaining callbacks on
+    /// the calling thread meanwhile.
+    fn wait_finished(&self) -> bool {
+        let polled = self.core.polled.load(Ordering::Acquire);
+        loop {
+            if polled {
+                self.dispatch_all();
+            }
+            let queue = self.core.queue();
+            if queue.finished && queue.items.is_empty() {
+                return queue.panicked;
+            }
+            if polled && !queue.items.is_empty() {
+                continue;
+            }
+            let _unused = self
+                .core
+                .queue_changed
+                .wait_timeout(queue, Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Runs every queued callback. Returns how many ran.
+    fn dispatch_all(&self) -> usize {
+        let _serial = self
+            .dispatching
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.core.drain_signal();
+        let items = std::mem::take(&mut self.core.queue().items);
+        let count = items.len();
+        for item in items {
+            self.core.dispatch(item);
+        }
+        count
+    }
+
+    fn stop(&self, grace: Duration) -> smtps_result {
+        if in_callback() {
+            return fail(
+                smtps_result::InCallback,
+                "smtps_server_stop waits for the callbacks to end: use smtps_server_shutdown in a callback",
+            );
+        }
+        let supervisor = match self.request_stop(grace, true) {
+            Ok(thread) => thread,
+            Err(error) => return error,
+        };
+        let panicked = self.wait_finished();
+        if let Some(thread) = supervisor {
+            let _ = thread.join();
+        }
+        *self.state() = State::Stopped;
+        if panicked {
+            fail(smtps_result::WorkerPanicked, "a worker thread panicked")
+        } else {
+            smtps_result::Ok
+        }
+    }
+}
+
+fn supervise(core: &Core, running: RunningServer) {
+    let panicked = running.join().is_err();
+    core.finish(panicked);
+}
+
+/// The error for a start in the wrong phase.
+fn phase_error(state: &State) -> smtps_result {
+    match state {
+        State::ShuttingDown(_) | State::Stopping | State::Stopped => {
+            fail(smtps_result::ServerStopped, "the server has been stopped")
+        }
+        _ => fail(smtps_result::WrongState, "the server was started already"),
+    }
+}
+
+/// Makes a server from `config`: builds TLS (reading the certificate files) and binds every
+/// listener, so that a bad file or a busy port fails here, named in `smtps_last_error()`.
+/// Nothing is served until a start function is called. `callbacks` is copied; `userdata` is
+/// passed to every callback, from the threads callbacks run on (see `smtps_callbacks`): what
+/// it points to must stay valid until `smtps_server_free` returns and be safe to use from
+/// those threads. `config` can be freed afterwards.
+///
+/// On success `*server_out` receives the server; on failure it is left alone.
+/// `callbacks->on_message_end` is required (`SMTPS_RESULT_INVALID_PARAMETER`).
+///
+/// # Safety
+/// `config` and `callbacks` are NULL or valid; `server_out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_new(
+    config: *const smtps_config,
+    callbacks: *const smtps_callbacks,
+    userdata: *mut c_void,
+    server_out: *mut *mut smtps_server,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_ref_from_ptr!(config);
+        // SAFETY: a NULL-or-valid pointer to a `smtps_callbacks`, by contract.
+        let Some(callbacks) = (unsafe { callbacks.as_ref() }).copied() else {
+            return crate::panic::NullParameterOrDefault::value();
+        };
+        check_out!(server_out);
+        if callbacks.on_message_end.is_none() {
+            return fail(smtps_result::InvalidParameter, "callbacks->on_message_end is required");
+        }
+        let server_config = match config.server_config() {
+            Ok(server_config) => server_config,
+            Err(error) => return error,
+        };
+        let tls = server_config.tls.clone();
+        let core = match Core::new(callbacks, UserData(userdata)) {
+            Ok(core) => Arc::new(core),
+            Err(error) => return io_error("creating the dispatch socket pair", &error),
+        };
+        let handler = FfiHandler { core: Arc::clone(&core) };
+        let server = match Server::bind(server_config, handler) {
+            Ok(server) => server,
+            Err(error) => return server_error(&error),
+        };
+        let value = FfiServer {
+            core,
+            handle: server.handle(),
+            local_addrs: server.local_addrs().to_vec(),
+            tls,
+            state: Mutex::new(State::Bound(Box::new(server))),
+            dispatching: Mutex::new(()),
+        };
+        // SAFETY: checked non-NULL above; writable by contract.
+        unsafe { write_out(server_out, to_boxed_ptr::<smtps_server>(value)) };
+        smtps_result::Ok
+    }
+}
+
+/// Stops the server if it runs (as `smtps_server_stop` with no grace: open sessions get
+/// `421 4.3.2`, `on_message_aborted` and `on_disconnect`), waits for its threads, and frees
+/// it. NULL is a no-op. Must not be called from a callback (it would wait for itself); if it
+/// is, the server is only shut down and its memory leaked.
+///
+/// # Safety
+/// `server` is NULL or from `smtps_server_new` and not freed before; no other thread uses it
+/// during or after the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_free(server: *mut smtps_server) {
+    ffi_boundary! {
+        // SAFETY: a pointer from `smtps_server_new`, or NULL, by contract.
+        let Some(server) = (unsafe { take_box(server) }) else { return };
+        if in_callback() {
+            let _ = server.request_stop(Duration::ZERO, false);
+            std::mem::forget(server);
+            return;
+        }
+        let _ = server.stop(Duration::ZERO);
+        // Decisions never answered: their responders answer 451 as they drop.
+        server.core.registry().clear();
+    }
+}
+
+/// Serves on library threads (the workers) and returns at once. Callbacks run on the workers.
+///
+/// `SMTPS_RESULT_WRONG_STATE` if started already, `SMTPS_RESULT_SERVER_STOPPED` after a stop.
+///
+/// # Safety
+/// `server` is NULL or a live server.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_start(server: *const smtps_server) -> smtps_result {
+    ffi_boundary! { try_ref_from_ptr!(server).start(false) }
+}
+
+/// Serves from the host's own poll loop. The workers still do the I/O on library threads,
+/// but every callback is queued, and runs on the thread that calls `smtps_server_dispatch`.
+/// `*fd_out` receives a file descriptor (owned by the server: do not close or read it) that
+/// polls readable (`POLLIN`) whenever callbacks are queued or the server has finished: then
+/// call `smtps_server_dispatch`.
+///
+/// # Safety
+/// `server` is NULL or a live server; `fd_out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_start_polled(
+    server: *const smtps_server,
+    fd_out: *mut c_int,
+) -> smtps_result {
+    ffi_boundary! {
+        let server = try_ref_from_ptr!(server);
+        check_out!(fd_out);
+        let result = server.start(true);
+        if result == smtps_result::Ok {
+            // SAFETY: checked non-NULL above; writable by contract.
+            unsafe { write_out(fd_out, server.core.signal_read.as_raw_fd()) };
+        }
+        result
+    }
+}
+
+/// Runs every queued callback on the calling thread, without blocking, and sets
+/// `*dispatched_out` to how many ran. Call it when the descriptor from
+/// `smtps_server_start_polled` polls readable (calling it more often is harmless).
+///
+/// Returns `SMTPS_RESULT_SERVER_STOPPED` once the server has finished (after a shutdown) and
+/// nothing is left to dispatch: the end of the host's loop. `SMTPS_RESULT_WRONG_STATE` if the
+/// server was not started with `smtps_server_start_polled`; `SMTPS_RESULT_IN_CALLBACK` from a
+/// callback. Calls from several threads are serialised.
+///
+/// # Safety
+/// `server` is NULL or a live server; `dispatched_out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_dispatch(
+    server: *const smtps_server,
+    dispatched_out: *mut usize,
+) -> smtps_result {
+    ffi_boundary! {
+        let server = try_ref_from_ptr!(server);
+        check_out!(dispatched_out);
+        if in_callback() {
+            return fail(smtps_result::InCallback, "smtps_server_dispatch called from a callback");
+        }
+        if matches!(*server.state(), State::Bound(_)) || !server.core.polled.load(Ordering::Acquire) {
+            return fail(smtps_result::WrongState, "the server was not started with smtps_server_start_polled");
+        }
+        let dispatched = server.dispatch_all();
+        if dispatched == 0 {
+            let queue = server.core.queue();
+            if queue.finished && queue.items.is_empty() {
+                return fail(smtps_result::ServerStopped, "the server has finished");
+            }
+        }
+        // SAFETY: checked non-NULL above; writable by contract.
+        unsafe { write_out(dispatched_out, dispatched) };
+        smtps_result::Ok
+    }
+}
+
+/// Serves on the calling thread (plus one library thread per further worker) until the
+/// server is shut down — by `smtps_server_shutdown` from a callback or another thread, or
+/// `smtps_server_stop` from another thread. Callbacks run on the calling thread and the
+/// other workers.
+///
+/// # Safety
+/// `server` is NULL or a live server.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_run(server: *const smtps_server) -> smtps_result {
+    ffi_boundary! {
+        let server = try_ref_from_ptr!(server);
+        let bound = {
+            let mut state = server.state();
+            match std::mem::replace(&mut *state, State::Caller) {
+                State::Bound(bound) => bound,
+                other => {
+                    let result = phase_error(&other);
+                    *state = other;
+                    return result;
+                }
+            }
+        };
+        server.core.polled.store(false, Ordering::Release);
+        let result = bound.run();
+        server.core.finish(matches!(result, Err(::smtps_server::Error::WorkerPanicked)));
+        {
+            let mut state = server.state();
+            if matches!(*state, State::Caller | State::ShuttingDown(_)) {
+                *state = State::Stopped;
+            }
+        }
+        match result {
+            Ok(()) => smtps_result::Ok,
+            Err(error) => server_error(&error),
+        }
+    }
+}
+
+/// Starts a graceful shutdown and returns at once; allowed in callbacks. Listeners close;
+/// idle sessions get `421 4.3.2`; transactions in flight may finish (deferred replies still
+/// work) until `grace_ms` milliseconds have passed, then they are closed and the host told
+/// (`on_message_aborted`, `on_disconnect`).
+///
+/// `SMTPS_RESULT_ALREADY_STOPPED` if a shutdown or stop was requested before.
+///
+/// # Safety
+/// `server` is NULL or a live server.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_shutdown(
+    server: *const smtps_server,
+    grace_ms: u32,
+) -> smtps_result {
+    ffi_boundary! {
+        let server = try_ref_from_ptr!(server);
+        match server.request_stop(Duration::from_millis(grace_ms.into()), false) {
+            Ok(_) => smtps_result::Ok,
+            Err(error) => error,
+        }
+    }
+}
+
+/// Shuts down as `smtps_server_shutdown` does and waits until every worker has stopped and
+/// every callback has returned; `on_disconnect` has then been called for every session. In
+/// the poll-loop mode the remaining callbacks run on the calling thread meanwhile. A server
+/// never started just closes its listeners.
+///
+/// `SMTPS_RESULT_ALREADY_STOPPED` for a second stop; `SMTPS_RESULT_IN_CALLBACK` from a
+/// callback (use `smtps_server_shutdown` there).
+///
+/// # Safety
+/// `server` is NULL or a live server.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_stop(
+    server: *const smtps_server,
+    grace_ms: u32,
+) -> smtps_result {
+    ffi_boundary! {
+        try_ref_from_ptr!(server).stop(Duration::from_millis(grace_ms.into()))
+    }
+}
+
+/// Answers the decision a session awaits, from any thread, once: during the callback (a reply
+/// with text of the host's own) or after the callback returned `SMTPS_ANSWER_DEFER`.
+///
+/// `code` 0 accepts with the default reply (`enhanced` and `text` ignored). 2xx accepts (3xx
+/// for `on_data_start`) with the host's reply; 4xx and 5xx refuse (`421` also closes).
+/// `enhanced` is NULL or an RFC 3463 status such as `"2.0.0"` of the code's class; `text` is
+/// NULL (a default text) or UTF-8, one line (CR and LF are replaced). Both are copied. In
+/// `on_body`, a 4xx/5xx refuses the message.
+///
+/// Returns `SMTPS_RESULT_UNKNOWN_SESSION` if no decision is awaited from `session_id` (it
+/// never deferred, was answered already, or has closed); `SMTPS_RESULT_INVALID_REPLY` if the
+/// reply is malformed or does not fit (the decision then still waits);
+/// `SMTPS_RESULT_SERVER_STOPPED` after a stop.
+///
+/// # Safety
+/// `server` is NULL or a live server; `enhanced` and `text` are NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_reply(
+    server: *const smtps_server,
+    session_id: u64,
+    code: u16,
+    enhanced: *const c_char,
+    text: *const c_char,
+) -> smtps_result {
+    ffi_boundary! {
+        let server = try_ref_from_ptr!(server);
+        let enhanced = try_str_opt!(enhanced);
+        let text = try_str_opt!(text);
+        if matches!(*server.state(), State::Stopped) {
+            return fail(smtps_result::ServerStopped, "the server has been stopped");
+        }
+        let mut registry = server.core.registry();
+        let (kind, answered) = match registry.get(&session_id) {
+            None => {
+                return fail(
+                    smtps_result::UnknownSession,
+                    format_args!("session {session_id} awaits no decision (never deferred, answered, or closed)"),
+                );
+            }
+            Some(Pending::InCallback { kind, verdict }) => (*kind, verdict.is_some()),
+            Some(Pending::Deferred { kind, .. }) => (*kind, false),
+        };
+        if answered {
+            return fail(smtps_result::UnknownSession, format_args!("session {session_id} was answered already"));
+        }
+        let verdict = match verdict(code, enhanced, text, kind.accepting_class()) {
+            Ok(smtps_proto::Verdict::AcceptWith(_)) if kind.accepting_class().is_none() => {
+                return fail(smtps_result::InvalidReply, "during a body chunk only a 4xx or 5xx reply refuses the message");
+            }
+            Ok(verdict) => verdict,
+            Err(error) => return error,
+        };
+        match registry.get_mut(&session_id) {
+            Some(Pending::InCallback { verdict: slot, .. }) => {
+                *slot = Some(verdict);
+            }
+            _ => {
+                if let Some(Pending::Deferred { responder, .. }) = registry.remove(&session_id) {
+                    drop(registry);
+                    responder.respond(verdict);
+                }
+            }
+        }
+        smtps_result::Ok
+    }
+}
+
+/// Sets `*port_out` to the port listener `index` (in `smtps_config_add_listener` order) is
+/// bound to: the real one where port 0 was asked for. `SMTPS_RESULT_INVALID_PARAMETER` for an
+/// index out of range.
+///
+/// # Safety
+/// `server` is NULL or a live server; `port_out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_local_port(
+    server: *const smtps_server,
+    index: usize,
+    port_out: *mut u16,
+) -> smtps_result {
+    ffi_boundary! {
+        let server = try_ref_from_ptr!(server);
+        check_out!(port_out);
+        let Some(addr) = server.local_addrs.get(index) else {
+            return fail(smtps_result::InvalidParameter, format_args!("no listener {index}"));
+        };
+        // SAFETY: checked non-NULL above; writable by contract.
+        unsafe { write_out(port_out, addr.port()) };
+        smtps_result::Ok
+    }
+}
+
+/// Reads the certificate files again (after a renewal): new TLS handshakes use them, those in
+/// progress keep the old ones. On failure (named in `smtps_last_error()`) the old certificates
+/// stay in use.
+///
+/// # Safety
+/// `server` is NULL or a live server.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_reload_certificates(
+    server: *const smtps_server,
+) -> smtps_result {
+    ffi_boundary! {
+        let server = try_ref_from_ptr!(server);
+        match &server.tls {
+            Some(tls) => match tls.reload() {
+                Ok(()) => smtps_result::Ok,
+                Err(error) => tls_error(&error),
+            },
+            None => fail(smtps_result::TlsNotConfigured, "the server has no certificate"),
+        }
+    }
+}
