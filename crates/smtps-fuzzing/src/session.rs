@@ -377,7 +377,7 @@ pub fn run(input: &SessionInput) {
 }
 
 /// Total octets one input may feed, so a run stays fast.
-const FEED_BUDGET: usize = 4 * 1024 * 1024;
+const FEED_BUDGET: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -843,7 +843,13 @@ impl Host {
             (Kind::Helo { extended }, true) => self.helo = Some(extended),
             (Kind::Mail, true) => self.txn = true,
             (Kind::Data { chunked }, true) => self.body = Body::Open { chunked },
-            (Kind::Data { .. }, false) => self.body = Body::None,
+            (Kind::Data { chunked: false }, false) => self.body = Body::None,
+            // A refused BDAT fails the whole transaction (RFC 3030 §2), without a Reset event;
+            // a refused DATA leaves it open for another try.
+            (Kind::Data { chunked: true }, false) => {
+                self.body = Body::None;
+                self.txn = false;
+            }
             (Kind::End, _) => {
                 self.body = Body::None;
                 self.txn = false;
