@@ -846,11 +846,7 @@ impl Host {
             (Kind::Data { chunked: false }, false) => self.body = Body::None,
             // A refused BDAT fails the whole transaction (RFC 3030 §2), without a Reset event;
             // a refused DATA leaves it open for another try.
-            (Kind::Data { chunked: true }, false) => {
-                self.body = Body::None;
-                self.txn = false;
-            }
-            (Kind::End, _) => {
+            (Kind::Data { chunked: true }, false) | (Kind::End, _) => {
                 self.body = Body::None;
                 self.txn = false;
             }
