@@ -1,0 +1,264 @@
+/*
+ * conn_server.c: the connection-level (sans-IO) API with the program's own poll() loop, one
+ * connection at a time, as a fork-per-connection server's child would drive it.
+ *
+ *   conn_server implicit|starttls SPOOL CERT KEY
+ *
+ * Listens on 127.0.0.1 (ephemeral port), prints "PORT <port>" on stdout, and serves
+ * connections one after the other until stdin reaches end of file. Each message is written
+ * to SPOOL/<n>.eml (fsync, then rename) before 250 is answered. AUTH accepts any user whose
+ * password is "secret". A connection idle for 10 s is closed with 421 4.4.2.
+ *
+ * Left out: fork(), privilege separation, concurrency.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "smtps.h"
+
+#define IDLE_TIMEOUT_MS 10000
+
+static const char *spool;
+static unsigned long messages;
+
+static void fail(const char *what, smtps_result result) {
+  char detail[512];
+  size_t n = 0;
+  smtps_last_error(detail, sizeof detail, &n);
+  fprintf(stderr, "conn_server: %s: result %u: %s\n", what, (unsigned)result, detail);
+}
+
+/* Sends everything the connection has to send. Returns -1 if the socket failed. */
+static int flush_output(smtps_conn *conn, int sock) {
+  unsigned char buf[16384];
+  size_t n;
+  for (;;) {
+    size_t done = 0;
+    if (smtps_conn_take_output(conn, buf, sizeof buf, &n) != SMTPS_RESULT_OK || n == 0) {
+      return 0;
+    }
+    while (done < n) {
+      ssize_t w = write(sock, buf + done, n - done);
+      if (w < 0 && errno == EINTR) {
+        continue;
+      }
+      if (w <= 0) {
+        return -1;
+      }
+      done += (size_t)w;
+    }
+  }
+}
+
+struct message {
+  int fd;
+  char tmp[512];
+};
+
+/* Answers every event until the connection has none. */
+static void handle_events(smtps_conn *conn, struct message *msg) {
+  smtps_event ev;
+  while (smtps_conn_next_event(conn, &ev) == SMTPS_RESULT_OK && ev.kind != SMTPS_EVENT_KIND_NONE) {
+    switch (ev.kind) {
+    case SMTPS_EVENT_KIND_AUTH:
+      if (ev.secret.len == 6 && memcmp(ev.secret.data, "secret", 6) == 0) {
+        smtps_conn_decide(conn, ev.decision, 0, NULL, NULL);
+      } else {
+        smtps_conn_decide(conn, ev.decision, 535, "5.7.8", "Bad credentials");
+      }
+      break;
+    case SMTPS_EVENT_KIND_DATA_START:
+      snprintf(msg->tmp, sizeof msg->tmp, "%s/.tmp.%lu", spool, messages);
+      msg->fd = open(msg->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      if (msg->fd < 0) {
+        smtps_conn_decide(conn, ev.decision, 451, "4.3.0", "Cannot open a spool file");
+      } else {
+        smtps_conn_decide(conn, ev.decision, 0, NULL, NULL);
+      }
+      break;
+    case SMTPS_EVENT_KIND_BODY:
+      if (msg->fd >= 0 && write(msg->fd, ev.data.data, ev.data.len) != (ssize_t)ev.data.len) {
+        smtps_conn_refuse_message(conn, 452, "4.3.1", "Spool write failed");
+      }
+      break;
+    case SMTPS_EVENT_KIND_MESSAGE_END: {
+      char final[1100];
+      int ok = msg->fd >= 0 && fsync(msg->fd) == 0;
+      ok = msg->fd >= 0 && close(msg->fd) == 0 && ok;
+      msg->fd = -1;
+      snprintf(final, sizeof final, "%s/%lu.eml", spool, messages);
+      if (ok && rename(msg->tmp, final) == 0) {
+        messages++;
+        smtps_conn_decide(conn, ev.decision, 250, "2.0.0", "Queued");
+      } else {
+        unlink(msg->tmp);
+        smtps_conn_decide(conn, ev.decision, 451, "4.3.0", "Cannot store the message");
+      }
+      break;
+    }
+    case SMTPS_EVENT_KIND_MESSAGE_ABORTED:
+      if (msg->fd >= 0) {
+        close(msg->fd);
+        unlink(msg->tmp);
+        msg->fd = -1;
+      }
+      break;
+    default:
+      if (ev.awaits_decision) {
+        smtps_conn_decide(conn, ev.decision, 0, NULL, NULL);
+      }
+      break;
+    }
+  }
+}
+
+/* Serves one accepted socket to the end. */
+static void serve(const smtps_config *config, smtps_mode mode, int sock) {
+  smtps_conn *conn = NULL;
+  unsigned char inbuf[16384];
+  size_t have = 0;
+  struct message msg;
+  smtps_result result = smtps_conn_new(config, mode, &conn);
+  msg.fd = -1;
+  if (result != SMTPS_RESULT_OK) {
+    fail("smtps_conn_new", result);
+    return;
+  }
+  for (;;) {
+    struct pollfd pfd;
+    int ready;
+    /* Feed what was read and not taken yet, answering events in between (back-pressure). */
+    while (have > 0) {
+      size_t taken = 0;
+      result = smtps_conn_feed(conn, inbuf, have, &taken);
+      if (result != SMTPS_RESULT_OK) {
+        fail("feed", result);
+        have = 0;
+        break;
+      }
+      memmove(inbuf, inbuf + taken, have - taken);
+      have -= taken;
+      handle_events(conn, &msg);
+      if (taken == 0) {
+        break;
+      }
+    }
+    handle_events(conn, &msg);
+    if (flush_output(conn, sock) < 0) {
+      break;
+    }
+    if (smtps_conn_is_closed(conn) && !smtps_conn_wants_write(conn)) {
+      break;
+    }
+    pfd.fd = sock;
+    pfd.events = smtps_conn_wants_read(conn) && have < sizeof inbuf ? POLLIN : 0;
+    ready = poll(&pfd, 1, IDLE_TIMEOUT_MS);
+    if (ready < 0 && errno == EINTR) {
+      continue;
+    }
+    if (ready <= 0) {
+      smtps_conn_close(conn, 421, "4.4.2", "Idle too long, closing connection");
+      handle_events(conn, &msg);
+      flush_output(conn, sock);
+      break;
+    }
+    if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
+      ssize_t n = read(sock, inbuf + have, sizeof inbuf - have);
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n <= 0) {
+        smtps_conn_feed_eof(conn);
+      } else {
+        have += (size_t)n;
+      }
+    }
+  }
+  if (msg.fd >= 0) {
+    close(msg.fd);
+    unlink(msg.tmp);
+  }
+  smtps_conn_free(conn);
+}
+
+int main(int argc, char **argv) {
+  smtps_config *config;
+  smtps_mode mode;
+  struct sockaddr_in addr;
+  socklen_t len = sizeof addr;
+  smtps_result result;
+  int lsock;
+  int one = 1;
+
+  if (argc != 5) {
+    fprintf(stderr, "usage: conn_server implicit|starttls SPOOL CERT KEY\n");
+    return 2;
+  }
+  mode = strcmp(argv[1], "implicit") == 0 ? SMTPS_MODE_IMPLICIT_TLS : SMTPS_MODE_START_TLS;
+  spool = argv[2];
+  config = smtps_config_new();
+  if (config == NULL || smtps_config_set_hostname(config, "conn.test") != SMTPS_RESULT_OK ||
+      smtps_config_set_certificate_files(config, argv[3], argv[4]) != SMTPS_RESULT_OK) {
+    return 1;
+  }
+  /* Load once, before serving: a bad file is reported here, not per connection. */
+  if ((result = smtps_config_load_certificates(config)) != SMTPS_RESULT_OK) {
+    fail("smtps_config_load_certificates", result);
+    smtps_config_free(config);
+    return 1;
+  }
+
+  lsock = socket(AF_INET, SOCK_STREAM, 0);
+  setsockopt(lsock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  memset(&addr, 0, sizeof addr);
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(lsock, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(lsock, 16) != 0 ||
+      getsockname(lsock, (struct sockaddr *)&addr, &len) != 0) {
+    perror("conn_server: listen");
+    return 1;
+  }
+  printf("PORT %u\n", (unsigned)ntohs(addr.sin_port));
+  fflush(stdout);
+
+  for (;;) {
+    struct pollfd fds[2];
+    fds[0].fd = lsock;
+    fds[0].events = POLLIN;
+    fds[1].fd = STDIN_FILENO;
+    fds[1].events = POLLIN;
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      break;
+    }
+    if (fds[1].revents & (POLLIN | POLLHUP)) {
+      char buf[64];
+      if (read(STDIN_FILENO, buf, sizeof buf) <= 0) {
+        break;
+      }
+    }
+    if (fds[0].revents & POLLIN) {
+      int sock = accept(lsock, NULL, NULL);
+      if (sock >= 0) {
+        serve(config, mode, sock);
+        close(sock);
+      }
+    }
+  }
+  close(lsock);
+  smtps_config_free(config);
+  fprintf(stderr, "conn_server: stopped after %lu messages\n", messages);
+  return 0;
+}
