@@ -211,6 +211,16 @@ def cmd_auth(args):
         client.quit()
 
 
+def cmd_auth_as(args):
+    """AUTH PLAIN with a non-empty authorization identity (`--authzid`) beside the login."""
+    user, password = args.login.split(":", 1)
+    client = connect_smtplib(args)
+    response = base64.b64encode(f"{args.authzid}\0{user}\0{password}".encode())
+    code, text = client.docmd("AUTH", "PLAIN " + response.decode())
+    out("reply", f"{code} {text.decode()}")
+    client.quit()
+
+
 def cmd_concurrent(args):
     """`--count` clients, each in its own thread and connection, all open at once."""
     barrier = threading.Barrier(args.count, timeout=TIMEOUT * 3)
@@ -296,6 +306,62 @@ def cmd_idle(args):
         out(f"{after}_closed", closed)
 
 
+def cmd_silent_handshake(args):
+    """Connects to the implicit-TLS port and never sends a ClientHello."""
+    sock = socket.create_connection((args.host, args.port), timeout=TIMEOUT)
+    started = time.monotonic()
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    out("elapsed", f"{time.monotonic() - started:.2f}")
+    # A TLS alert record (0x15) or nothing: never SMTP in clear text.
+    out("received", received[:1].hex() if received else "nothing")
+
+
+def cmd_oversized(args):
+    """Over --max-message-size: refused when declared with SIZE and when just sent."""
+    client, ehlo = greet(args)
+    size = [line.decode() for line in ehlo if line[4:].startswith(b"SIZE")]
+    out("size_advertised", size[0][4:] if size else "")
+    client.send(b"MAIL FROM:<big@client.test> SIZE=100000\r\n")
+    out("declared", client.reply()[1][0].decode())
+    client.command(b"MAIL FROM:<big@client.test>", 250)
+    client.command(b"RCPT TO:<box@mx.test>", 250)
+    client.command(b"DATA", 354)
+    client.send(b"Subject: too big\r\n\r\n" + (b"z" * 78 + b"\r\n") * 2000)
+    client.send(b".\r\n")
+    out("sent", client.reply()[1][0].decode())
+    client.command(b"NOOP", 250)
+    client.command(b"QUIT", 221)
+
+
+def cmd_connection_limit(args):
+    """`--count` connections from one address are served; the next gets 421 4.7.0."""
+    held = []
+    for _ in range(args.count):
+        client = Raw(args, tls=False)
+        client.expect(220, "greeting within the limit")
+        held.append(client)
+    extra = Raw(args, tls=False)
+    code, lines = extra.reply()
+    out("over_limit", lines[0].decode())
+    out("over_limit_closed", extra.at_eof())
+    held.pop().command(b"QUIT", 221)
+    # Once one leaves, a newcomer is served again (the server may take a moment to notice).
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        again = Raw(args, tls=False)
+        code, lines = again.reply()
+        if code == 220 or time.monotonic() > deadline:
+            break
+        again.close()
+        time.sleep(0.05)
+    out("after_one_left", lines[0].decode())
+
+
 def cmd_shutdown(args):
     """Sets up an in-flight transaction and an idle session, prints `ready`, waits for `go`
     on stdin (the test sends SIGTERM in between), then finishes the transaction."""
@@ -331,7 +397,7 @@ def cmd_peer_cert(args):
         client.command(b"EHLO cert.test", 250)
         client.command(b"STARTTLS", 220)
         sock = client.sock
-    tls = unverified_context().wrap_socket(sock, server_hostname="localhost")
+    tls = unverified_context().wrap_socket(sock, server_hostname=args.sni)
     out("der", tls.getpeercert(binary_form=True).hex())
     tls.close()
 
@@ -492,6 +558,8 @@ def main():
     parser.add_argument("--sender", default="sender@client.test")
     parser.add_argument("--to", default="box@mx.test")
     parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--authzid", help="authorization identity for auth-as")
+    parser.add_argument("--sni", default="localhost", help="server name for peer-cert")
     parser.add_argument("scenario")
     args = parser.parse_args()
     globals()["cmd_" + args.scenario.replace("-", "_")](args)
