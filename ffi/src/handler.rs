@@ -147,6 +147,10 @@ pub(crate) struct Core {
     /// Callbacks are queued for `smtps_server_dispatch` rather than run on the workers.
     pub(crate) polled: AtomicBool,
     pub(crate) registry: Mutex<HashMap<u64, Pending>>,
+    /// Sessions whose `on_body` runs now, with the refusal given during the call. Apart from
+    /// the registry: in the poll-loop mode the worker may already await the end-of-message
+    /// decision of a session whose earlier chunks the host is still being shown.
+    pub(crate) in_body: Mutex<HashMap<u64, Option<Verdict>>>,
     pub(crate) queue: Mutex<Queue>,
     /// Signalled when the queue gains an item or the server finishes.
     pub(crate) queue_changed: Condvar,
@@ -167,6 +171,7 @@ impl Core {
             userdata,
             polled: AtomicBool::new(false),
             registry: Mutex::new(HashMap::new()),
+            in_body: Mutex::new(HashMap::new()),
             queue: Mutex::new(Queue::default()),
             queue_changed: Condvar::new(),
             signal_write,
@@ -177,6 +182,10 @@ impl Core {
 
     pub(crate) fn registry(&self) -> MutexGuard<'_, HashMap<u64, Pending>> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn in_body(&self) -> MutexGuard<'_, HashMap<u64, Option<Verdict>>> {
+        self.in_body.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -364,18 +373,9 @@ impl Core {
     fn body_in_callback(&self, view: &SessionView, chunk: &[u8]) -> Option<Reply> {
         self.callbacks.on_body?;
         let id = view.id;
-        self.registry().insert(
-            id,
-            Pending::InCallback {
-                kind: Kind::Body,
-                verdict: None,
-            },
-        );
+        self.in_body().insert(id, None);
         let ret = self.invoke_body(view, chunk);
-        let given = match self.registry().remove(&id) {
-            Some(Pending::InCallback { verdict, .. }) => verdict,
-            _ => None,
-        };
+        let given = self.in_body().remove(&id).flatten();
         match given {
             Some(Verdict::Reject(reply)) => Some(reply),
             Some(_) => None,

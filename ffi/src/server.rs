@@ -495,6 +495,25 @@ pub unsafe extern "C" fn smtps_server_reply(
         if matches!(*server.state(), State::Stopped) {
             return fail(smtps_result::ServerStopped, "the server has been stopped");
         }
+        {
+            let mut in_body = server.core.in_body();
+            if let Some(slot) = in_body.get_mut(&session_id) {
+                if slot.is_some() {
+                    return fail(smtps_result::UnknownSession, "the message was refused already");
+                }
+                return match verdict(code, enhanced, text, None) {
+                    Ok(smtps_proto::Verdict::AcceptWith(_)) => fail(
+                        smtps_result::InvalidReply,
+                        "during a body chunk only a 4xx or 5xx reply refuses the message",
+                    ),
+                    Ok(given) => {
+                        *slot = Some(given);
+                        smtps_result::Ok
+                    }
+                    Err(error) => error,
+                };
+            }
+        }
         let mut registry = server.core.registry();
         let (kind, answered) = match registry.get(&session_id) {
             None => {

@@ -1,0 +1,588 @@
+//! Builds the C programs in `tests/c/` against the staticlib and the cdylib with `cc`, and
+//! drives them with real clients (Python `smtplib`, `openssl s_client`) on 127.0.0.1 ephemeral
+//! ports: messages over both ports arrive byte-exact in the spool. Also runs the C misuse
+//! tests, and an AddressSanitizer build of the host through clients that vanish mid-message
+//! and a stop with sessions open. Every blocking step has a timeout.
+//!
+//! Needs `cc`, `python3` and `openssl` on the PATH; a test whose tool is missing says so and
+//! passes (set `SMTPS_C_TESTS_REQUIRED=1`, as `ffi/run-c-tests.sh` does, to fail instead).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The test binary's profile directory, where `libsmtps.a` and `libsmtps.so` are. `cargo test`
+/// builds the library only as an rlib for the tests, so the C libraries are brought up to date
+/// here, once (the target directory is not locked while tests run).
+fn lib_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "-p", "smtps-ffi", "--lib"]);
+        if dir.file_name().is_some_and(|name| name == "release") {
+            cargo.arg("--release");
+        }
+        cargo.env("CARGO_TARGET_DIR", dir.parent().unwrap());
+        let output = run(cargo);
+        assert!(
+            output.status.success(),
+            "cargo build -p smtps-ffi failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        dir
+    })
+    .clone()
+}
+
+fn work_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile = exe.parent().unwrap().parent().unwrap();
+        let dir = profile.join(format!("c-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
+fn have(tool: &str, arg: &str) -> bool {
+    let found = Command::new(tool)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("SMTPS_C_TESTS_REQUIRED").is_none(),
+            "{tool} is required"
+        );
+        eprintln!("skipped: {tool} not found");
+    }
+    found
+}
+
+/// Runs a command to completion within the step timeout; returns its output.
+fn run(mut command: Command) -> std::process::Output {
+    let described = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{described}: {e}"));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let status = wait_for(&mut child, STEP_TIMEOUT, &described);
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn wait_for(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: timed out");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Compiles `tests/c/<name>.c` as `flavour` (static, shared, asan); returns the binary.
+fn build(name: &str, flavour: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lib_dir = lib_dir();
+    let out = work_dir().join(format!("{name}-{flavour}"));
+    if out.exists() {
+        return out;
+    }
+    let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cc.args([
+        "-std=c11",
+        "-Wall",
+        "-Wextra",
+        "-Wpedantic",
+        "-Werror",
+        "-g",
+        "-O1",
+        "-pthread",
+    ])
+    .arg(format!("-I{ROOT}/include"))
+    .arg(format!("{ROOT}/tests/c/{name}.c"));
+    match flavour {
+        "static" | "asan" => {
+            if flavour == "asan" {
+                cc.args([
+                    "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=all",
+                    "-fno-omit-frame-pointer",
+                ]);
+            }
+            cc.arg(lib_dir.join("libsmtps.a"))
+                .args(["-lpthread", "-ldl", "-lm"]);
+        }
+        _ => {
+            cc.arg(format!("-L{}", lib_dir.display()))
+                .arg("-lsmtps")
+                .arg(format!("-Wl,-rpath,{}", lib_dir.display()));
+        }
+    }
+    cc.arg("-o").arg(&out);
+    let output = run(cc);
+    assert!(
+        output.status.success(),
+        "building {name} ({flavour}) failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// A certificate for `localhost`, written as PEM files.
+fn certificate() -> (PathBuf, PathBuf) {
+    static FILES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    FILES
+        .get_or_init(|| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let cert_path = work_dir().join("cert.pem");
+            let key_path = work_dir().join("key.pem");
+            std::fs::write(&cert_path, cert.pem()).unwrap();
+            std::fs::write(&key_path, key.serialize_pem()).unwrap();
+            (cert_path, key_path)
+        })
+        .clone()
+}
+
+/// A running C server: stdin held open (closing it stops the program), ports from stdout.
+struct Program {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    ports: Vec<u16>,
+    spool: PathBuf,
+    name: String,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Program {
+    fn start(binary: &Path, args: &[&str], spool_name: &str, env: &[(&str, &str)]) -> Self {
+        let spool = work_dir().join(spool_name);
+        let _ = std::fs::remove_dir_all(&spool);
+        std::fs::create_dir_all(&spool).unwrap();
+        let (cert, key) = certificate();
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .arg(&spool)
+            .arg(&cert)
+            .arg(&key)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let stdin = child.stdin.take();
+        let mut stderr_pipe = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr_pipe.read_to_string(&mut text);
+            text
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(STEP_TIMEOUT)
+            .expect("the program printed no ports");
+        let ports = line
+            .split_whitespace()
+            .skip(1)
+            .map(|port| port.parse().unwrap())
+            .collect::<Vec<u16>>();
+        assert!(!ports.is_empty(), "{binary:?} said {line:?}");
+        Self {
+            child,
+            stdin,
+            ports,
+            spool,
+            name: binary.file_name().unwrap().to_string_lossy().into_owned(),
+            stderr,
+        }
+    }
+
+    /// Closes stdin (the program stops) and checks it exits 0. Returns its stderr.
+    fn stop(mut self) -> String {
+        drop(self.stdin.take());
+        let status = wait_for(&mut self.child, STEP_TIMEOUT, &self.name);
+        let stderr = self.stderr.join().unwrap();
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{stderr}",
+            self.name
+        );
+        stderr
+    }
+
+    /// Every spooled message, sorted.
+    fn spooled(&self) -> Vec<Vec<u8>> {
+        let mut files = Vec::new();
+        collect_eml(&self.spool, &mut files);
+        let mut messages: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        messages.sort();
+        messages
+    }
+}
+
+fn collect_eml(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_eml(&path, out);
+        } else if path.extension().is_some_and(|e| e == "eml") {
+            out.push(path);
+        }
+    }
+}
+
+/// A message with dot-stuffing to undo, long and binary-ish lines, CRLF endings.
+fn message(tag: &str) -> Vec<u8> {
+    let mut text = format!(
+        "From: sender@example.org\r\nTo: rcpt@example.net\r\nSubject: {tag}\r\n\r\nHello {tag}.\r\n\
+         .a line that starts with a dot\r\n..two dots\r\n.\r\nnot the end\r\n"
+    )
+    .into_bytes();
+    for i in 0..300 {
+        text.extend_from_slice(format!("line {i:04} {}\r\n", "x".repeat(70)).as_bytes());
+    }
+    text.extend_from_slice("caf\u{e9} \u{2603}\r\n".as_bytes());
+    text
+}
+
+fn smtplib(action: &str, mode: &str, port: u16, extra: &[&str]) -> String {
+    let (cert, _) = certificate();
+    let mut command = Command::new("python3");
+    command
+        .arg(format!("{ROOT}/tests/c/client.py"))
+        .args([action, mode, &port.to_string()])
+        .arg(&cert)
+        .args(extra);
+    let output = run(command);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "client.py {action} {mode} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn send_smtplib(mode: &str, port: u16, user: &str, password: &str, body: &[u8]) {
+    let file = work_dir().join(format!("msg-{mode}-{port}-{}.txt", body.len()));
+    std::fs::write(&file, body).unwrap();
+    let out = smtplib(
+        "send",
+        mode,
+        port,
+        &[user, password, file.to_str().unwrap(), "rcpt@example.net"],
+    );
+    assert!(out.contains("SENT {}"), "{out}");
+}
+
+/// Sends one message with `openssl s_client`, pipelining the whole dialogue.
+fn send_s_client(starttls: bool, port: u16, user: &str, password: &str, body: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let (cert, _) = certificate();
+    let mut auth = Vec::new();
+    auth.push(0);
+    auth.extend_from_slice(user.as_bytes());
+    auth.push(0);
+    auth.extend_from_slice(password.as_bytes());
+    let mut script = String::new();
+    let _ = write!(
+        script,
+        "EHLO s-client.test\r\nAUTH PLAIN {}\r\nMAIL FROM:<sender@example.org>\r\n\
+         RCPT TO:<rcpt@example.net>\r\nDATA\r\n",
+        base64(&auth)
+    );
+    let mut input = script.into_bytes();
+    // Dot-stuff the body, as a client must.
+    for line in body.split_inclusive(|b| *b == b'\n') {
+        if line.starts_with(b".") {
+            input.push(b'.');
+        }
+        input.extend_from_slice(line);
+    }
+    input.extend_from_slice(b".\r\nQUIT\r\n");
+    let mut command = Command::new("openssl");
+    command
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args([
+            "-servername",
+            "localhost",
+            "-quiet",
+            "-verify_return_error",
+            "-CAfile",
+        ])
+        .arg(&cert);
+    if starttls {
+        command.args(["-starttls", "smtp"]);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+        // Keep stdin open briefly: s_client sends as it reads, the server closes after QUIT.
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let status = wait_for(&mut child, STEP_TIMEOUT, "openssl s_client");
+    writer.join().unwrap();
+    let transcript = reader.join().unwrap();
+    assert!(status.success(), "s_client failed:\n{transcript}");
+    assert!(
+        transcript.contains("250 2.0.0 Queued"),
+        "no 250 for the message:\n{transcript}"
+    );
+    assert!(transcript.contains("221"), "no 221:\n{transcript}");
+    transcript
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn tools_present() -> bool {
+    have("cc", "--version") && have("python3", "--version") && have("openssl", "version")
+}
+
+/// The host on both ports, with both clients; returns the messages sent.
+fn exercise_host(program: &Program) -> Vec<Vec<u8>> {
+    let (implicit, starttls) = (program.ports[0], program.ports[1]);
+    let sent = vec![
+        message("smtplib implicit"),
+        message("smtplib starttls"),
+        message("s_client implicit"),
+        message("s_client starttls"),
+    ];
+    send_smtplib("implicit", implicit, "alice", "wonderland", &sent[0]);
+    send_smtplib("starttls", starttls, "bob", "builder", &sent[1]);
+    send_s_client(false, implicit, "alice", "wonderland", &sent[2]);
+    send_s_client(true, starttls, "bob", "builder", &sent[3]);
+    // Refusals: a wrong password, an unknown recipient (the host's own reply text).
+    let file = work_dir().join("refused.txt");
+    std::fs::write(&file, b"Subject: x\r\n\r\nx\r\n").unwrap();
+    let (cert, _) = certificate();
+    let mut command = Command::new("python3");
+    command
+        .arg(format!("{ROOT}/tests/c/client.py"))
+        .args(["send", "implicit", &implicit.to_string()])
+        .arg(&cert)
+        .args(["alice", "wrong", file.to_str().unwrap(), "rcpt@example.net"]);
+    let output = run(command);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("535"));
+    let mut sent = sent;
+    sent.sort();
+    sent
+}
+
+#[test]
+fn host_threads_static_receives_byte_exact() {
+    if !tools_present() {
+        return;
+    }
+    let host = build("host", "static");
+    let program = Program::start(&host, &["threads"], "spool-threads", &[]);
+    let sent = exercise_host(&program);
+    let spooled = program.spooled();
+    program.stop();
+    assert_eq!(spooled, sent);
+}
+
+#[test]
+fn host_polled_shared_receives_byte_exact() {
+    if !tools_present() {
+        return;
+    }
+    let host = build("host", "shared");
+    let program = Program::start(&host, &["polled"], "spool-polled", &[]);
+    let sent = exercise_host(&program);
+    let spooled = program.spooled();
+    program.stop();
+    assert_eq!(spooled, sent);
+}
+
+#[test]
+fn conn_server_implicit_and_starttls() {
+    if !tools_present() {
+        return;
+    }
+    for (flavour, mode) in [("static", "implicit"), ("shared", "starttls")] {
+        let binary = build("conn_server", flavour);
+        let program = Program::start(&binary, &[mode], &format!("spool-conn-{mode}"), &[]);
+        let port = program.ports[0];
+        let sent = vec![message("conn smtplib"), message("conn s_client")];
+        send_smtplib(mode, port, "carol", "secret", &sent[0]);
+        send_s_client(mode == "starttls", port, "carol", "secret", &sent[1]);
+        smtplib("abort", mode, port, &["carol", "secret"]);
+        let spooled = program.spooled();
+        program.stop();
+        let mut sent = sent;
+        sent.sort();
+        assert_eq!(spooled, sent, "{mode}");
+    }
+}
+
+#[test]
+fn misuse_returns_error_codes() {
+    if !have("cc", "--version") {
+        return;
+    }
+    let (cert, key) = certificate();
+    for flavour in ["static", "shared"] {
+        let binary = build("misuse", flavour);
+        let mut command = Command::new(binary);
+        command.arg(&cert).arg(&key);
+        let output = run(command);
+        assert!(
+            output.status.success(),
+            "misuse ({flavour}):\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// ASan + UBSan (and LeakSanitizer at exit): clients vanish mid-message, then the server is
+/// stopped while sessions are open in the middle of a message.
+#[test]
+fn sanitized_programs_survive_aborts_and_stop() {
+    if !tools_present() {
+        return;
+    }
+    let env = [
+        (
+            "ASAN_OPTIONS",
+            "detect_leaks=1:abort_on_error=0:exitcode=23",
+        ),
+        ("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"),
+    ];
+    for mode in ["threads", "polled"] {
+        let host = build("host", "asan");
+        let program = Program::start(&host, &[mode], &format!("spool-asan-{mode}"), &env);
+        let (implicit, starttls) = (program.ports[0], program.ports[1]);
+        send_smtplib("starttls", starttls, "bob", "builder", &message("asan"));
+        smtplib("abort", "implicit", implicit, &["alice", "wonderland"]);
+        smtplib("abort", "starttls", starttls, &["bob", "builder"]);
+        // Two sessions held open mid-message while the server stops (2 s grace).
+        let (cert, _) = certificate();
+        let holders: Vec<Child> = [("implicit", implicit), ("starttls", starttls)]
+            .iter()
+            .map(|(m, port)| {
+                Command::new("python3")
+                    .arg(format!("{ROOT}/tests/c/client.py"))
+                    .args(["hold", m, &port.to_string()])
+                    .arg(&cert)
+                    .args(["alice", "wonderland", "20"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut holders: Vec<(Child, BufReader<std::process::ChildStdout>)> = holders
+            .into_iter()
+            .map(|mut child| {
+                let stdout = BufReader::new(child.stdout.take().unwrap());
+                (child, stdout)
+            })
+            .collect();
+        for (_, stdout) in &mut holders {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            assert!(line.starts_with("HOLDING"), "{line}");
+        }
+        let spooled = program.spooled();
+        let stderr = program.stop();
+        assert!(!stderr.contains("ERROR: "), "sanitizer:\n{stderr}");
+        assert_eq!(spooled, vec![message("asan")]);
+        for (mut child, mut stdout) in holders {
+            let status = wait_for(&mut child, STEP_TIMEOUT, "hold client");
+            let mut rest = String::new();
+            let _ = stdout.read_to_string(&mut rest);
+            assert!(status.success());
+            assert!(rest.contains("421"), "the held session got no 421: {rest}");
+        }
+    }
+    let conn = build("conn_server", "asan");
+    let program = Program::start(&conn, &["starttls"], "spool-asan-conn", &env);
+    let port = program.ports[0];
+    send_smtplib("starttls", port, "carol", "secret", &message("asan conn"));
+    smtplib("abort", "starttls", port, &["carol", "secret"]);
+    let spooled = program.spooled();
+    let stderr = program.stop();
+    assert!(!stderr.contains("ERROR: "), "sanitizer:\n{stderr}");
+    assert_eq!(spooled, vec![message("asan conn")]);
+}

@@ -1,0 +1,85 @@
+"""Real SMTP clients (Python smtplib) for the C program tests. Every socket has a timeout.
+
+  client.py send implicit|starttls PORT CAFILE USER PASSWORD MESSAGE_FILE RCPT...
+      Logs in (implicit TLS or STARTTLS), sends the file byte for byte, quits.
+  client.py abort implicit|starttls PORT CAFILE USER PASSWORD
+      Starts a message, sends half a body, and drops the connection.
+  client.py hold implicit|starttls PORT CAFILE USER PASSWORD SECONDS
+      Starts a message, sends part of the body, then waits (the server stops meanwhile);
+      prints the server's last reply, if any.
+"""
+
+import smtplib
+import socket
+import ssl
+import sys
+import time
+
+TIMEOUT = 15
+
+
+def connect(mode, port, cafile, user, password):
+    context = ssl.create_default_context(cafile=cafile)
+    if mode == "implicit":
+        client = smtplib.SMTP_SSL("localhost", port, context=context, timeout=TIMEOUT)
+    else:
+        client = smtplib.SMTP("localhost", port, timeout=TIMEOUT)
+        client.ehlo()
+        client.starttls(context=context)
+    client.ehlo()
+    if user:
+        client.login(user, password)
+    return client
+
+
+def start_message(client):
+    code, _ = client.mail("sender@example.org")
+    assert code == 250, code
+    code, _ = client.rcpt("rcpt@example.net")
+    assert code == 250, code
+    code, _ = client.docmd("DATA")
+    assert code == 354, code
+    client.send(b"Subject: cut short\r\n\r\nThis message never ends")
+
+
+def main():
+    action, mode, port, cafile, user, password = sys.argv[1:7]
+    port = int(port)
+    if action == "send":
+        message_file, rcpts = sys.argv[7], sys.argv[8:]
+        with open(message_file, "rb") as f:
+            message = f.read()
+        client = connect(mode, port, cafile, user, password)
+        refused = client.sendmail("sender@example.org", rcpts, message)
+        client.quit()
+        print("SENT", refused)
+    elif action == "abort":
+        client = connect(mode, port, cafile, user, password)
+        start_message(client)
+        client.sock.shutdown(socket.SHUT_RDWR)
+        client.sock.close()
+        print("ABORTED")
+    elif action == "hold":
+        client = connect(mode, port, cafile, user, password)
+        start_message(client)
+        print("HOLDING", flush=True)
+        deadline = time.time() + float(sys.argv[7])
+        client.sock.settimeout(1)
+        seen = b""
+        while time.time() < deadline:
+            try:
+                data = client.sock.recv(4096)
+            except (socket.timeout, TimeoutError):
+                continue
+            except (OSError, ssl.SSLError):
+                break
+            if not data:
+                break
+            seen += data
+        print("SERVER SAID", seen.decode(errors="replace").strip())
+    else:
+        raise SystemExit(f"unknown action {action}")
+
+
+if __name__ == "__main__":
+    main()
