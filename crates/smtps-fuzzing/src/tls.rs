@@ -350,11 +350,21 @@ fn starttls_client(input: &TlsInput) {
                 Err(_) => broken = true,
             }
             loop {
-                let n = server.read_plaintext(&mut buf);
+                // Both read paths: copying, and borrowing + consuming (odd `read`).
+                let n = if input.read & 1 == 1 {
+                    let chunk = server.received_plaintext();
+                    let n = chunk.len().min(usize::from(input.chunk).max(1));
+                    received.extend_from_slice(&chunk[..n]);
+                    server.consume_plaintext(n);
+                    n
+                } else {
+                    let n = server.read_plaintext(&mut buf);
+                    received.extend_from_slice(&buf[..n]);
+                    n
+                };
                 if n == 0 {
                     break;
                 }
-                received.extend_from_slice(&buf[..n]);
             }
         }
         moved |= !records.is_empty();
