@@ -458,7 +458,11 @@ fn command_pipelined_behind_starttls_is_not_executed() {
     // works, nothing answers the injection, and a MAIL inside TLS is the first one (250, not
     // 503 "nested MAIL"), which the client checked.
     assert_eq!(run.value("handshake"), "ok");
-    assert_eq!(run.value("early"), "none", "an answer to the injected command");
+    assert_eq!(
+        run.value("early"),
+        "none",
+        "an answer to the injected command"
+    );
     assert!(
         !daemon.log().contains("evil@inject.test"),
         "the injected MAIL reached the session:\n{}",
