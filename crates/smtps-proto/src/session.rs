@@ -1331,7 +1331,10 @@ impl ServerSession {
                 // that the client can log why (`554 5.7.1`, `421 4.7.0`), as is common
                 // practice; nothing has been advertised yet to say otherwise.
                 let enhanced = reply.status().is_some()
-                    && self.config.extensions.contains(Extensions::ENHANCED_STATUS_CODES);
+                    && self
+                        .config
+                        .extensions
+                        .contains(Extensions::ENHANCED_STATUS_CODES);
                 reply.write_to(&mut self.output, enhanced);
                 if reply.code() == ReplyCode::SERVICE_UNAVAILABLE {
                     self.mode = Mode::Closed;
@@ -1352,6 +1355,11 @@ impl ServerSession {
                 return;
             }
             PendingKind::MessageEnd => self.txn = None,
+            // Failed authentications count as errors, so password guessing ends in 421.
+            PendingKind::Auth if reply.code().class() == 5 => {
+                self.protocol_error(reply);
+                return;
+            }
             _ => {}
         }
         self.reply(reply);

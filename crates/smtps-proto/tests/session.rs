@@ -578,3 +578,28 @@ fn host_refusing_mid_bdat_chunk_consumes_it() {
         "452 4.3.1 Insufficient system storage\r\n250 2.0.0 OK\r\n"
     );
 }
+
+#[test]
+fn repeated_failed_authentication_ends_in_421() {
+    let mut cfg = config();
+    cfg.limits.errors = 3;
+    let mut peer = Peer::ready(cfg);
+    peer.auto_accept = false;
+    let mut out = String::new();
+    for _ in 0..3 {
+        peer.send(b"AUTH PLAIN AGFsaWNlAHdyb25n\r\n");
+        let auth = peer.last_decision("auth");
+        let refusal = Reply::from_parts(535, Some("5.7.8"), "Authentication credentials invalid")
+            .expect("reply");
+        peer.session
+            .decide(auth, Verdict::Reject(refusal))
+            .expect("outstanding");
+        peer.pump();
+        out.push_str(&peer.take_output());
+    }
+    assert!(
+        out.ends_with("421 4.7.0 Too many errors, closing connection\r\n"),
+        "{out}"
+    );
+    assert!(peer.session.is_closed());
+}

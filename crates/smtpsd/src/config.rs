@@ -509,7 +509,10 @@ impl Builder {
         match flag {
             "--listen" => {
                 let listener = parse_listener(value)?;
-                if self.listeners.iter().any(|l| l.addr == listener.addr) {
+                // Port 0 asks the system for a free port: each such listener gets its own.
+                if listener.addr.port() != 0
+                    && self.listeners.iter().any(|l| l.addr == listener.addr)
+                {
                     return Err(ConfigError::DuplicateListener(listener.addr));
                 }
                 self.listeners.push(listener);

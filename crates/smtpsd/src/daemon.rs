@@ -292,6 +292,18 @@ impl Handler for Delivering {
         let Some(users) = &self.users else {
             return Answer::Reject(auth_failed());
         };
+        // smtpsd has no rules for acting as another user (RFC 4616 §2): an authorization
+        // identity other than the user's own is refused.
+        if !credentials.authorization_id.is_empty()
+            && credentials.authorization_id != credentials.authentication_id
+        {
+            log::warn!(
+                "smtpsd: {:?} asked to act as {:?}: refused",
+                credentials.authentication_id,
+                credentials.authorization_id
+            );
+            return Answer::Reject(auth_failed());
+        }
         let Some(responder) = cx.defer() else {
             return Answer::Reject(auth_failed());
         };

@@ -35,6 +35,12 @@ fn main() -> ExitCode {
 /// Runs the server until SIGTERM or SIGINT; SIGHUP reloads the certificates.
 fn run(options: &Options) -> ExitCode {
     logger::init(options.log_level);
+    // One descriptor per connection: the default soft limit (often 1024) would cap the
+    // server far below what the machine can hold.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => log::debug!("smtpsd: descriptor limit {limit}"),
+        Err(error) => log::warn!("smtpsd: cannot raise the descriptor limit: {error}"),
+    }
     let daemon = match Daemon::build(options) {
         Ok(daemon) => daemon,
         Err(error) => {

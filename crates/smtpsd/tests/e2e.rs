@@ -610,7 +610,6 @@ fn sni_chooses_the_certificate_by_any_of_its_subject_alternative_names() {
 }
 
 #[test]
-#[ignore = "bug: AUTH PLAIN with authzid bob, authcid alice and alice's password gets 235; authzid is ignored"]
 fn auth_plain_for_another_authorization_identity_is_refused() {
     let daemon = Setup::new().users().start();
     // RFC 4616 §2: the server must fail unless authcid may act as authzid; smtpsd has no
@@ -628,7 +627,6 @@ fn auth_plain_for_another_authorization_identity_is_refused() {
 }
 
 #[test]
-#[ignore = "bug: smtpsd refuses two --listen 127.0.0.1:0 (\"given twice\") though each gets its own port"]
 fn two_port_zero_listeners_each_get_their_own_port() {
     let mut setup = Setup::new();
     setup.all_port_zero = true;
