@@ -35,6 +35,9 @@ pub struct CertificateInfo {
     pub names: Vec<String>,
     /// The end-entity certificate's subject (RFC 4514 form).
     pub subject: String,
+    /// The DNS names the certificate is for: its subjectAltName dNSNames (RFC 5280
+    /// §4.2.1.6), or its subject commonName when it has none.
+    pub dns_names: Vec<String>,
     /// The start of the validity period (RFC 5280 §4.1.2.5 `notBefore`).
     pub not_before: SystemTime,
     /// The end of the validity period (RFC 5280 §4.1.2.5 `notAfter`).

@@ -404,9 +404,15 @@ fn load_certified_key(
             error,
         },
     })?;
+    let dns_names = if fields.dns_names.is_empty() {
+        fields.common_name.into_iter().collect()
+    } else {
+        fields.dns_names
+    };
     info.push(CertificateInfo {
         names,
         subject: fields.subject,
+        dns_names,
         not_before: unix_to_system_time(fields.not_before),
         not_after: unix_to_system_time(fields.not_after),
         not_after_unix: fields.not_after,

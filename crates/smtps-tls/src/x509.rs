@@ -17,6 +17,8 @@ pub(crate) struct CertFields {
     pub(crate) subject: String,
     /// The last (most specific) commonName attribute, if any.
     pub(crate) common_name: Option<String>,
+    /// The dNSName entries of the subjectAltName extension (RFC 5280 §4.2.1.6), in order.
+    pub(crate) dns_names: Vec<String>,
 }
 
 /// Parses the TBSCertificate far enough to return validity and subject.
@@ -39,12 +41,57 @@ pub(crate) fn parse_certificate(der: &[u8]) -> Result<CertFields, &'static str> 
     let not_after = parse_time(&mut validity)?;
     let subject = tbs.expect(TAG_SEQUENCE, "subject missing")?;
     let (subject, common_name) = render_name(subject)?;
+    tbs.expect(TAG_SEQUENCE, "subjectPublicKeyInfo missing")?;
+    let mut dns_names = Vec::new();
+    // issuerUniqueID [1], subjectUniqueID [2], extensions [3] EXPLICIT (RFC 5280 §4.1).
+    while !tbs.is_empty() {
+        let (tag, contents) = tbs.any()?;
+        if tag == TAG_EXTENSIONS {
+            dns_names = subject_alt_dns_names(contents)?;
+        }
+    }
     Ok(CertFields {
         not_before,
         not_after,
         subject,
         common_name,
+        dns_names,
     })
+}
+
+/// The dNSName entries of the subjectAltName extension, from the `[3]` extensions field.
+fn subject_alt_dns_names(extensions: &[u8]) -> Result<Vec<String>, &'static str> {
+    let mut outer = Der::new(extensions);
+    let list = outer.expect(TAG_SEQUENCE, "extensions are not a SEQUENCE")?;
+    let mut list = Der::new(list);
+    let mut names = Vec::new();
+    while !list.is_empty() {
+        let extension = list.expect(TAG_SEQUENCE, "extension is not a SEQUENCE")?;
+        let mut extension = Der::new(extension);
+        let oid = extension.expect(TAG_OID, "extension id is not an OID")?;
+        if oid != OID_SUBJECT_ALT_NAME {
+            continue;
+        }
+        let (mut tag, mut value) = extension.any()?;
+        if tag == TAG_BOOLEAN {
+            (tag, value) = extension.any()?;
+        }
+        if tag != TAG_OCTET_STRING {
+            return Err("subjectAltName value is not an OCTET STRING");
+        }
+        let mut general_names = Der::new(value);
+        let general_names = general_names.expect(TAG_SEQUENCE, "GeneralNames is not a SEQUENCE")?;
+        let mut general_names = Der::new(general_names);
+        while !general_names.is_empty() {
+            let (tag, name) = general_names.any()?;
+            if tag == TAG_DNS_NAME
+                && let Ok(name) = std::str::from_utf8(name)
+            {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    Ok(names)
 }
 
 const TAG_INTEGER: u8 = 0x02;
@@ -60,6 +107,13 @@ const TAG_BMP: u8 = 0x1e;
 const TAG_SEQUENCE: u8 = 0x30;
 const TAG_SET: u8 = 0x31;
 const TAG_VERSION: u8 = 0xa0;
+const TAG_EXTENSIONS: u8 = 0xa3;
+const TAG_BOOLEAN: u8 = 0x01;
+const TAG_OCTET_STRING: u8 = 0x04;
+/// `[2] IA5String` in GeneralName (RFC 5280 §4.2.1.6).
+const TAG_DNS_NAME: u8 = 0x82;
+/// id-ce-subjectAltName, 2.5.29.17.
+const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
 
 /// A cursor over DER-encoded TLVs.
 struct Der<'a> {
@@ -317,6 +371,27 @@ fn escape_rfc4514(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc5280_subject_alt_name_dns_names_are_read() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![
+            "mail.example.test".to_owned(),
+            "smtp.example.test".to_owned(),
+            "192.0.2.1".to_owned(),
+        ])
+        .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mail.example.test");
+        let cert = params.self_signed(&key).unwrap();
+        let fields = parse_certificate(cert.der()).unwrap();
+        assert_eq!(
+            fields.dns_names,
+            vec!["mail.example.test", "smtp.example.test"]
+        );
+        assert_eq!(fields.common_name.as_deref(), Some("mail.example.test"));
+    }
 
     #[test]
     fn days_from_civil_matches_known_dates() {

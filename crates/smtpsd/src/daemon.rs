@@ -188,20 +188,15 @@ fn dev_certificate_dir() -> PathBuf {
     std::env::temp_dir().join(format!("smtpsd-dev-{}", std::process::id()))
 }
 
-/// The names an additional (SNI) certificate serves: its subject's CN, read by loading it.
+/// The names an additional (SNI) certificate serves: its subjectAltName DNS names (or its
+/// CN when it has none), read by loading it.
 fn certificate_names(chain: &PathBuf, key: &PathBuf) -> Result<Vec<String>, StartError> {
     let probe = TlsAcceptor::new(TlsSettings::new().certificate_files(chain, key))
         .map_err(StartError::Tls)?;
     Ok(probe
         .certificates()
-        .iter()
-        .flat_map(|info| {
-            info.subject
-                .split(',')
-                .filter_map(|rdn| rdn.trim().strip_prefix("CN="))
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
+        .into_iter()
+        .flat_map(|info| info.dns_names)
         .collect())
 }
 

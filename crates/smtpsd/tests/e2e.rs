@@ -595,7 +595,6 @@ fn sni_chooses_the_certificate_named_by_its_common_name() {
 }
 
 #[test]
-#[ignore = "bug: SNI picks an additional certificate only by its subject CN, never by its subjectAltName DNS names"]
 fn sni_chooses_the_certificate_by_any_of_its_subject_alternative_names() {
     let daemon = Setup::new()
         .sni_cert(TestCert::for_names(
