@@ -104,7 +104,8 @@ pub struct ConnectionLimits {
     pub connections: usize,
     /// Connections open at once from one client IP address.
     pub connections_per_ip: usize,
-    /// Commands in one session (a flood of NOOPs ends here).
+    /// Commands in one session (a flood of NOOPs ends here; 100,000 lets a persistent
+    /// connection carry some 25,000 messages).
     pub commands_per_session: u64,
 }
 
@@ -113,7 +114,7 @@ impl Default for ConnectionLimits {
         Self {
             connections: 10_000,
             connections_per_ip: 50,
-            commands_per_session: 10_000,
+            commands_per_session: 100_000,
         }
     }
 }

@@ -305,6 +305,10 @@ pub(crate) fn build(
             config.ticketer = ticketer;
         }
     }
+    // One TLS 1.3 ticket per handshake (rustls sends more by default): an SMTP client keeps
+    // one session per server at a time, and each ticket costs the server a key derivation
+    // and an encryption on every full handshake.
+    config.send_tls13_tickets = 1;
     if settings.session_cache == 0 && matches!(settings.tickets, SessionTickets::Off) {
         config.send_tls13_tickets = 0;
     }
