@@ -457,3 +457,14 @@ fn rfc8314_greeting_written_during_the_handshake_is_sent_encrypted_after_it() {
         "the banner never went out in clear"
     );
 }
+
+#[test]
+fn server_order_prefers_aes_128_gcm_sha256_over_the_clients_first_choice() {
+    let pki = Pki::new();
+    let acc = acceptor(&pki, TlsSettings::new());
+    // rustls' default client, like OpenSSL, lists AES-256-GCM-SHA384 first.
+    let mut pair = connect(&acc, &pki.client_config(tls13()), "mx.example.org");
+    pair.drive().unwrap();
+    let info = pair.server.tls_info().unwrap();
+    assert_eq!(info.cipher_suite_name(), "TLS13_AES_128_GCM_SHA256");
+}
