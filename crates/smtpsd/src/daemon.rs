@@ -20,8 +20,10 @@ use crate::users::UserFile;
 
 /// How long a graceful shutdown lets transactions in flight finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Threads that commit messages (fsync) so that workers never wait on the disk.
-const COMMITTERS: usize = 4;
+/// Threads that commit messages (fsync) so that workers never wait on the disk. Enough for
+/// every connection of a busy submission server to have its commit in flight: concurrent
+/// fsyncs share the file system's journal commits.
+const COMMITTERS: usize = 16;
 
 /// A start-up failure, naming the file or address at fault.
 #[derive(Debug)]
