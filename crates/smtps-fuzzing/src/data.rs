@@ -4,7 +4,6 @@
 use arbitrary::{Arbitrary, Unstructured};
 use smtps_proto::data::{DataDecoder, dot_stuff};
 
-use crate::known_issue;
 use crate::wire::show;
 
 /// The `data_decoder` input. Encoding (what [`DecoderInput::encode`] writes and
@@ -189,13 +188,9 @@ fn decode_in_chunks(input: &[u8], chunk: usize, max_line_len: usize) -> Decoded 
     for piece in input.chunks(chunk) {
         let before = out.len();
         let progress = decoder.decode(piece, &mut out);
-        // Documented: at most `input.len() + 1`. Every bare LF or CR grows by one octet, and a
-        // CR held from the previous call can become CRLF, so the real bound is 2 × len + 2.
-        let bound = if known_issue("decode-output-bound") {
-            2 * piece.len() + 2
-        } else {
-            piece.len() + 1
-        };
+        // Documented: at most `2 * input.len() + 1` (a bare LF or CR becomes CRLF; a CR held
+        // from the previous call can turn out bare).
+        let bound = 2 * piece.len() + 1;
         assert!(
             out.len() - before <= bound,
             "decode wrote {} octets for {} input octets",

@@ -39,19 +39,7 @@ pub use tls::tls_transport;
 
 /// Bugs found by fuzzing that are not fixed yet, by name; each has an input in
 /// `fuzz/regressions/<target>/<name>.bin`. See the [crate documentation](crate).
-pub const KNOWN_ISSUES: &[&str] = &[
-    // `DataDecoder::decode` documents "at most input.len() + 1" output octets per call.
-    "decode-output-bound",
-    // `MessageAborted` when the client leaves during a refused BDAT chunk: no message was ever
-    // started (no `DataStart`, possibly no transaction).
-    "refused-bdat-aborted",
-    // End of stream, `close` or too many errors between two BDAT chunks of an accepted message:
-    // the host saw `DataStart` and body chunks but gets no `MessageAborted` (nor `Reset`).
-    "bdat-shut-no-abort",
-    // `Verdict::Reject` with a 421 for a BDAT `DataStart` does not close the session: the chunk
-    // is read, the 421 sent, and later commands are still processed.
-    "bdat-421-stays-open",
-];
+pub const KNOWN_ISSUES: &[&str] = &[];
 
 thread_local! {
     static STRICT: Cell<bool> = const { Cell::new(false) };

@@ -66,9 +66,10 @@ impl DataDecoder {
         }
     }
 
-    /// Decodes as much of `input` as possible, appending message octets to `out` (at most
-    /// `input.len() + 1` of them, since a bare line ending grows by one octet). Stops right
-    /// after the end-of-data line; octets after it are not consumed.
+    /// Decodes as much of `input` as possible, appending message octets to `out`: at most
+    /// `2 * input.len() + 1` of them, since a bare CR or LF becomes CRLF and a CR held back
+    /// from the previous call may turn out bare. Stops right after the end-of-data line;
+    /// octets after it are not consumed.
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> DecodeProgress {
         let start_len = out.len();
         let mut pos = 0;

@@ -1343,6 +1343,12 @@ impl ServerSession {
                 }
                 return;
             }
+            PendingKind::Bdat { .. } if reply.code() == ReplyCode::SERVICE_UNAVAILABLE => {
+                // Closing: the chunk need not be read.
+                self.reply(reply);
+                self.shut(AbortReason::Closed, None);
+                return;
+            }
             PendingKind::Bdat { size, last } => {
                 // The refused chunk is still read, then answered.
                 self.txn = None;
@@ -1391,7 +1397,12 @@ impl ServerSession {
         if matches!(self.mode, Mode::Closed) {
             return;
         }
-        let in_message = self.in_body()
+        // The host has seen the message start (DataStart) and not yet its end or its abort.
+        let message_started = match &self.mode {
+            Mode::Data(_) => true,
+            Mode::Bdat { refusal, .. } => refusal.is_none(),
+            _ => false,
+        } || self.txn.as_ref().is_some_and(|txn| txn.bdat_started)
             || matches!(
                 self.pending,
                 Some(Pending {
@@ -1399,10 +1410,11 @@ impl ServerSession {
                     ..
                 })
             );
+        let already_aborted = self.txn.as_ref().is_some_and(|txn| txn.refusal.is_some());
         self.ready.clear();
         self.pending = None;
         self.wipe_sasl();
-        if in_message && self.txn.as_ref().is_none_or(|txn| txn.refusal.is_none()) {
+        if message_started && !already_aborted {
             self.notice(Notice::Aborted(reason));
         }
         self.txn = None;
@@ -1451,11 +1463,9 @@ impl ServerSession {
 
     fn check_error_limit(&mut self) {
         if self.errors >= self.config.limits.errors && !matches!(self.mode, Mode::Closed) {
-            self.notice(Notice::TooManyErrors);
             let reply = Reply::fixed(421, (4, 7, 0), "Too many errors, closing connection");
-            self.reply(&reply);
-            self.txn = None;
-            self.mode = Mode::Closed;
+            self.shut(AbortReason::Closed, Some(&reply));
+            self.notice(Notice::TooManyErrors);
         }
     }
 

@@ -603,3 +603,62 @@ fn repeated_failed_authentication_ends_in_421() {
     );
     assert!(peer.session.is_closed());
 }
+
+/// Fuzz finding `refused-bdat-aborted`: no message was started, so no abort is reported.
+#[test]
+fn client_leaving_during_a_refused_bdat_chunk_aborts_nothing() {
+    let mut peer = Peer::ready(config());
+    peer.send(b"BDAT 100\r\npartial");
+    peer.session.handle_eof();
+    peer.pump();
+    assert!(
+        !peer.seen.iter().any(|s| matches!(s, Seen::Aborted(_))),
+        "{:?}",
+        peer.seen
+    );
+}
+
+/// Fuzz finding `bdat-shut-no-abort`: between two chunks of an accepted message the host has
+/// seen DataStart and a chunk; closing must tell it the message is aborted.
+#[test]
+fn closing_between_bdat_chunks_aborts_the_message() {
+    for close in [true, false] {
+        let mut peer = Peer::ready(config());
+        peer.send(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nBDAT 3\r\nabc");
+        assert_eq!(peer.body(), b"abc");
+        if close {
+            let reply = Reply::from_parts(421, Some("4.4.2"), "timeout").expect("reply");
+            peer.session.close(&reply);
+        } else {
+            peer.session.handle_eof();
+        }
+        peer.pump();
+        let expected = if close {
+            AbortReason::Closed
+        } else {
+            AbortReason::ClientLeft
+        };
+        assert!(
+            peer.seen.contains(&Seen::Aborted(expected)),
+            "{:?}",
+            peer.seen
+        );
+    }
+}
+
+/// Fuzz finding `bdat-421-stays-open`: a 421 for the first BDAT chunk closes the session.
+#[test]
+fn host_421_for_bdat_closes_the_session() {
+    let mut peer = Peer::ready(config());
+    peer.send(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\n");
+    peer.auto_accept = false;
+    peer.send(b"BDAT 3\r\nabcNOOP\r\n");
+    let data = peer.last_decision("data");
+    let closing = Reply::from_parts(421, Some("4.3.2"), "shutting down").expect("reply");
+    peer.session
+        .decide(data, Verdict::Reject(closing))
+        .expect("outstanding");
+    peer.pump();
+    assert_eq!(peer.take_output(), "421 4.3.2 shutting down\r\n");
+    assert!(peer.session.is_closed());
+}
