@@ -553,7 +553,13 @@ impl Handler for FfiHandler {
         (session, answer)
     }
 
-    fn helo(&self, session: &mut FfiSession, cx: &mut Context<'_>, name: &HeloName<'_>) -> Answer {
+    fn helo(
+        &self,
+        session: &mut FfiSession,
+        cx: &mut Context<'_>,
+        name: &HeloName<'_>,
+        _extended: bool,
+    ) -> Answer {
         let view = Arc::clone(session.refresh(cx));
         let call = Call::Helo {
             name: name.to_string(),

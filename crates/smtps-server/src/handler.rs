@@ -31,14 +31,15 @@ pub trait Handler: Send + Sync + 'static {
     /// greeting; refuse with `554` (the session then answers only QUIT) or `421` (closes).
     fn connect(&self, cx: &mut Context<'_>) -> (Self::Session, Answer);
 
-    /// HELO or EHLO (RFC 5321 §4.1.1.1).
+    /// HELO, or EHLO when `extended` (RFC 5321 §4.1.1.1).
     fn helo(
         &self,
         session: &mut Self::Session,
         cx: &mut Context<'_>,
         name: &HeloName<'_>,
+        extended: bool,
     ) -> Answer {
-        let _ = (session, cx, name);
+        let _ = (session, cx, name, extended);
         Answer::Accept
     }
 

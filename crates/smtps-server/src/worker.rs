@@ -679,7 +679,8 @@ fn dispatch<H: Handler>(
             }
             Event::Helo { extended, name, .. } => {
                 update = Update::Helo(name.to_string(), extended);
-                host.as_mut().map(|h| handler.helo(h, &mut cx, &name))
+                host.as_mut()
+                    .map(|h| handler.helo(h, &mut cx, &name, extended))
             }
             Event::Auth {
                 mechanism,

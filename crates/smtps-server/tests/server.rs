@@ -26,6 +26,7 @@ struct Log {
     aborted: Vec<AbortReason>,
     closed: Vec<CloseReason>,
     tls_versions: Vec<String>,
+    helos: Vec<(String, bool)>,
 }
 
 /// A host that records everything; optionally defers RCPT and end-of-message answers to a
@@ -52,6 +53,21 @@ impl Handler for Recorder {
                 .push(tls.version_name().to_owned());
         }
         (Spool::default(), Answer::Accept)
+    }
+
+    fn helo(
+        &self,
+        _spool: &mut Spool,
+        _cx: &mut Context<'_>,
+        name: &smtps_proto::HeloName<'_>,
+        extended: bool,
+    ) -> Answer {
+        self.log
+            .lock()
+            .unwrap()
+            .helos
+            .push((name.to_string(), extended));
+        Answer::Accept
     }
 
     fn rcpt(
@@ -353,6 +369,7 @@ fn message_over_implicit_tls_rfc8314() {
     assert_eq!(log.messages[0].1, vec!["b@y.test".to_owned()]);
     assert_eq!(log.messages[0].2, b"Subject: t\r\n\r\nhello\r\n");
     assert_eq!(log.tls_versions, vec!["TLSv1.3".to_owned()]);
+    assert_eq!(log.helos, vec![("client.test".to_owned(), true)]);
 }
 
 #[test]
