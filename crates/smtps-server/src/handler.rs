@@ -335,11 +335,7 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         if self.slot.is_some() {
-            self.send(Verdict::Reject(Reply::new(
-                ReplyCode::LOCAL_ERROR,
-                smtps_proto::EnhancedStatus::new(4, 3, 0),
-                "Temporary failure, try again later",
-            )));
+            self.send(temporary_failure());
         }
     }
 }
@@ -350,4 +346,13 @@ impl std::fmt::Debug for Responder {
             .field("session", &self.session_id())
             .finish()
     }
+}
+
+/// The answer for a decision the host could not give: `451 4.3.0`, so that the client retries.
+pub(crate) fn temporary_failure() -> Verdict {
+    Verdict::Reject(Reply::new(
+        ReplyCode::LOCAL_ERROR,
+        smtps_proto::EnhancedStatus::new(4, 3, 0),
+        "Temporary failure, try again later",
+    ))
 }

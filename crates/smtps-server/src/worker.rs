@@ -20,7 +20,9 @@ use smtps_tls::Transport;
 
 use crate::config::ListenerMode;
 use crate::error::Error;
-use crate::handler::{CloseReason, Context, Credentials, DeferSlot, Handler, Mailbox, SessionInfo};
+use crate::handler::{
+    CloseReason, Context, Credentials, DeferSlot, Handler, Mailbox, SessionInfo, temporary_failure,
+};
 use crate::server::Shared;
 
 /// The token of the worker's waker.
@@ -402,11 +404,7 @@ impl<H: Handler> Worker<H> {
                     "smtps: session={} host did not decide in time",
                     conn.info.id
                 );
-                let verdict = Verdict::Reject(Reply::new(
-                    ReplyCode::LOCAL_ERROR,
-                    EnhancedStatus::new(4, 3, 0),
-                    "Temporary failure, try again later",
-                ));
+                let verdict = temporary_failure();
                 resolve(
                     &mut conn.info,
                     &mut conn.pending,
@@ -819,11 +817,7 @@ fn dispatch<H: Handler>(
                     since: Instant::now(),
                     update,
                 });
-                let verdict = Verdict::Reject(Reply::new(
-                    ReplyCode::LOCAL_ERROR,
-                    EnhancedStatus::new(4, 3, 0),
-                    "Temporary failure, try again later",
-                ));
+                let verdict = temporary_failure();
                 resolve(info, pending, Some(session), verdict);
             }
         }
@@ -855,14 +849,7 @@ fn resolve(
     if let Err(error) = session.decide(decision, verdict) {
         log::warn!("smtps: session={} invalid decision: {error}", info.id);
         // A verdict that does not fit must not leave the client hanging.
-        let _ = session.decide(
-            decision,
-            Verdict::Reject(Reply::new(
-                ReplyCode::LOCAL_ERROR,
-                EnhancedStatus::new(4, 3, 0),
-                "Temporary failure, try again later",
-            )),
-        );
+        let _ = session.decide(decision, temporary_failure());
         return;
     }
     log_decision(info.id, &update, accepted, code);
