@@ -243,15 +243,17 @@ class Conn:
             pass
 
 
-def transaction(conn, ledger, mid, message, stats):
-    """MAIL, RCPT, DATA, the message: settles `mid` in the ledger. Returns True on 250."""
+def transaction(conn, ledger, mid, message, stats, wire=None):
+    """MAIL, RCPT, DATA, the message: settles `mid` in the ledger. Returns True on 250.
+    `wire` (with its end of data) is sent instead of the stuffed message, which is then the
+    bytes expected in the maildir."""
     ledger.register(mid, message)
     dot_sent = False
     try:
         conn.command(b"MAIL FROM:<s@client.test>", 250)
         conn.command(b"RCPT TO:<box@mx.test>", 250)
         conn.command(b"DATA", 354)
-        conn.send(stuff(message))
+        conn.send(wire if wire is not None else stuff(message))
         dot_sent = True
         lines = conn.expect(250)
         ledger.settle(mid, "acked", lines[0].decode())
@@ -500,13 +502,21 @@ def abuse_smuggle(opts, ledger, stats, rng):
     """Bare-LF dot lines inside DATA: one message, stored whole, nothing smuggled."""
     conn = Conn(opts, "implicit")
     mid = ledger.new_id("sm")
-    message = (
-        b"Subject: smuggling attempt\r\n" + ID_HEADER + mid.encode() + b"\r\n\r\n"
-        b"outer body\n.\nMAIL FROM:<smuggled@evil.test>\r\nRCPT TO:<victim@mx.test>\r\nDATA\r\n"
-        b"Subject: smuggled\r\n\r\nsmuggled body\r\n\n.\r\nstill outer\r\n.\nlast line\r\n"
+    head = b"Subject: smuggling attempt\r\n" + ID_HEADER + mid.encode() + b"\r\n\r\n"
+    wire = head + (
+        b"outer body\n.\nMAIL FROM:<smuggled@evil.test>\r\nRCPT TO:<victim@mx.test>\r\n"
+        b"DATA\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n\n.\r\nstill outer\r\n..\n"
+        b"last line\r\n.\r\n"
+    )
+    # smtps-proto's documented rule: a bare LF is normalised to CRLF, a dot after it is
+    # unstuffed but never ends the data; only CRLF.CRLF does.
+    message = head + (
+        b"outer body\r\n\r\nMAIL FROM:<smuggled@evil.test>\r\nRCPT TO:<victim@mx.test>\r\n"
+        b"DATA\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n\r\n\r\nstill outer\r\n.\r\n"
+        b"last line\r\n"
     )
     try:
-        transaction(conn, ledger, mid, message, stats)
+        transaction(conn, ledger, mid, message, stats, wire=wire)
     except Refused:
         pass  # refusing bare LFs outright is fine too (and then nothing is stored)
     conn.command(b"QUIT", 221)
@@ -641,8 +651,6 @@ def mixed(opts, ledger, stats, stop, index, kinds):
     """Soak worker: per session, abusive with probability --abuse-ratio, else a sender
     session."""
     rng = random.Random(f"{opts.prefix}-mixed-{index}")
-    one = argparse.Namespace(**vars(opts))
-    one.duration = 0
     while not stop():
         if rng.random() < opts.abuse_ratio:
             kind = rng.choice(kinds)
@@ -785,6 +793,26 @@ def cmd_probe(opts):
     out("probe_seconds", f"{seconds:.3f}")
 
 
+def cmd_session(opts):
+    """One session, one message per --messages item (`big` or `small`): prints each final
+    reply as reply<i>=..., a NOOP's reply after them, and writes the ledger."""
+    ledger = Ledger(opts.prefix)
+    stats = Stats()
+    conn = Conn(opts, "implicit")
+    for i, kind in enumerate(opts.messages.split(",")):
+        mid = ledger.new_id(kind)
+        try:
+            transaction(conn, ledger, mid, make_message(mid, big=kind == "big"), stats)
+            out(f"reply{i}", ledger.entries[mid]["reply"])
+        except Refused as e:
+            out(f"reply{i}", e.line)
+    out("noop", conn.command(b"NOOP", 250)[0].decode())
+    conn.command(b"QUIT", 221)
+    conn.close()
+    if opts.ledger:
+        ledger.write(opts.ledger)
+
+
 def cmd_check(opts):
     entries = {}
     for path in opts.ledgers:
@@ -819,6 +847,10 @@ def cmd_check(opts):
             violations.append(f"{mid}: acknowledged ({e['reply']}) but stored {n} times")
         elif outcome in ("refused", "aborted", "pending") and n:
             violations.append(f"{mid}: {outcome} ({e['reply']}) but stored {n} times")
+        if opts.shutdown and outcome == "refused" and not e["reply"].startswith("421"):
+            violations.append(f"{mid}: refused with {e['reply']}, not 421")
+        if opts.shutdown and outcome in ("aborted", "unknown", "pending"):
+            violations.append(f"{mid}: {outcome} ({e['reply']}): neither 250 nor 421")
         elif outcome == "unknown":
             if n > 1:
                 violations.append(f"{mid}: unacknowledged, stored {n} times")
@@ -868,12 +900,15 @@ def main():
     p.add_argument("--max-message-size", type=int, default=1024 * 1024)
     p.add_argument("--maildir")
     p.add_argument("--allow-unknown-stored", action="store_true")
-    p.add_argument("scenario", choices=["load", "probe", "check"])
+    p.add_argument("--shutdown", action="store_true",
+                   help="check: every transaction ended with 250 or 421 (graceful shutdown)")
+    p.add_argument("--messages", default="small", help="session: e.g. big,small")
+    p.add_argument("scenario", choices=["load", "probe", "session", "check"])
     p.add_argument("ledgers", nargs="*", help="check: ledger files")
     opts = p.parse_args()
     if opts.cafile:
         opts.context = ssl.create_default_context(cafile=opts.cafile)
-    {"load": cmd_load, "probe": cmd_probe, "check": cmd_check}[opts.scenario](opts)
+    {"load": cmd_load, "probe": cmd_probe, "session": cmd_session, "check": cmd_check}[opts.scenario](opts)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1049 @@
+//! Fault tests: the `smtpsd` binary killed, starved of disk, abused, reloaded and shut down
+//! while clients send, with timings configured short.
+//!
+//! The load, the abusive clients and the ledger check are in `tests/clients/fault_clients.py`:
+//! every transaction a client starts goes into a ledger with the SHA-256 of its exact bytes
+//! and its outcome (`acked` = 250 after the data, `refused`, `aborted` before the end of data
+//! was sent, `unknown` = the end of data was sent and no reply came). The check then holds the
+//! maildir to it: every acknowledged message stored exactly once and byte-exact (apart from
+//! the `Received:` header smtpsd prepends), nothing refused or aborted stored, an `unknown`
+//! one at most once, and no file the ledger does not know.
+//!
+//! Each test starts its own daemon on `127.0.0.1` port-0 listeners (implicit TLS and
+//! STARTTLS-required) in a temporary directory; a guard kills it when the test ends. Every
+//! wait has a deadline. Figures (latency, descriptors, RSS) are printed; run with
+//! `--nocapture` to see them. Only wall-clock bounds that are generous are asserted.
+#![allow(missing_docs)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const SMTPSD: &str = env!("CARGO_BIN_EXE_smtpsd");
+const STEP_DEADLINE: Duration = Duration::from_secs(15);
+/// The short timeouts every daemon here runs with.
+const SHORT_TIMEOUTS: &[&str] = &[
+    "--timeout-handshake",
+    "1",
+    "--timeout-command",
+    "2",
+    "--timeout-data",
+    "2",
+    "--timeout-session",
+    "60",
+];
+/// Every kind of abusive client `fault_clients.py` has.
+const ALL_ABUSE: &str = "vanish-handshake,vanish-command,vanish-data,vanish-bdat,\
+                         stall-handshake,slow-drip,garbage,smuggle,starttls-injection,\
+                         long-line,oversized,flood";
+
+// --- kill -9 ---------------------------------------------------------------------------------
+
+#[test]
+fn kill_9_while_16_clients_send_loses_no_acknowledged_message() {
+    let env = Env::new("kill9");
+    let mut daemon = env.start(&[]);
+    let stop = env.path("stop");
+    let ledger = env.path("ledger-load.jsonl");
+    let load = daemon.spawn_client(
+        &env,
+        "load",
+        &[
+            "--senders",
+            "16",
+            "--duration",
+            "30",
+            "--stop-file",
+            &stop,
+            "--scan",
+            &env.maildir_arg(),
+            "--ledger",
+            &ledger,
+            "--prefix",
+            "kill9",
+        ],
+    );
+    // Kill once the load is flowing: some messages stored, others surely in flight.
+    let flowing = wait_until(Duration::from_secs(20), || env.files("new").len() >= 40);
+    assert!(flowing, "no load reached the maildir:\n{}", daemon.log());
+    thread::sleep(Duration::from_millis(300));
+    let pid = daemon.pid();
+    daemon.guard.kill();
+    let killed_at = Instant::now();
+    fs::write(&stop, b"").expect("stop file");
+    let run = load.finish(Duration::from_secs(60));
+    println!("kill -9 of pid {pid}: {}", run.summary());
+    assert_eq!(run.value("hung_threads"), "0");
+    assert_eq!(
+        run.get("scan_bad"),
+        "0",
+        "a partial or foreign file appeared in new/ during the run:\n{}",
+        run.stdout
+    );
+    assert!(run.get("scan_rounds").parse::<u32>().unwrap_or(0) > 10);
+
+    // The restarted daemon, on the same maildir, serves at once.
+    let started = Instant::now();
+    let restarted = env.start(&[]);
+    let listening = started.elapsed();
+    let probe_ledger = env.path("ledger-probe.jsonl");
+    let probe = restarted.client(
+        &env,
+        "probe",
+        &["--ledger", &probe_ledger, "--prefix", "after"],
+    );
+    println!(
+        "restart: listening after {listening:?}, first session {}s, {:?} after the kill",
+        probe.value("probe_seconds"),
+        killed_at.elapsed()
+    );
+
+    // Messages in flight at the kill (end of data sent, no reply) may or may not be stored;
+    // once at most, and whole. Their temporary files stay in tmp/ (no recovery is attempted:
+    // a Maildir reader ignores tmp/, and the client retries a message that got no 250).
+    let check = env.check(&[&ledger, &probe_ledger], &["--allow-unknown-stored"]);
+    println!("ledger after kill -9: {}", check.summary());
+    assert!(check.get("acked").parse::<u32>().unwrap_or(0) >= 40);
+}
+
+// --- disk full -------------------------------------------------------------------------------
+
+#[test]
+fn disk_full_gets_452_leaves_nothing_partial_and_recovers_when_space_returns() {
+    let env = Env::new("diskfull");
+    let mount = match Tmpfs::mount(&env.dir.path().join("small"), "1m") {
+        Ok(mount) => mount,
+        Err(why) => {
+            println!("SKIPPED disk_full: cannot mount a 1 MiB tmpfs ({why}); run as root");
+            return;
+        }
+    };
+    let maildir = mount.path.join("mail");
+    let daemon = env.start_with_maildir(&maildir, &[]);
+    let filler = mount.path.join("filler");
+    // Fill the tmpfs, then free 64 KiB: a small message fits, a big one (64-256 KiB) does not.
+    fill(&filler);
+    let full = fs::metadata(&filler).expect("filler").len();
+    set_len(&filler, full - 64 * 1024);
+
+    let ledgers: Vec<String> = (0..3)
+        .map(|i| env.path(&format!("ledger{i}.jsonl")))
+        .collect();
+    let run = daemon.client(
+        &env,
+        "session",
+        &[
+            "--messages",
+            "big,small,big",
+            "--prefix",
+            "full",
+            "--ledger",
+            &ledgers[0],
+        ],
+    );
+    println!("disk nearly full: {}", run.summary());
+    for big in ["reply0", "reply2"] {
+        assert!(
+            run.value(big).starts_with("452 4.3.1"),
+            "{big}: {}",
+            run.value(big)
+        );
+    }
+    assert!(
+        run.value("reply1").starts_with("250 2.0.0"),
+        "{}",
+        run.value("reply1")
+    );
+    assert!(run.value("noop").starts_with("250"));
+    assert_no_temporary_files(&maildir);
+
+    // Completely full: even a small message gets 452, and the server keeps serving.
+    fill(&filler);
+    let run = daemon.client(
+        &env,
+        "session",
+        &[
+            "--messages",
+            "small",
+            "--prefix",
+            "empty",
+            "--ledger",
+            &ledgers[1],
+        ],
+    );
+    println!("disk full: {}", run.summary());
+    assert!(
+        run.value("reply0").starts_with("452 4.3.1"),
+        "{}",
+        run.value("reply0")
+    );
+    assert_no_temporary_files(&maildir);
+
+    // Space returns: delivery works again, big messages included.
+    fs::remove_file(&filler).expect("remove filler");
+    let run = daemon.client(
+        &env,
+        "session",
+        &[
+            "--messages",
+            "big,small",
+            "--prefix",
+            "back",
+            "--ledger",
+            &ledgers[2],
+        ],
+    );
+    println!("space freed: {}", run.summary());
+    assert!(
+        run.value("reply0").starts_with("250 2.0.0"),
+        "{}",
+        run.value("reply0")
+    );
+    assert!(
+        run.value("reply1").starts_with("250 2.0.0"),
+        "{}",
+        run.value("reply1")
+    );
+
+    let refs: Vec<&str> = ledgers.iter().map(String::as_str).collect();
+    let check = env.check_maildir(&maildir, &refs, &[]);
+    assert_eq!(check.value("acked"), "3", "{}", check.stdout);
+    assert_eq!(check.value("files_tmp"), "0");
+    assert!(
+        daemon.log().contains("No space left")
+            || daemon.log().contains("ENOSPC")
+            || daemon.log().contains("4.3.1"),
+        "the daemon logs the cause:\n{}",
+        daemon.log()
+    );
+    drop(daemon);
+}
+
+fn assert_no_temporary_files(maildir: &Path) {
+    let cleaned = wait_until(Duration::from_secs(5), || {
+        list(&maildir.join("tmp")).is_empty()
+    });
+    assert!(cleaned, "left in tmp/: {:?}", list(&maildir.join("tmp")));
+}
+
+/// Writes into `path` until the file system is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open filler");
+    let block = vec![0x5a_u8; 4096];
+    // A 1 MiB tmpfs holds 256 blocks: the bound is generous.
+    for _ in 0..4096 {
+        if file.write_all(&block).and_then(|()| file.flush()).is_err() {
+            return;
+        }
+    }
+    panic!("{} never filled up", path.display());
+}
+
+fn set_len(path: &Path, len: u64) {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .expect("shrink filler");
+}
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Result<Self, String> {
+        fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let mut command = Command::new("mount");
+        command
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path);
+        let output = run(command, STEP_DEADLINE);
+        if output.status.success() {
+            Ok(Self {
+                path: path.to_path_buf(),
+            })
+        } else {
+            Err(format!("{}: {}", output.status, output.stderr.trim()))
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let mut command = Command::new("umount");
+        command.arg("-l").arg(&self.path);
+        let _ = run(command, STEP_DEADLINE);
+    }
+}
+
+// --- abusive clients -------------------------------------------------------------------------
+
+#[test]
+fn abusive_clients_leave_no_descriptor_or_memory_behind_and_well_behaved_ones_are_served() {
+    let env = Env::new("abuse");
+    let mut daemon = env.start(&[
+        "--max-connections-per-ip",
+        "30",
+        "--max-connections",
+        "400",
+        "--max-message-size",
+        "1M",
+    ]);
+    // Warm up with ordinary sessions, then take the baseline.
+    let warm = env.path("ledger-warm.jsonl");
+    daemon.client(
+        &env,
+        "load",
+        &[
+            "--senders",
+            "4",
+            "--duration",
+            "1",
+            "--prefix",
+            "warm",
+            "--ledger",
+            &warm,
+        ],
+    );
+    let fds_before = wait_settled(|| daemon.fds());
+    let rss_start = daemon.rss_kib();
+
+    // Two identical rounds of abuse beside a latency probe: the first lets the allocator
+    // reach its working size, the second must not grow it much further.
+    let mut rss = Vec::new();
+    let mut ledgers = vec![warm];
+    for round in 0..2 {
+        let ledger = env.path(&format!("ledger-abuse{round}.jsonl"));
+        let run = daemon.client(
+            &env,
+            "load",
+            &[
+                "--abusers",
+                "8",
+                "--abuse",
+                ALL_ABUSE,
+                "--abuse-round-robin",
+                "--abuse-rounds",
+                "12",
+                "--senders",
+                "2",
+                "--probe",
+                "--duration",
+                "8",
+                "--stall-limit",
+                "8",
+                "--flood-size",
+                "60",
+                "--max-message-size",
+                &(1024 * 1024).to_string(),
+                "--ledger",
+                &ledger,
+                "--prefix",
+                &format!("abuse{round}"),
+            ],
+        );
+        ledgers.push(ledger);
+        println!("abuse round {round}: {}", run.summary());
+        assert_eq!(run.value("hung_threads"), "0");
+        let violations: Vec<_> = run
+            .values
+            .iter()
+            .filter(|(k, _)| k.starts_with("violation"))
+            .collect();
+        assert!(violations.is_empty(), "{violations:?}\n{}", run.stdout);
+        assert!(run.get("abusive_sessions").parse::<u32>().unwrap_or(0) >= 90);
+        assert!(run.get("flood_over_limit").parse::<u32>().unwrap_or(0) > 0);
+        // A stalled handshake is closed by the 1 s handshake timeout, well within 8 s.
+        let stall: f64 = run
+            .value("stall_closed_after_max")
+            .parse()
+            .expect("seconds");
+        assert!(stall < 6.0, "stalled handshake open for {stall}s");
+        // The well-behaved client was served all along: latency printed, bound generous.
+        assert_eq!(run.get("probe_failed"), "0", "{}", run.stdout);
+        let probes: u32 = run.value("probe_count").parse().expect("count");
+        let worst: f64 = run.value("probe_max").parse().expect("seconds");
+        println!(
+            "  well-behaved session latency during abuse: median {}s, max {worst}s over {probes}",
+            run.value("probe_median")
+        );
+        assert!(probes >= 5, "only {probes} probe sessions");
+        assert!(worst < 5.0, "a well-behaved session took {worst}s");
+
+        let fds = wait_settled(|| daemon.fds());
+        let resident = daemon.rss_kib();
+        println!(
+            "  after round {round}: {fds} descriptors (baseline {fds_before}), VmRSS {resident} KiB (start {rss_start} KiB)"
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || daemon.fds() <= fds_before),
+            "descriptors left behind: {} open, {fds_before} before\n{}",
+            daemon.fds(),
+            daemon.open_fds()
+        );
+        rss.push(resident);
+    }
+    // Modest tolerance: 10 % or 4 MiB, whichever is more.
+    let allowed = rss[0] + (rss[0] / 10).max(4096);
+    assert!(
+        rss[1] <= allowed,
+        "RSS grew from {} KiB to {} KiB over an identical round (allowed {allowed} KiB)",
+        rss[0],
+        rss[1]
+    );
+    let refs: Vec<&str> = ledgers.iter().map(String::as_str).collect();
+    let check = env.check(&refs, &[]);
+    println!("ledger after abuse: {}", check.summary());
+    assert!(daemon.alive(), "smtpsd died:\n{}", daemon.log());
+}
+
+// --- certificate reload ----------------------------------------------------------------------
+
+#[test]
+fn certificate_reload_under_load_fails_no_handshake() {
+    let env = Env::new("reload");
+    let mut daemon = env.start(&[]);
+    let other = TestCert::new("renewed");
+    // Clients trust both certificates.
+    let cafile = env.path("both.pem");
+    fs::write(&cafile, format!("{}{}", env.cert.cert_pem, other.cert_pem)).expect("CA file");
+    daemon.cafile = PathBuf::from(&cafile);
+    let ledger = env.path("ledger-reload.jsonl");
+    let load = daemon.spawn_client(
+        &env,
+        "load",
+        &[
+            "--handshakers",
+            "8",
+            "--senders",
+            "4",
+            "--duration",
+            "6",
+            "--ledger",
+            &ledger,
+            "--prefix",
+            "reload",
+        ],
+    );
+    let mut reloads = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    thread::sleep(Duration::from_millis(300));
+    while Instant::now() < deadline {
+        let cert = if reloads % 2 == 0 { &other } else { &env.cert };
+        env.replace_certificate(cert);
+        daemon.signal(libc::SIGHUP);
+        reloads += 1;
+        thread::sleep(Duration::from_millis(100));
+    }
+    let run = load.finish(Duration::from_secs(60));
+    println!("{reloads} reloads under load: {}", run.summary());
+    assert!(
+        daemon.wait_log("certificates reloaded", reloads / 2),
+        "reloads not logged:\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains("reload failed"), "{}", daemon.log());
+    assert_eq!(run.get("handshake_failures"), "0", "{}", run.stdout);
+    assert_eq!(run.get("broken_sessions"), "0", "{}", run.stdout);
+    assert_eq!(run.get("connect_failed"), "0", "{}", run.stdout);
+    let handshakes: u32 = run.value("handshakes").parse().expect("count");
+    assert!(handshakes >= 50, "only {handshakes} handshakes");
+    let certs_seen = run.values.keys().filter(|k| k.starts_with("cert_")).count();
+    assert_eq!(certs_seen, 2, "both certificates served:\n{}", run.stdout);
+    env.check(&[&ledger], &[]);
+}
+
+// --- graceful shutdown -----------------------------------------------------------------------
+
+#[test]
+fn sigterm_under_load_finishes_or_refuses_every_transaction() {
+    let env = Env::new("sigterm");
+    let mut daemon = env.start(&[]);
+    let ledger = env.path("ledger-sigterm.jsonl");
+    let load = daemon.spawn_client(
+        &env,
+        "load",
+        &[
+            "--senders",
+            "16",
+            "--until-refused",
+            "--duration",
+            "40",
+            "--ledger",
+            &ledger,
+            "--prefix",
+            "term",
+        ],
+    );
+    let flowing = wait_until(Duration::from_secs(20), || env.files("new").len() >= 40);
+    assert!(flowing, "no load reached the maildir:\n{}", daemon.log());
+    daemon.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let status = daemon
+        .guard
+        .wait_deadline(Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("smtpsd still runs 40 s after SIGTERM:\n{}", daemon.log()));
+    println!(
+        "smtpsd exited {:?} after SIGTERM ({status})",
+        signalled.elapsed()
+    );
+    assert!(status.success(), "exit {status}:\n{}", daemon.log());
+    let run = load.finish(Duration::from_secs(60));
+    println!("load during shutdown: {}", run.summary());
+    assert_eq!(run.value("hung_threads"), "0");
+    // Every transaction: 250 and stored once, byte-exact; or 421 and not stored.
+    let check = env.check(&[&ledger], &["--shutdown"]);
+    println!("ledger after SIGTERM: {}", check.summary());
+}
+
+// --- the daemon under test -------------------------------------------------------------------
+
+/// A test's directory, certificate and maildir; daemons started from it share them.
+struct Env {
+    dir: TempDir,
+    cert: TestCert,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl Env {
+    fn new(label: &str) -> Self {
+        let dir = TempDir::new(label);
+        let cert = TestCert::new("smtpsd faults");
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        fs::write(&cert_path, &cert.cert_pem).expect("write cert");
+        fs::write(&key_path, &cert.key_pem).expect("write key");
+        Self {
+            dir,
+            cert,
+            cert_path,
+            key_path,
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn maildir(&self) -> PathBuf {
+        self.dir.path().join("mail")
+    }
+
+    fn maildir_arg(&self) -> String {
+        self.maildir().display().to_string()
+    }
+
+    fn files(&self, sub: &str) -> Vec<PathBuf> {
+        list(&self.maildir().join(sub))
+    }
+
+    fn start(&self, args: &[&str]) -> Daemon {
+        self.start_with_maildir(&self.maildir(), args)
+    }
+
+    fn start_with_maildir(&self, maildir: &Path, args: &[&str]) -> Daemon {
+        let mut command = Command::new(SMTPSD);
+        command
+            .args(["--listen", "127.0.0.1:0=implicit-tls"])
+            .args(["--listen", "127.0.0.1:0=starttls-required"])
+            .arg("--cert")
+            .arg(&self.cert_path)
+            .arg("--key")
+            .arg(&self.key_path)
+            .arg("--maildir")
+            .arg(maildir)
+            .args(["--hostname", "mx.test", "--workers", "2"])
+            .args(SHORT_TIMEOUTS)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut guard = ChildGuard::spawn(command);
+        let log = Log::collect(guard.child.stderr.take().expect("stderr"));
+        let started = log.wait(STEP_DEADLINE, |lines| {
+            lines.iter().filter(|l| l.contains("listening on")).count() >= 2
+        });
+        assert!(started, "smtpsd did not start:\n{}", log.text());
+        let addrs = log
+            .text()
+            .lines()
+            .filter_map(|l| l.split("listening on ").nth(1))
+            .map(|rest| {
+                let addr = rest.split_whitespace().next().expect("address");
+                addr.parse::<SocketAddr>().expect("socket address")
+            })
+            .collect();
+        Daemon {
+            guard,
+            log,
+            addrs,
+            cafile: self.cert_path.clone(),
+        }
+    }
+
+    /// Replaces the certificate files the way a renewal tool does: write aside, rename.
+    fn replace_certificate(&self, cert: &TestCert) {
+        for (path, pem) in [
+            (&self.key_path, &cert.key_pem),
+            (&self.cert_path, &cert.cert_pem),
+        ] {
+            let aside = path.with_extension("new");
+            fs::write(&aside, pem).expect("write replacement");
+            fs::rename(&aside, path).expect("rename replacement");
+        }
+    }
+
+    /// Holds the maildir to the ledgers; panics with the violations.
+    fn check(&self, ledgers: &[&str], args: &[&str]) -> ClientRun {
+        self.check_maildir(&self.maildir(), ledgers, args)
+    }
+
+    fn check_maildir(&self, maildir: &Path, ledgers: &[&str], args: &[&str]) -> ClientRun {
+        let mut command = python();
+        command
+            .arg("--maildir")
+            .arg(maildir)
+            .args(args)
+            .arg("check")
+            .args(ledgers);
+        let output = run(command, Duration::from_secs(60));
+        let parsed = ClientRun::parse(&output.stdout);
+        assert!(
+            output.status.success(),
+            "ledger check failed ({}):\n{}\n{}",
+            output.status,
+            output.stdout,
+            output.stderr
+        );
+        parsed
+    }
+}
+
+/// A running smtpsd; killed on drop.
+struct Daemon {
+    guard: ChildGuard,
+    log: Arc<Log>,
+    addrs: Vec<SocketAddr>,
+    cafile: PathBuf,
+}
+
+impl Daemon {
+    fn pid(&self) -> u32 {
+        self.guard.child.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.guard.child.try_wait(), Ok(None))
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) takes plain integers; `pid` is our own child, not yet reaped (the
+        // guard waits for it only on drop or in `wait_deadline`).
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "kill({pid}, {signal})");
+    }
+
+    fn wait_log(&self, needle: &str, count: usize) -> bool {
+        self.log.wait(STEP_DEADLINE, |lines| {
+            lines.iter().filter(|l| l.contains(needle)).count() >= count
+        })
+    }
+
+    fn log(&self) -> String {
+        self.log.text()
+    }
+
+    /// Open descriptors, from `/proc/PID/fd`.
+    fn fds(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(Iterator::count)
+            .expect("read /proc/PID/fd")
+    }
+
+    fn open_fds(&self) -> String {
+        let dir = format!("/proc/{}/fd", self.pid());
+        list(Path::new(&dir))
+            .iter()
+            .map(|p| format!("{} -> {:?}", p.display(), fs::read_link(p).ok()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// VmRSS from `/proc/PID/status`, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+
+    fn client_command(&self, scenario: &str, args: &[&str]) -> Command {
+        let mut command = python();
+        command
+            .args(["--implicit-port", &self.addrs[0].port().to_string()])
+            .args(["--starttls-port", &self.addrs[1].port().to_string()])
+            .arg("--cafile")
+            .arg(&self.cafile)
+            .args(args)
+            .arg(scenario);
+        command
+    }
+
+    /// Runs a client scenario to its end; it must succeed.
+    fn client(&self, _env: &Env, scenario: &str, args: &[&str]) -> ClientRun {
+        let output = run(self.client_command(scenario, args), Duration::from_secs(90));
+        assert!(
+            output.status.success(),
+            "client {scenario} failed ({})\nstdout:\n{}\nstderr:\n{}\nsmtpsd log:\n{}",
+            output.status,
+            output.stdout,
+            output.stderr,
+            self.log()
+        );
+        ClientRun::parse(&output.stdout)
+    }
+
+    fn spawn_client(&self, _env: &Env, scenario: &str, args: &[&str]) -> Spawned {
+        let mut command = self.client_command(scenario, args);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut guard = ChildGuard::spawn(command);
+        let stdout = read_all(guard.child.stdout.take().expect("stdout"));
+        let stderr = read_all(guard.child.stderr.take().expect("stderr"));
+        Spawned {
+            guard,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// Waits until `count` gives the same value three times in a row, 100 ms apart (bounded).
+fn wait_settled(count: impl Fn() -> usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = count();
+    let mut same = 0;
+    while same < 3 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        let now = count();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+fn python() -> Command {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/fault_clients.py");
+    let mut command = Command::new("python3");
+    command.arg(script);
+    command
+}
+
+/// A client process running in the background.
+struct Spawned {
+    guard: ChildGuard,
+    stdout: thread::JoinHandle<String>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl Spawned {
+    /// Waits for a successful exit; panics past `timeout`.
+    fn finish(mut self, timeout: Duration) -> ClientRun {
+        let status = self.guard.wait_deadline(timeout);
+        if status.is_none() {
+            self.guard.kill();
+        }
+        let stdout = self.stdout.join().unwrap_or_default();
+        let stderr = self.stderr.join().unwrap_or_default();
+        match status {
+            Some(status) if status.success() => ClientRun::parse(&stdout),
+            other => panic!("client ended {other:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
+        }
+    }
+}
+
+/// `key=value` lines printed by a client scenario.
+struct ClientRun {
+    values: HashMap<String, String>,
+    stdout: String,
+}
+
+impl ClientRun {
+    fn parse(stdout: &str) -> Self {
+        let values = stdout
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Self {
+            values,
+            stdout: stdout.to_owned(),
+        }
+    }
+
+    fn value(&self, key: &str) -> &str {
+        self.values
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key}= in the client's output:\n{}", self.stdout))
+    }
+
+    /// A counter: absent means zero.
+    fn get(&self, key: &str) -> &str {
+        self.values.get(key).map_or("0", String::as_str)
+    }
+
+    /// The figures on one line, notes left out.
+    fn summary(&self) -> String {
+        let mut pairs: Vec<_> = self
+            .values
+            .iter()
+            .filter(|(k, _)| !k.starts_with("note"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        pairs.sort();
+        let notes: Vec<_> = self
+            .values
+            .iter()
+            .filter(|(k, _)| k.starts_with("note"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        if notes.is_empty() {
+            pairs.join(" ")
+        } else {
+            format!("{}\n  notes: {}", pairs.join(" "), notes.join("\n    "))
+        }
+    }
+}
+
+/// The daemon's standard error, line by line, as it arrives.
+struct Log {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+impl Log {
+    fn collect(stderr: impl Read + Send + 'static) -> Arc<Self> {
+        let log = Arc::new(Self {
+            lines: Mutex::new(Vec::new()),
+            changed: Condvar::new(),
+        });
+        let writer = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).split(b'\n') {
+                let Ok(line) = line else { break };
+                let mut lines = writer.lines.lock().unwrap_or_else(PoisonError::into_inner);
+                lines.push(String::from_utf8_lossy(&line).into_owned());
+                writer.changed.notify_all();
+            }
+            let mut lines = writer.lines.lock().unwrap_or_else(PoisonError::into_inner);
+            lines.push("(end of stderr)".to_owned());
+            writer.changed.notify_all();
+        });
+        log
+    }
+
+    fn wait(&self, timeout: Duration, done: impl Fn(&[String]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if done(&lines) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || lines.last().is_some_and(|l| l == "(end of stderr)") {
+                return false;
+            }
+            lines = self
+                .changed
+                .wait_timeout(lines, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn text(&self) -> String {
+        self.lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .join("\n")
+    }
+}
+
+// --- processes, files, certificates ------------------------------------------------------------
+
+/// A child process killed (SIGKILL) and reaped on drop.
+struct ChildGuard {
+    child: Child,
+    what: String,
+}
+
+impl ChildGuard {
+    fn spawn(mut command: Command) -> Self {
+        let what = format!("{command:?}");
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Self { child, what }
+    }
+
+    /// SIGKILL, then reap.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_deadline(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                Ok(None) => return None,
+                Err(e) => panic!("waiting for {}: {e}", self.what),
+            }
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `command` to its end; kills it and panics past `timeout`.
+fn run(mut command: Command, timeout: Duration) -> Output {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut guard = ChildGuard::spawn(command);
+    let stdout = read_all(guard.child.stdout.take().expect("stdout"));
+    let stderr = read_all(guard.child.stderr.take().expect("stderr"));
+    let status = guard.wait_deadline(timeout);
+    if status.is_none() {
+        guard.kill();
+    }
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let Some(status) = status else {
+        panic!(
+            "{} ran over {timeout:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            guard.what
+        );
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+fn read_all(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+fn list(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// A directory under the system's temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "smtpsd-faults-{}-{}-{label}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A self-signed ECDSA P-256 certificate for `localhost` and `127.0.0.1`.
+struct TestCert {
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl TestCert {
+    fn new(common_name: &str) -> Self {
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let mut params = rcgen::CertificateParams::new(names).expect("certificate parameters");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = params.self_signed(&key).expect("self-signed certificate");
+        Self {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
