@@ -1,0 +1,763 @@
+//! The load: one mio event loop per thread, each driving many non-blocking connections through
+//! the SMTP dialogue (banner, EHLO, STARTTLS, transactions, QUIT) over rustls.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::reply::{self, Reply};
+use crate::stats::Stats;
+
+/// What each connection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Connect, TLS, banner, EHLO, QUIT, close; again.
+    Sessions,
+    /// Persistent connections sending messages.
+    Messages,
+    /// Connections held open after EHLO.
+    Idle,
+}
+
+/// How the connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Security {
+    /// TLS from the first byte (RFC 8314).
+    Implicit,
+    /// Plain banner and EHLO, then STARTTLS (RFC 3207) and EHLO again.
+    StartTls,
+    /// No TLS.
+    None,
+}
+
+impl Security {
+    /// The name used on the command line and in the summary.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Implicit => "implicit",
+            Self::StartTls => "starttls",
+            Self::None => "none",
+        }
+    }
+}
+
+/// Everything the load threads share.
+pub(crate) struct Plan {
+    /// What to do.
+    pub(crate) mode: Mode,
+    /// How to secure the connections.
+    pub(crate) security: Security,
+    /// The server.
+    pub(crate) addr: SocketAddr,
+    /// Local addresses to bind to in turn (empty: let the kernel choose).
+    pub(crate) sources: Vec<IpAddr>,
+    /// The TLS client configuration.
+    pub(crate) tls: Arc<ClientConfig>,
+    /// The name sent in SNI and checked in the certificate.
+    pub(crate) server_name: ServerName<'static>,
+    /// `EHLO name\r\n`.
+    pub(crate) ehlo: Vec<u8>,
+    /// `MAIL FROM`, `RCPT TO`, `DATA` commands, each with its CRLF.
+    pub(crate) envelope: [Vec<u8>; 3],
+    /// The dot-stuffed message with its terminating `.\r\n`.
+    pub(crate) payload: Arc<[u8]>,
+    /// The size of the message before dot-stuffing (what messages/s × size means).
+    pub(crate) message_bytes: u64,
+    /// Whether to pipeline MAIL, RCPT and DATA when the server offers PIPELINING.
+    pub(crate) pipelining: bool,
+    /// No new operation starts after this.
+    pub(crate) deadline: Instant,
+    /// Every connection still open then is abandoned as a timeout.
+    pub(crate) hard_deadline: Instant,
+    /// At most this many operations, if given.
+    pub(crate) count: Option<u64>,
+    /// Operations started so far (for `count`).
+    pub(crate) claimed: AtomicU64,
+    /// Longest time for one operation (or one connection's setup).
+    pub(crate) op_timeout: Duration,
+    /// Idle mode: connections that completed EHLO.
+    pub(crate) established: AtomicU64,
+    /// Idle mode: connections that failed.
+    pub(crate) failed: AtomicU64,
+    /// Idle mode: set when the connections should quit.
+    pub(crate) stop: AtomicBool,
+}
+
+impl Plan {
+    /// Claims one more operation, if the count and the deadline allow.
+    fn claim(&self, now: Instant) -> bool {
+        if now >= self.deadline || self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        match self.count {
+            None => true,
+            Some(n) => self.claimed.fetch_add(1, Ordering::Relaxed) < n,
+        }
+    }
+}
+
+/// What one thread brings back.
+#[derive(Debug, Default)]
+pub(crate) struct ThreadResult {
+    /// Its measurements.
+    pub(crate) stats: Stats,
+    /// When its last operation completed.
+    pub(crate) last_completion: Option<Instant>,
+    /// The negotiated cipher suite and key exchange group of its first TLS session.
+    pub(crate) tls_params: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Banner,
+    Ehlo,
+    StartTls,
+    /// Awaiting the reply to envelope command `step` (0 MAIL, 1 RCPT, 2 DATA).
+    Envelope {
+        step: u8,
+        failed: bool,
+    },
+    Body,
+    Rset,
+    Idle,
+    Quit,
+}
+
+/// A failure that ends a connection, by kind.
+struct Fail(&'static str);
+
+impl From<rustls::Error> for Fail {
+    fn from(e: rustls::Error) -> Self {
+        static SHOWN: AtomicU64 = AtomicU64::new(0);
+        if std::env::var_os("SMTPS_LOADGEN_DEBUG").is_some()
+            && SHOWN.fetch_add(1, Ordering::Relaxed) < 5
+        {
+            eprintln!("smtps-loadgen: TLS error: {e}");
+        }
+        Fail("tls")
+    }
+}
+
+/// Bytes waiting to be sent: owned commands or the shared payload.
+enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(a) => a,
+        }
+    }
+}
+
+#[derive(Default)]
+struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// How much of the front chunk was sent.
+    pos: usize,
+}
+
+impl OutQueue {
+    fn push(&mut self, chunk: Chunk) {
+        self.chunks.push_back(chunk);
+    }
+
+    fn front(&self) -> Option<&[u8]> {
+        self.chunks.front().map(|c| &c.bytes()[self.pos..])
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.pos += n;
+        if self
+            .chunks
+            .front()
+            .is_some_and(|c| self.pos >= c.bytes().len())
+        {
+            self.chunks.pop_front();
+            self.pos = 0;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
+struct Conn {
+    sock: TcpStream,
+    tls: Option<ClientConnection>,
+    state: State,
+    inbuf: Vec<u8>,
+    out: OutQueue,
+    /// When the current operation started (connect for sessions, MAIL for messages).
+    started: Instant,
+    /// When the current operation times out (`None` while idle).
+    deadline: Option<Instant>,
+    pipelining: bool,
+    /// QUIT was sent because the load is over (not a session's own QUIT).
+    finishing: bool,
+    /// STARTTLS was just accepted: no plaintext may follow the 220.
+    tls_switched: bool,
+}
+
+/// What happened to a connection after some I/O.
+enum Outcome {
+    Open,
+    /// Closed as planned (221 to QUIT).
+    Done,
+}
+
+struct Worker<'a> {
+    plan: &'a Plan,
+    poll: Poll,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    live: usize,
+    result: ThreadResult,
+    next_source: usize,
+}
+
+/// Runs `connections` connections of the plan on this thread until the load is over.
+pub(crate) fn run_thread(plan: &Plan, connections: usize, thread_index: usize) -> ThreadResult {
+    let mut worker = match Poll::new() {
+        Ok(poll) => Worker {
+            plan,
+            poll,
+            conns: Vec::with_capacity(connections),
+            free: Vec::new(),
+            live: 0,
+            result: ThreadResult::default(),
+            next_source: thread_index,
+        },
+        Err(_) => {
+            let mut result = ThreadResult::default();
+            result.stats.error("poll");
+            return result;
+        }
+    };
+    worker.result.stats.latencies_us.reserve(4096);
+    for _ in 0..connections {
+        let now = Instant::now();
+        if plan.mode == Mode::Sessions && !plan.claim(now) {
+            break;
+        }
+        worker.open(now);
+    }
+    worker.run();
+    worker.result
+}
+
+impl Worker<'_> {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut last_sweep = Instant::now();
+        let mut stop_seen = false;
+        while self.live > 0 {
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(50))) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.result.stats.error("poll");
+                return;
+            }
+            for event in &events {
+                let slot = event.token().0;
+                self.drive(slot);
+            }
+            let now = Instant::now();
+            if !stop_seen && self.plan.stop.load(Ordering::Relaxed) {
+                stop_seen = true;
+                self.quit_idle(now);
+            }
+            if now.duration_since(last_sweep) >= Duration::from_millis(50) {
+                last_sweep = now;
+                self.sweep(now);
+            }
+        }
+    }
+
+    /// Opens a new connection in a free slot; failures are counted and, for sessions,
+    /// the next session is tried (bounded by the plan's count and deadline).
+    fn open(&mut self, now: Instant) {
+        match self.connect(now) {
+            Ok(conn) => {
+                let slot = self.free.pop().unwrap_or_else(|| {
+                    self.conns.push(None);
+                    self.conns.len() - 1
+                });
+                let mut conn = conn;
+                if self
+                    .poll
+                    .registry()
+                    .register(
+                        &mut conn.sock,
+                        Token(slot),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .is_err()
+                {
+                    self.free.push(slot);
+                    self.fail_open("register");
+                    return;
+                }
+                self.conns[slot] = Some(conn);
+                self.live += 1;
+            }
+            Err(kind) => self.fail_open(kind),
+        }
+    }
+
+    fn fail_open(&mut self, kind: &'static str) {
+        self.result.stats.error(kind);
+        if self.plan.mode == Mode::Idle {
+            self.plan.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        // A failed connect is not retried at once: a refused port would spin. Sessions go on
+        // with the remaining workers; the count stays bounded by the plan.
+    }
+
+    fn connect(&mut self, now: Instant) -> Result<Conn, &'static str> {
+        let domain = Domain::for_address(self.plan.addr);
+        let socket =
+            Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(|_| "socket")?;
+        socket.set_nonblocking(true).map_err(|_| "socket")?;
+        socket.set_nodelay(true).map_err(|_| "socket")?;
+        if !self.plan.sources.is_empty() {
+            let ip = self.plan.sources[self.next_source % self.plan.sources.len()];
+            self.next_source = self.next_source.wrapping_add(1);
+            socket
+                .bind(&SocketAddr::new(ip, 0).into())
+                .map_err(|_| "bind")?;
+        }
+        match socket.connect(&self.plan.addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(_) => return Err("connect"),
+        }
+        let sock = TcpStream::from_std(socket.into());
+        Ok(Conn {
+            sock,
+            tls: None,
+            state: State::Connecting,
+            inbuf: Vec::new(),
+            out: OutQueue::default(),
+            started: now,
+            deadline: Some(now + self.plan.op_timeout),
+            pipelining: false,
+            finishing: false,
+            tls_switched: false,
+        })
+    }
+
+    /// Handles readiness of the connection in `slot`.
+    fn drive(&mut self, slot: usize) {
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let outcome = self.pump(&mut conn);
+        match outcome {
+            Ok(Outcome::Open) => self.conns[slot] = Some(conn),
+            Ok(Outcome::Done) => self.close(slot, conn, None),
+            Err(Fail(kind)) => self.close(slot, conn, Some(kind)),
+        }
+    }
+
+    /// Closes a connection; sessions start the next one.
+    fn close(&mut self, slot: usize, mut conn: Conn, failure: Option<&'static str>) {
+        let _ = self.poll.registry().deregister(&mut conn.sock);
+        drop(conn);
+        self.free.push(slot);
+        self.live -= 1;
+        let now = Instant::now();
+        if let Some(kind) = failure {
+            self.result.stats.error(kind);
+            if self.plan.mode == Mode::Idle {
+                self.plan.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        match self.plan.mode {
+            Mode::Sessions if self.plan.claim(now) => self.open(now),
+            // A broken persistent connection is replaced while the load lasts.
+            Mode::Messages if failure.is_some() && now < self.plan.deadline => self.open(now),
+            _ => {}
+        }
+    }
+
+    /// Times out the operations that took too long; at the hard deadline, everything.
+    fn sweep(&mut self, now: Instant) {
+        let hard = now >= self.plan.hard_deadline;
+        for slot in 0..self.conns.len() {
+            let expired = self.conns[slot]
+                .as_ref()
+                .is_some_and(|c| hard || c.deadline.is_some_and(|d| now >= d));
+            if expired && let Some(conn) = self.conns[slot].take() {
+                self.close(slot, conn, Some("timeout"));
+            }
+        }
+    }
+
+    /// Idle mode is over: every held connection sends QUIT.
+    fn quit_idle(&mut self, now: Instant) {
+        for slot in 0..self.conns.len() {
+            let Some(mut conn) = self.conns[slot].take() else {
+                continue;
+            };
+            if conn.state == State::Idle {
+                conn.finishing = true;
+                conn.deadline = Some(now + self.plan.op_timeout);
+                conn.send(Chunk::Owned(b"QUIT\r\n".to_vec()), State::Quit);
+            }
+            self.conns[slot] = Some(conn);
+            self.drive(slot);
+        }
+    }
+
+    /// Writes what can be written, reads what there is, acts on complete replies; repeats
+    /// until nothing moves.
+    fn pump(&mut self, conn: &mut Conn) -> Result<Outcome, Fail> {
+        if conn.state == State::Connecting {
+            if let Ok(Some(_)) | Err(_) = conn.sock.take_error() {
+                return Err(Fail("connect"));
+            }
+            match conn.sock.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(Outcome::Open),
+                Err(_) => return Err(Fail("connect")),
+            }
+            conn.state = State::Banner;
+            if self.plan.security == Security::Implicit {
+                conn.tls = Some(self.new_tls()?);
+            }
+        }
+        for _ in 0..64 {
+            flush(conn)?;
+            let (got, eof) = read(conn)?;
+            let acted = self.process(conn)?;
+            if matches!(acted, Some(Outcome::Done)) {
+                return Ok(Outcome::Done);
+            }
+            if eof {
+                // The server closed: after our QUIT that is the end, anywhere else a failure.
+                return if conn.state == State::Quit {
+                    self.quit_done(conn);
+                    Ok(Outcome::Done)
+                } else {
+                    Err(Fail("eof"))
+                };
+            }
+            if !got && acted.is_none() {
+                break;
+            }
+        }
+        Ok(Outcome::Open)
+    }
+
+    fn new_tls(&self) -> Result<ClientConnection, Fail> {
+        ClientConnection::new(Arc::clone(&self.plan.tls), self.plan.server_name.clone())
+            .map_err(|_| Fail("tls"))
+    }
+
+    /// Acts on every complete reply in the input. `Some` when something was done.
+    fn process(&mut self, conn: &mut Conn) -> Result<Option<Outcome>, Fail> {
+        let mut acted = None;
+        let mut pos = 0;
+        loop {
+            let parsed = reply::parse(&conn.inbuf[pos..]).map_err(|_| Fail("protocol"))?;
+            let Some((reply, used)) = parsed else {
+                break;
+            };
+            pos += used;
+            acted = Some(Outcome::Open);
+            if let Outcome::Done = self.on_reply(conn, &reply)? {
+                conn.inbuf.clear();
+                return Ok(Some(Outcome::Done));
+            }
+            if std::mem::take(&mut conn.tls_switched) && pos < conn.inbuf.len() {
+                // Bytes after the 220 to STARTTLS, before the handshake (RFC 3207 §4.2:
+                // the client must not take them as part of the TLS session).
+                return Err(Fail("protocol"));
+            }
+        }
+        conn.inbuf.drain(..pos);
+        Ok(acted)
+    }
+
+    fn on_reply(&mut self, conn: &mut Conn, reply: &Reply) -> Result<Outcome, Fail> {
+        let plan = self.plan;
+        match conn.state {
+            State::Connecting => Err(Fail("protocol")),
+            State::Banner => {
+                if reply.code != 220 {
+                    self.result.stats.reply(reply.code);
+                    return Err(Fail("banner"));
+                }
+                conn.send(Chunk::Owned(plan.ehlo.clone()), State::Ehlo);
+                Ok(Outcome::Open)
+            }
+            State::Ehlo => {
+                if reply.code != 250 {
+                    self.result.stats.reply(reply.code);
+                    return Err(Fail("ehlo"));
+                }
+                if plan.security == Security::StartTls && conn.tls.is_none() {
+                    if !reply.has_extension("STARTTLS") {
+                        return Err(Fail("no_starttls"));
+                    }
+                    conn.send(Chunk::Owned(b"STARTTLS\r\n".to_vec()), State::StartTls);
+                    return Ok(Outcome::Open);
+                }
+                conn.pipelining = plan.pipelining && reply.has_extension("PIPELINING");
+                self.established(conn);
+                Ok(Outcome::Open)
+            }
+            State::StartTls => {
+                if reply.code != 220 {
+                    self.result.stats.reply(reply.code);
+                    return Err(Fail("starttls"));
+                }
+                let mut tls = self.new_tls()?;
+                tls.writer()
+                    .write_all(&plan.ehlo)
+                    .map_err(|_| Fail("tls"))?;
+                conn.tls = Some(tls);
+                conn.state = State::Ehlo;
+                conn.tls_switched = true;
+                Ok(Outcome::Open)
+            }
+            State::Envelope { step, failed } => {
+                let expected = if step == 2 { 354 } else { 250 };
+                let ok = reply.code == expected || (step < 2 && reply.code / 100 == 2);
+                if !ok {
+                    self.result.stats.reply(reply.code);
+                }
+                let failed = failed || !ok;
+                if step < 2 {
+                    if !conn.pipelining {
+                        if failed {
+                            conn.send(Chunk::Owned(b"RSET\r\n".to_vec()), State::Rset);
+                            return Ok(Outcome::Open);
+                        }
+                        conn.out
+                            .push(Chunk::Owned(plan.envelope[usize::from(step) + 1].clone()));
+                    }
+                    conn.state = State::Envelope {
+                        step: step + 1,
+                        failed,
+                    };
+                } else if reply.code == 354 {
+                    conn.send(Chunk::Shared(Arc::clone(&plan.payload)), State::Body);
+                } else {
+                    conn.send(Chunk::Owned(b"RSET\r\n".to_vec()), State::Rset);
+                }
+                Ok(Outcome::Open)
+            }
+            State::Body => {
+                if reply.code == 250 {
+                    let now = Instant::now();
+                    self.result.stats.record(micros(now - conn.started));
+                    self.result.stats.bytes += plan.message_bytes;
+                    self.result.last_completion = Some(now);
+                } else {
+                    self.result.stats.reply(reply.code);
+                }
+                self.next_message(conn);
+                Ok(Outcome::Open)
+            }
+            State::Rset => {
+                self.next_message(conn);
+                Ok(Outcome::Open)
+            }
+            State::Idle => Err(Fail("unsolicited")),
+            State::Quit => {
+                if reply.code / 100 != 2 {
+                    self.result.stats.reply(reply.code);
+                }
+                self.quit_done(conn);
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    /// The reply to QUIT (or the close after it): a session is complete.
+    fn quit_done(&mut self, conn: &mut Conn) {
+        if let Some(tls) = conn.tls.as_mut() {
+            tls.send_close_notify();
+            let _ = flush(conn);
+        }
+        if self.plan.mode == Mode::Sessions && !conn.finishing {
+            let now = Instant::now();
+            self.result.stats.record(micros(now - conn.started));
+            self.result.last_completion = Some(now);
+        }
+    }
+
+    /// Banner, EHLO and TLS are done.
+    fn established(&mut self, conn: &mut Conn) {
+        if let (None, Some(tls)) = (&self.result.tls_params, &conn.tls) {
+            let suite = tls
+                .negotiated_cipher_suite()
+                .map_or_else(|| "-".to_owned(), |s| format!("{:?}", s.suite()));
+            let group = tls
+                .negotiated_key_exchange_group()
+                .map_or_else(|| "-".to_owned(), |g| format!("{:?}", g.name()));
+            self.result.tls_params = Some((suite, group));
+        }
+        self.result.stats.established += 1;
+        match self.plan.mode {
+            Mode::Sessions => {
+                conn.send(Chunk::Owned(b"QUIT\r\n".to_vec()), State::Quit);
+            }
+            Mode::Messages => self.next_message(conn),
+            Mode::Idle => {
+                conn.state = State::Idle;
+                conn.deadline = None;
+                self.plan.established.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Starts the next message, or QUIT when the load is over.
+    fn next_message(&mut self, conn: &mut Conn) {
+        let now = Instant::now();
+        if !self.plan.claim(now) {
+            conn.finishing = true;
+            conn.deadline = Some(now + self.plan.op_timeout);
+            conn.send(Chunk::Owned(b"QUIT\r\n".to_vec()), State::Quit);
+            return;
+        }
+        conn.started = now;
+        conn.deadline = Some(now + self.plan.op_timeout);
+        if conn.pipelining {
+            let mut all = Vec::with_capacity(96);
+            for cmd in &self.plan.envelope {
+                all.extend_from_slice(cmd);
+            }
+            conn.out.push(Chunk::Owned(all));
+        } else {
+            conn.out.push(Chunk::Owned(self.plan.envelope[0].clone()));
+        }
+        conn.state = State::Envelope {
+            step: 0,
+            failed: false,
+        };
+    }
+}
+
+impl Conn {
+    /// Queues `chunk` and moves to `next`.
+    fn send(&mut self, chunk: Chunk, next: State) {
+        self.out.push(chunk);
+        self.state = next;
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Sends queued bytes until the socket would block or nothing is left.
+fn flush(conn: &mut Conn) -> Result<(), Fail> {
+    match conn.tls.as_mut() {
+        None => {
+            while let Some(bytes) = conn.out.front() {
+                match conn.sock.write(bytes) {
+                    Ok(0) => return Err(Fail("eof")),
+                    Ok(n) => conn.out.advance(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Err(Fail("io")),
+                }
+            }
+            Ok(())
+        }
+        Some(tls) => loop {
+            let mut moved = false;
+            while let Some(bytes) = conn.out.front() {
+                let n = tls.writer().write(bytes).map_err(|_| Fail("tls"))?;
+                if n == 0 {
+                    break;
+                }
+                conn.out.advance(n);
+                moved = true;
+            }
+            while tls.wants_write() {
+                match tls.write_tls(&mut conn.sock) {
+                    Ok(0) => return Err(Fail("eof")),
+                    Ok(_) => moved = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Err(Fail("io")),
+                }
+            }
+            if !moved || conn.out.is_empty() {
+                return Ok(());
+            }
+        },
+    }
+}
+
+/// Reads until the socket would block: `(read anything, end of stream)`.
+fn read(conn: &mut Conn) -> Result<(bool, bool), Fail> {
+    let mut got = false;
+    match conn.tls.as_mut() {
+        None => {
+            let mut buf = [0u8; 4096];
+            loop {
+                match conn.sock.read(&mut buf) {
+                    Ok(0) => return Ok((got, true)),
+                    Ok(n) => {
+                        conn.inbuf.extend_from_slice(&buf[..n]);
+                        got = true;
+                        // STARTTLS: stop at the 220 so that the handshake reads what follows.
+                        if conn.state == State::StartTls {
+                            return Ok((got, false));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((got, false)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                        return Ok((got, true));
+                    }
+                    Err(_) => return Err(Fail("io")),
+                }
+            }
+        }
+        Some(tls) => loop {
+            match tls.read_tls(&mut conn.sock) {
+                Ok(0) => return Ok((got, true)),
+                Ok(_) => {
+                    got = true;
+                    let state = tls.process_new_packets()?;
+                    let n = state.plaintext_bytes_to_read();
+                    if n > 0 {
+                        let start = conn.inbuf.len();
+                        conn.inbuf.resize(start + n, 0);
+                        tls.reader()
+                            .read_exact(&mut conn.inbuf[start..])
+                            .map_err(|_| Fail("tls"))?;
+                    }
+                    if state.peer_has_closed() {
+                        return Ok((got, true));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((got, false)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok((got, true)),
+                Err(_) => return Err(Fail("io")),
+            }
+        },
+    }
+}

@@ -1,0 +1,540 @@
+//! `smtps-loadgen`: a load generator for SMTP servers over implicit TLS, STARTTLS or plain TCP.
+//!
+//! Three modes (`sessions`, `messages`, `idle`), each printing one `key=value` summary line on
+//! standard output. See `smtps-loadgen --help`.
+
+mod engine;
+mod message;
+mod procfs;
+mod reply;
+mod stats;
+mod tls;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use engine::{Mode, Plan, Security};
+use stats::Stats;
+
+const HELP: &str = "\
+smtps-loadgen: load for SMTP servers over implicit TLS, STARTTLS or plain TCP
+
+USAGE:
+    smtps-loadgen sessions --target HOST:PORT [OPTIONS]
+        W workers, each: connect, TLS, banner, EHLO, QUIT, close; again until the end
+    smtps-loadgen messages --target HOST:PORT [OPTIONS]
+        C persistent connections sending messages of S bytes (MAIL, RCPT and DATA
+        pipelined when PIPELINING is offered, then the dot-stuffed body)
+    smtps-loadgen idle --target HOST:PORT --pid PID [OPTIONS]
+        N connections held open after EHLO; the server's memory per connection
+
+Each mode prints one line of key=value pairs on standard output.
+
+TARGET AND TLS:
+    --target HOST:PORT      the server (loopback only: this is a load generator)
+    --tls MODE              implicit (default), starttls or none
+    --ca FILE               trust the certificates of this PEM file
+    --insecure              accept any server certificate (benchmarks only)
+    --server-name NAME      SNI and certificate name (default: localhost)
+    --groups LIST           key exchange groups offered, comma-separated rustls names
+                            (default: X25519; e.g. X25519MLKEM768,X25519)
+    TLS is always 1.3 with full handshakes: no session resumption.
+
+LOAD:
+    --threads N             event-loop threads (default: the number of cores)
+    --workers W             sessions: concurrent sessions (default: 32)
+    --connections N         messages: connections (default: 16); idle: (default: 1000)
+    --duration SECS         how long to start new operations (default: 10, or 600 as an
+                            upper bound when --count is given)
+    --count N               stop after N operations (sessions or messages)
+    --size BYTES            messages: message size (default: 2048)
+    --no-pipelining         messages: one command at a time even with PIPELINING
+    --hold SECS             idle: hold the connections this long (default: 3)
+    --timeout SECS          longest single operation or connection setup (default: 30)
+    --sources N             bind local addresses 127.0.0.1 .. 127.0.0.N in turn (for more
+                            than ~28,000 connections to one port)
+    --ehlo NAME --from ADDR --to ADDR
+                            EHLO name and envelope (client.test, loadgen@client.test,
+                            sink@mx.test)
+
+MEASURING THE SERVER:
+    --pid PID[,PID...]      the server's processes: CPU time (utime+stime, with their
+                            children's) per operation over the run, summed over each
+                            process tree; idle mode also reads VmRSS and Pss
+    --settle SECS           wait after the load before the last sample (default: 0.5)
+    --label TEXT            add label=TEXT to the summary line
+    --help                  print this help
+
+SUMMARY KEYS:
+    sessions: sessions rate p50_ms p90_ms p99_ms max_ms errors replies
+    messages: messages rate mb_s p50_ms .. max_ms errors replies (non-250 replies by code)
+    idle:     established rss_kib_per_conn pss_kib_per_conn
+    with --pid: server_cpu_s server_cpu_us_per_op server_procs; always client_cpu_us_per_op
+";
+
+/// The parsed command line.
+struct Options {
+    mode: Mode,
+    target: SocketAddr,
+    security: Security,
+    trust: Option<tls::Trust>,
+    server_name: String,
+    groups: Vec<String>,
+    threads: usize,
+    workers: Option<usize>,
+    connections: Option<usize>,
+    duration: Option<Duration>,
+    count: Option<u64>,
+    size: usize,
+    pipelining: bool,
+    hold: Duration,
+    timeout: Duration,
+    sources: usize,
+    ehlo: String,
+    from: String,
+    to: String,
+    pids: Vec<u32>,
+    settle: Duration,
+    label: Option<String>,
+}
+
+fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
+    if args.iter().any(|a| a == "--help" || a == "-h") || args.is_empty() {
+        return Ok(None);
+    }
+    let mode = match args[0].as_str() {
+        "sessions" => Mode::Sessions,
+        "messages" => Mode::Messages,
+        "idle" => Mode::Idle,
+        other => {
+            return Err(format!(
+                "unknown mode {other:?}: sessions, messages or idle"
+            ));
+        }
+    };
+    let mut target = None;
+    let mut o = Options {
+        mode,
+        target: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        security: Security::Implicit,
+        trust: None,
+        server_name: "localhost".to_owned(),
+        groups: vec!["X25519".to_owned()],
+        threads: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+        workers: None,
+        connections: None,
+        duration: None,
+        count: None,
+        size: 2048,
+        pipelining: true,
+        hold: Duration::from_secs(3),
+        timeout: Duration::from_secs(30),
+        sources: 0,
+        ehlo: "client.test".to_owned(),
+        from: "loadgen@client.test".to_owned(),
+        to: "sink@mx.test".to_owned(),
+        pids: Vec::new(),
+        settle: Duration::from_millis(500),
+        label: None,
+    };
+    let mut it = args[1..].iter();
+    while let Some(flag) = it.next() {
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+            _ => (flag.as_str(), None),
+        };
+        match name {
+            "--insecure" => {
+                o.trust = Some(tls::Trust::Insecure);
+                continue;
+            }
+            "--no-pipelining" => {
+                o.pipelining = false;
+                continue;
+            }
+            _ => {}
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))?,
+        };
+        let num = |v: &str| -> Result<u64, String> {
+            v.parse::<u64>()
+                .map_err(|_| format!("{name}: expected a number, got {v:?}"))
+        };
+        let secs = |v: &str| -> Result<Duration, String> {
+            v.parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e6)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| format!("{name}: expected seconds, got {v:?}"))
+        };
+        let size = |v: &str| -> Result<usize, String> {
+            usize::try_from(num(v)?).map_err(|_| format!("{name}: too large"))
+        };
+        match name {
+            "--target" => {
+                let addr = value
+                    .to_socket_addrs()
+                    .map_err(|e| format!("--target {value}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("--target {value}: no address"))?;
+                target = Some(addr);
+            }
+            "--tls" => {
+                o.security = match value.as_str() {
+                    "implicit" => Security::Implicit,
+                    "starttls" => Security::StartTls,
+                    "none" => Security::None,
+                    _ => return Err(format!("--tls {value}: implicit, starttls or none")),
+                };
+            }
+            "--ca" => o.trust = Some(tls::Trust::CaFile(value)),
+            "--server-name" => o.server_name = value,
+            "--groups" => {
+                o.groups = value
+                    .split(',')
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
+            "--threads" => o.threads = size(&value)?.max(1),
+            "--workers" => o.workers = Some(size(&value)?.max(1)),
+            "--connections" => o.connections = Some(size(&value)?.max(1)),
+            "--duration" => o.duration = Some(secs(&value)?),
+            "--count" => o.count = Some(num(&value)?),
+            "--size" => o.size = size(&value)?,
+            "--hold" => o.hold = secs(&value)?,
+            "--timeout" => o.timeout = secs(&value)?.max(Duration::from_millis(100)),
+            "--sources" => o.sources = size(&value)?.min(250),
+            "--ehlo" => o.ehlo = value,
+            "--from" => o.from = value,
+            "--to" => o.to = value,
+            "--pid" => {
+                for p in value.split(',').filter(|p| !p.is_empty()) {
+                    o.pids.push(
+                        p.parse()
+                            .map_err(|_| format!("--pid: expected process ids, got {p:?}"))?,
+                    );
+                }
+            }
+            "--settle" => o.settle = secs(&value)?,
+            "--label" => o.label = Some(value),
+            _ => return Err(format!("unknown option {name} (see --help)")),
+        }
+    }
+    o.target = target.ok_or("--target HOST:PORT is required")?;
+    if o.security != Security::None && o.trust.is_none() {
+        return Err("TLS needs --ca FILE or --insecure".to_owned());
+    }
+    if o.sources > 0 && !matches!(o.target.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
+        return Err("--sources needs an IPv4 loopback target".to_owned());
+    }
+    Ok(Some(o))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match parse_args(&args) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("smtps-loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smtps-loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The 1-minute load average, from /proc/loadavg.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+#[allow(clippy::too_many_lines)]
+fn run(o: &Options) -> Result<String, String> {
+    let fd_limit = procfs::raise_fd_limit();
+    let connections = match o.mode {
+        Mode::Sessions => o.workers.unwrap_or(32),
+        Mode::Messages => o.connections.unwrap_or(16),
+        Mode::Idle => o.connections.unwrap_or(1000),
+    };
+    let needed = u64::try_from(connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(64);
+    if needed > fd_limit {
+        return Err(format!(
+            "{connections} connections need more open files than the limit {fd_limit} \
+             (the hard limit; raise it outside the benchmark)"
+        ));
+    }
+    let tls_config =
+        tls::client_config(o.trust.as_ref().unwrap_or(&tls::Trust::Insecure), &o.groups)?;
+    let message = message::generate(o.size, &o.from, &o.to);
+    let duration = o.duration.unwrap_or(if o.count.is_some() {
+        Duration::from_secs(600)
+    } else {
+        Duration::from_secs(10)
+    });
+    let sources = (1..=o.sources)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, u8::try_from(i).unwrap_or(1))))
+        .collect();
+    let load_before = loadavg();
+    let start = Instant::now();
+    let (deadline, hard_deadline) = match o.mode {
+        Mode::Idle => {
+            let end = start + o.timeout + o.hold + Duration::from_secs(60);
+            (end, end)
+        }
+        _ => (
+            start + duration,
+            start + duration + o.timeout + Duration::from_secs(5),
+        ),
+    };
+    let plan = Arc::new(Plan {
+        mode: o.mode,
+        security: o.security,
+        addr: o.target,
+        sources,
+        tls: tls_config,
+        server_name: tls::server_name(&o.server_name)?,
+        ehlo: format!("EHLO {}\r\n", o.ehlo).into_bytes(),
+        envelope: [
+            format!("MAIL FROM:<{}>\r\n", o.from).into_bytes(),
+            format!("RCPT TO:<{}>\r\n", o.to).into_bytes(),
+            b"DATA\r\n".to_vec(),
+        ],
+        payload: message::dot_stuff(&message).into(),
+        message_bytes: u64::try_from(message.len()).unwrap_or(0),
+        pipelining: o.pipelining,
+        deadline,
+        hard_deadline,
+        count: o.count,
+        claimed: AtomicU64::new(0),
+        op_timeout: o.timeout,
+        established: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let memory = o.mode == Mode::Idle;
+    let server_before = (!o.pids.is_empty()).then(|| procfs::sample(&o.pids, memory));
+    let client_before = procfs::own_cpu_ticks();
+
+    let threads = o.threads.min(connections).max(1);
+    let mut handles = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let share = connections / threads + usize::from(t < connections % threads);
+        let plan = Arc::clone(&plan);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn(move || engine::run_thread(&plan, share, t))
+                .map_err(|e| format!("cannot start a thread: {e}"))?,
+        );
+    }
+
+    let mut idle_fields = String::new();
+    if o.mode == Mode::Idle {
+        let wanted = u64::try_from(connections).unwrap_or(u64::MAX);
+        let setup_end = start + o.timeout;
+        while plan.established.load(Ordering::Relaxed) + plan.failed.load(Ordering::Relaxed)
+            < wanted
+            && Instant::now() < setup_end
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let setup_s = start.elapsed().as_secs_f64();
+        std::thread::sleep(o.settle.max(Duration::from_millis(500)));
+        let established = plan.established.load(Ordering::Relaxed);
+        if let (Some(before), false) = (server_before, o.pids.is_empty()) {
+            let after = procfs::sample(&o.pids, true);
+            let per = |b: u64, a: u64| {
+                if established == 0 {
+                    "-".to_owned()
+                } else {
+                    #[allow(clippy::cast_precision_loss)]
+                    let v = (a as f64 - b as f64) / established as f64;
+                    format!("{v:.1}")
+                }
+            };
+            idle_fields = format!(
+                " rss_before_kib={} rss_after_kib={} rss_kib_per_conn={} pss_before_kib={} \
+                 pss_after_kib={} pss_kib_per_conn={}",
+                before.rss_kib,
+                after.rss_kib,
+                per(before.rss_kib, after.rss_kib),
+                before.pss_kib,
+                after.pss_kib,
+                per(before.pss_kib, after.pss_kib),
+            );
+        }
+        idle_fields = format!(" established={established} setup_s={setup_s:.2}{idle_fields}");
+        let hold_end = Instant::now() + o.hold;
+        while Instant::now() < hold_end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        plan.stop.store(true, Ordering::Relaxed);
+    }
+
+    let mut total = Stats::default();
+    let mut last = None;
+    let mut tls_params = None;
+    for h in handles {
+        let r = h.join().map_err(|_| "a load thread panicked".to_owned())?;
+        total.merge(r.stats);
+        last = last.max(r.last_completion);
+        if tls_params.is_none() {
+            tls_params = r.tls_params;
+        }
+    }
+    let end = Instant::now();
+    let client_cpu = procfs::own_cpu_ticks().saturating_sub(client_before);
+    let server = server_before.map(|before| {
+        std::thread::sleep(o.settle);
+        let after = procfs::sample(&o.pids, false);
+        (
+            after.cpu_ticks.saturating_sub(before.cpu_ticks),
+            after.processes,
+        )
+    });
+
+    let elapsed = match o.mode {
+        Mode::Idle => end - start,
+        _ => last.unwrap_or(end).max(start + Duration::from_millis(1)) - start,
+    };
+    let secs = elapsed.as_secs_f64();
+    let ops = match o.mode {
+        Mode::Idle => total.established,
+        _ => total.ops,
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let rate = ops as f64 / secs;
+    let mut line = format!(
+        "mode={} tls={} target={} threads={threads}",
+        match o.mode {
+            Mode::Sessions => "sessions",
+            Mode::Messages => "messages",
+            Mode::Idle => "idle",
+        },
+        o.security.name(),
+        o.target,
+    );
+    match o.mode {
+        Mode::Sessions => {
+            line += &format!(
+                " workers={connections} duration_s={secs:.2} sessions={} rate={rate:.1}/s {}",
+                total.ops,
+                stats::latency_fields(&mut total.latencies_us)
+            );
+        }
+        Mode::Messages => {
+            #[allow(clippy::cast_precision_loss)]
+            let mb_s = total.bytes as f64 / secs / 1e6;
+            line += &format!(
+                " connections={connections} size={} pipelining={} duration_s={secs:.2} \
+                 messages={} rate={rate:.1}/s mb_s={mb_s:.2} {}",
+                plan.message_bytes,
+                o.pipelining,
+                total.ops,
+                stats::latency_fields(&mut total.latencies_us)
+            );
+        }
+        Mode::Idle => {
+            line += &format!(
+                " connections={connections} hold_s={:.1}{idle_fields}",
+                o.hold.as_secs_f64()
+            );
+        }
+    }
+    line += &format!(
+        " errors={} replies={}",
+        stats::counts(&total.errors),
+        stats::counts(&total.replies)
+    );
+    if let Some((suite, group)) = tls_params {
+        line += &format!(" suite={suite} kx={group}");
+    }
+    let ticks = procfs::clock_ticks_per_second();
+    #[allow(clippy::cast_precision_loss)]
+    let per_op_us = |cpu_ticks: u64| {
+        if ops == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}", cpu_ticks as f64 * 1e6 / ticks as f64 / ops as f64)
+        }
+    };
+    if let Some((cpu, procs)) = server {
+        #[allow(clippy::cast_precision_loss)]
+        let cpu_s = cpu as f64 / ticks as f64;
+        line += &format!(
+            " server_cpu_s={cpu_s:.2} server_cpu_us_per_op={} server_procs={procs}",
+            per_op_us(cpu)
+        );
+    }
+    line += &format!(
+        " client_cpu_us_per_op={} loadavg={load_before}",
+        per_op_us(client_cpu)
+    );
+    if let Some(label) = &o.label {
+        line += &format!(" label={label}");
+    }
+    Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn parses_options() {
+        let o = parse_args(&args(
+            "messages --target 127.0.0.1:2465 --insecure --connections 8 --size=4096 --count 100 --pid 1,2",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.mode, Mode::Messages);
+        assert_eq!(o.target.port(), 2465);
+        assert_eq!(o.connections, Some(8));
+        assert_eq!(o.size, 4096);
+        assert_eq!(o.count, Some(100));
+        assert_eq!(o.pids, [1, 2]);
+        assert!(parse_args(&args("--help")).unwrap().is_none());
+        assert!(
+            parse_args(&args("sessions --target 127.0.0.1:1")).is_err(),
+            "trust needed"
+        );
+        assert!(parse_args(&args("sessions --target 127.0.0.1:1 --tls none")).is_ok());
+        assert!(parse_args(&args("bogus --target 127.0.0.1:1")).is_err());
+        assert!(
+            parse_args(&args("sessions --tls none")).is_err(),
+            "target needed"
+        );
+        assert!(parse_args(&args("sessions --target 127.0.0.1:1 --tls none --workers")).is_err());
+    }
+}
