@@ -700,7 +700,8 @@ def mixed(opts, ledger, stats, stop, index, kinds):
 
 
 def scanner(opts, ledger, stats, done):
-    """Re-reads new/ every 20 ms: a file there must be a complete message of the ledger."""
+    """Re-reads new/ every --scan-interval (20 ms): a file there must be a complete message of
+    the ledger."""
     new = os.path.join(opts.scan, "new")
     checked = set()
     while True:
@@ -729,7 +730,7 @@ def scanner(opts, ledger, stats, done):
         stats.counts["scan_rounds"] = stats.counts.get("scan_rounds", 0) + 1
         if finished:
             return
-        time.sleep(0.02)
+        time.sleep(opts.scan_interval)
 
 
 # --- subcommands ----------------------------------------------------------------------------
@@ -892,6 +893,7 @@ def main():
     p.add_argument("--probe", action="store_true", help="a timed well-behaved session loop")
     p.add_argument("--probe-interval", type=float, default=0.1)
     p.add_argument("--scan", help="maildir to re-scan during the run")
+    p.add_argument("--scan-interval", type=float, default=0.02)
     p.add_argument("--stall-limit", type=float, default=15.0,
                    help="longest wait for the server to close a stalled handshake")
     p.add_argument("--drip-delay", type=float, default=0.02)
