@@ -51,6 +51,11 @@ impl ListenerConfig {
 
 /// Timers (RFC 5321 §4.5.3.2: a server should wait at least 5 minutes for a command). An
 /// expired session is answered `421 4.4.2` and closed.
+///
+/// The RFC's client-side timers map onto these: the wait for the first command after the
+/// greeting and between commands is `command`; between blocks of a message body it is
+/// `data_block`; after the final dot (the "end of data" wait, §4.5.3.2.6) the server waits
+/// for the host's decision, bounded by `decision`.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
