@@ -82,6 +82,8 @@ pub(crate) struct Plan {
     pub(crate) count: Option<u64>,
     /// Operations started so far (for `count`).
     pub(crate) claimed: AtomicU64,
+    /// Sessions mode with `--rate`: the time between session starts on each thread.
+    pub(crate) session_interval: Option<Duration>,
     /// Longest time for one operation (or one connection's setup).
     pub(crate) op_timeout: Duration,
     /// Idle mode: connections that completed EHLO.
@@ -211,6 +213,8 @@ struct Conn {
     finishing: bool,
     /// STARTTLS was just accepted: no plaintext may follow the 220.
     tls_switched: bool,
+    /// The code of the last reply read.
+    last_code: u16,
 }
 
 /// What happened to a connection after some I/O.
@@ -228,6 +232,12 @@ struct Worker<'a> {
     live: usize,
     result: ThreadResult,
     next_source: usize,
+    /// Sessions mode with `--rate`: the time between session starts on this thread.
+    interval: Option<Duration>,
+    /// When the next paced session may start.
+    next_start: Instant,
+    /// Worker slots waiting for their paced start.
+    waiting: usize,
 }
 
 /// Runs `connections` connections of the plan on this thread until the load is over.
@@ -241,6 +251,9 @@ pub(crate) fn run_thread(plan: &Plan, connections: usize, thread_index: usize) -
             live: 0,
             result: ThreadResult::default(),
             next_source: thread_index,
+            interval: plan.session_interval,
+            next_start: Instant::now(),
+            waiting: 0,
         },
         Err(_) => {
             let mut result = ThreadResult::default();
@@ -251,8 +264,14 @@ pub(crate) fn run_thread(plan: &Plan, connections: usize, thread_index: usize) -
     worker.result.stats.latencies_us.reserve(4096);
     for _ in 0..connections {
         let now = Instant::now();
-        if plan.mode == Mode::Sessions && !plan.claim(now) {
-            break;
+        if plan.mode == Mode::Sessions {
+            if worker.interval.is_some() {
+                worker.waiting += 1;
+                continue;
+            }
+            if !plan.claim(now) {
+                break;
+            }
         }
         worker.open(now);
     }
@@ -265,8 +284,12 @@ impl Worker<'_> {
         let mut events = Events::with_capacity(1024);
         let mut last_sweep = Instant::now();
         let mut stop_seen = false;
-        while self.live > 0 {
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(50))) {
+        while self.live > 0 || self.waiting > 0 {
+            let mut timeout = Duration::from_millis(50);
+            if self.waiting > 0 {
+                timeout = timeout.min(self.next_start.saturating_duration_since(Instant::now()));
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -278,6 +301,7 @@ impl Worker<'_> {
                 self.drive(slot);
             }
             let now = Instant::now();
+            self.start_paced(now);
             if !stop_seen && self.plan.stop.load(Ordering::Relaxed) {
                 stop_seen = true;
                 self.quit_idle(now);
@@ -286,6 +310,26 @@ impl Worker<'_> {
                 last_sweep = now;
                 self.sweep(now);
             }
+        }
+    }
+
+    /// Sessions mode with `--rate`: starts the waiting sessions whose time has come. A
+    /// schedule more than a second behind is reset rather than caught up in a burst.
+    fn start_paced(&mut self, now: Instant) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        if now.saturating_duration_since(self.next_start) > Duration::from_secs(1) {
+            self.next_start = now;
+        }
+        while self.waiting > 0 && now >= self.next_start {
+            if !self.plan.claim(now) {
+                self.waiting = 0;
+                return;
+            }
+            self.waiting -= 1;
+            self.next_start += interval;
+            self.open(now);
         }
     }
 
@@ -359,6 +403,7 @@ impl Worker<'_> {
             pipelining: false,
             finishing: false,
             tls_switched: false,
+            last_code: 0,
         })
     }
 
@@ -389,6 +434,10 @@ impl Worker<'_> {
             }
         }
         match self.plan.mode {
+            Mode::Sessions if self.interval.is_some() => {
+                self.waiting += 1;
+                self.start_paced(now);
+            }
             Mode::Sessions if self.plan.claim(now) => self.open(now),
             // A broken persistent connection is replaced while the load lasts.
             Mode::Messages if failure.is_some() && now < self.plan.deadline => self.open(now),
@@ -454,6 +503,9 @@ impl Worker<'_> {
                 return if conn.state == State::Quit {
                     self.quit_done(conn);
                     Ok(Outcome::Done)
+                } else if conn.last_code == 421 {
+                    // The server closed after a 421 (a limit, or shutting down).
+                    Err(Fail("closed_after_421"))
                 } else {
                     Err(Fail("eof"))
                 };
@@ -497,6 +549,7 @@ impl Worker<'_> {
 
     fn on_reply(&mut self, conn: &mut Conn, reply: &Reply) -> Result<Outcome, Fail> {
         let plan = self.plan;
+        conn.last_code = reply.code;
         match conn.state {
             State::Connecting => Err(Fail("protocol")),
             State::Banner => {

@@ -52,6 +52,9 @@ LOAD:
     --count N               stop after N operations (sessions or messages)
     --size BYTES            messages: message size (default: 2048)
     --no-pipelining         messages: one command at a time even with PIPELINING
+    --rate R                sessions: start at most R sessions per second in all (an
+                            offered load below saturation, for latency); default: as fast
+                            as the workers go
     --hold SECS             idle: hold the connections this long (default: 3)
     --timeout SECS          longest single operation or connection setup (default: 30)
     --sources N             bind local addresses 127.0.0.1 .. 127.0.0.N in turn (for more
@@ -90,6 +93,7 @@ struct Options {
     count: Option<u64>,
     size: usize,
     pipelining: bool,
+    rate: Option<f64>,
     hold: Duration,
     timeout: Duration,
     sources: usize,
@@ -130,6 +134,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         count: None,
         size: 2048,
         pipelining: true,
+        rate: None,
         hold: Duration::from_secs(3),
         timeout: Duration::from_secs(30),
         sources: 0,
@@ -211,6 +216,17 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             "--count" => o.count = Some(num(&value)?),
             "--size" => o.size = size(&value)?,
             "--hold" => o.hold = secs(&value)?,
+            "--rate" => {
+                o.rate = Some(
+                    value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1e6)
+                        .ok_or_else(|| {
+                            format!("--rate: expected sessions per second, got {value:?}")
+                        })?,
+                );
+            }
             "--timeout" => o.timeout = secs(&value)?.max(Duration::from_millis(100)),
             "--sources" => o.sources = size(&value)?.min(250),
             "--ehlo" => o.ehlo = value,
@@ -312,6 +328,12 @@ fn run(o: &Options) -> Result<String, String> {
             start + duration + o.timeout + Duration::from_secs(5),
         ),
     };
+    let threads = o.threads.min(connections).max(1);
+    let session_interval = match (o.mode, o.rate) {
+        #[allow(clippy::cast_precision_loss)]
+        (Mode::Sessions, Some(rate)) => Some(Duration::from_secs_f64(threads as f64 / rate)),
+        _ => None,
+    };
     let plan = Arc::new(Plan {
         mode: o.mode,
         security: o.security,
@@ -332,6 +354,7 @@ fn run(o: &Options) -> Result<String, String> {
         hard_deadline,
         count: o.count,
         claimed: AtomicU64::new(0),
+        session_interval,
         op_timeout: o.timeout,
         established: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -341,7 +364,6 @@ fn run(o: &Options) -> Result<String, String> {
     let server_before = (!o.pids.is_empty()).then(|| procfs::sample(&o.pids, memory));
     let client_before = procfs::own_cpu_ticks();
 
-    let threads = o.threads.min(connections).max(1);
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
         let share = connections / threads + usize::from(t < connections % threads);
@@ -443,7 +465,9 @@ fn run(o: &Options) -> Result<String, String> {
     match o.mode {
         Mode::Sessions => {
             line += &format!(
-                " workers={connections} duration_s={secs:.2} sessions={} rate={rate:.1}/s {}",
+                " workers={connections}{} duration_s={secs:.2} sessions={} rate={rate:.1}/s {}",
+                o.rate
+                    .map_or_else(String::new, |r| format!(" offered={r}/s")),
                 total.ops,
                 stats::latency_fields(&mut total.latencies_us)
             );

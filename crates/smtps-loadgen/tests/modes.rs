@@ -149,6 +149,25 @@ fn every_mode_against_smtpsd() {
         }
     }
 
+    // An offered rate well below saturation: about rate × duration sessions.
+    let p = loadgen(&[
+        "sessions",
+        "--target",
+        &implicit,
+        "--ca",
+        &ca,
+        "--workers",
+        "8",
+        "--rate",
+        "50",
+        "--duration",
+        "0.8",
+    ]);
+    let n = number(&p, "sessions");
+    assert!((25.0..=50.0).contains(&n), "paced: {p:?}");
+    assert_eq!(p["offered"], "50/s");
+    assert_eq!(p["errors"], "0", "{p:?}");
+
     // A fixed count, pipelined, over implicit TLS; then STARTTLS without pipelining.
     let m = loadgen(&[
         "messages",
