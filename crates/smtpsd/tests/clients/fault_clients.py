@@ -40,6 +40,8 @@ import threading
 import time
 
 TIMEOUT = 10.0
+# session --tail-bytes: how the end of each message is sent (0: in one write with the rest).
+TAIL = [0]
 ID_HEADER = b"X-Fault-Id: "
 
 
@@ -50,11 +52,11 @@ def out(key, value):
 # --- messages -------------------------------------------------------------------------------
 
 
-def make_message(mid, big=False):
+def make_message(mid, big=False, size=None):
     """A message determined by its id: headers naming the id, lines of printable ASCII, every
     ninth line dot-leading (to exercise dot-stuffing), CRLF line ends."""
     rng = random.Random(mid)
-    size = rng.randint(64 * 1024, 256 * 1024) if big else rng.choice(
+    size = size or rng.randint(64 * 1024, 256 * 1024) if big or size else rng.choice(
         [rng.randint(200, 2000), rng.randint(2000, 20000), rng.randint(20000, 60000)]
     )
     head = (
@@ -253,7 +255,15 @@ def transaction(conn, ledger, mid, message, stats, wire=None):
         conn.command(b"MAIL FROM:<s@client.test>", 250)
         conn.command(b"RCPT TO:<box@mx.test>", 250)
         conn.command(b"DATA", 354)
-        conn.send(wire if wire is not None else stuff(message))
+        wire = wire if wire is not None else stuff(message)
+        if TAIL[0]:
+            # All but the last bytes, a pause (the server takes them in), then the rest with
+            # the end of data in one write.
+            conn.send(wire[: -TAIL[0]])
+            time.sleep(0.3)
+            conn.send(wire[-TAIL[0] :])
+        else:
+            conn.send(wire)
         dot_sent = True
         lines = conn.expect(250)
         ledger.settle(mid, "acked", lines[0].decode())
@@ -795,15 +805,19 @@ def cmd_probe(opts):
 
 
 def cmd_session(opts):
-    """One session, one message per --messages item (`big` or `small`): prints each final
+    """One session, one message per --messages item (`big`, `small` or a size in bytes):
+    prints each final
     reply as reply<i>=..., a NOOP's reply after them, and writes the ledger."""
     ledger = Ledger(opts.prefix)
     stats = Stats()
+    TAIL[0] = opts.tail_bytes
     conn = Conn(opts, "implicit")
     for i, kind in enumerate(opts.messages.split(",")):
         mid = ledger.new_id(kind)
         try:
-            transaction(conn, ledger, mid, make_message(mid, big=kind == "big"), stats)
+            size = int(kind) if kind.isdigit() else None
+            message = make_message(mid, big=kind == "big", size=size)
+            transaction(conn, ledger, mid, message, stats)
             out(f"reply{i}", ledger.entries[mid]["reply"])
         except Refused as e:
             out(f"reply{i}", e.line)
@@ -905,6 +919,9 @@ def main():
     p.add_argument("--shutdown", action="store_true",
                    help="check: every transaction ended with 250 or 421 (graceful shutdown)")
     p.add_argument("--messages", default="small", help="session: e.g. big,small")
+    p.add_argument("--tail-bytes", type=int, default=0,
+                   help="session: send each message's last N bytes (with the end of data) "
+                   "in a separate write after a pause")
     p.add_argument("scenario", choices=["load", "probe", "session", "check"])
     p.add_argument("ledgers", nargs="*", help="check: ledger files")
     opts = p.parse_args()
