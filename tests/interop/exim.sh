@@ -16,7 +16,10 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 X="$WORK/exim"
 mkdir -p "$X/deb" "$X/spool" "$X/log" "$WORK/eximmsgs"
 if [ -z "${EXIM:-}" ]; then
-    (cd "$X/deb" && timeout 120 apt-get download exim4-daemon-light > /dev/null 2>&1) || {
+    # (Package lists may be missing on a fresh machine: update once and retry.)
+    (cd "$X/deb" && timeout 120 apt-get download exim4-daemon-light > /dev/null 2>&1) ||
+        { timeout 300 apt-get update -qq &&
+            (cd "$X/deb" && timeout 120 apt-get download exim4-daemon-light > /dev/null 2>&1); } || {
         echo "cannot download exim4-daemon-light"; exit 1; }
     missing=()
     for lib in libgnutls-dane0 libidn12 libnsl2 libdb5.3 libpcre2-8-0; do
