@@ -352,12 +352,31 @@ impl ServerSession {
         self.shut(AbortReason::Closed, Some(reply));
     }
 
-    /// The host cannot take the message in progress (its spool failed, say). The rest of the
-    /// body is still read to its end, so that none of it is taken for commands, and then
-    /// answered with `reply` (for a full disk, `452 4.3.1`, RFC 3463). No
-    /// [`Event::MessageEnd`] follows; an [`Event::MessageAborted`] does not either, since the
-    /// host made the call. Does nothing outside a message body.
+    /// The host cannot take the message in progress (its spool failed, say), typically while
+    /// handling an [`Event::BodyChunk`]. The rest of the body is still read to its end, so
+    /// that none of it is taken for commands, and then answered with `reply` (for a full
+    /// disk, `452 4.3.1`, RFC 3463). No [`Event::MessageEnd`] follows, even when the end was
+    /// already read; an [`Event::MessageAborted`] does not either, since the host made the
+    /// call. Does nothing outside a message body.
     pub fn refuse_message(&mut self, reply: Reply) {
+        // The body may be read to its end already, its MessageEnd not yet handed over (they
+        // arrived in one piece): the message ends here, with the host's reply.
+        if self
+            .ready
+            .iter()
+            .any(|ready| matches!(ready, Ready::MessageEnd(..)))
+        {
+            self.ready.retain(|ready| {
+                !matches!(
+                    ready,
+                    Ready::BodyFromScratch(_) | Ready::BodyFromInput(_) | Ready::MessageEnd(..)
+                )
+            });
+            self.pending = None;
+            self.txn = None;
+            self.reply(&reply);
+            return;
+        }
         if !self.in_body() {
             return;
         }

@@ -662,3 +662,30 @@ fn host_421_for_bdat_closes_the_session() {
     assert_eq!(peer.take_output(), "421 4.3.2 shutting down\r\n");
     assert!(peer.session.is_closed());
 }
+
+/// Found by the disk-full fault test: the last chunk and the end of the body arrive together,
+/// and the host refuses while handling that chunk.
+#[test]
+fn host_refusing_the_last_chunk_of_a_complete_body_gets_its_reply() {
+    let mut peer = Peer::ready(config());
+    peer.send(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n");
+    peer.session.handle_input(b"whole body\r\n.\r\nNOOP\r\n");
+    let Some(Event::BodyChunk(chunk)) = peer.session.poll_event() else {
+        panic!("body first")
+    };
+    assert_eq!(chunk, b"whole body\r\n");
+    let full = Reply::from_parts(452, Some("4.3.1"), "Insufficient system storage").expect("reply");
+    peer.session.refuse_message(full);
+    peer.pump();
+    assert_eq!(
+        peer.take_output(),
+        "452 4.3.1 Insufficient system storage\r\n250 2.0.0 OK\r\n"
+    );
+    assert!(
+        !peer
+            .seen
+            .iter()
+            .any(|s| matches!(s, Seen::Decision("end", _)))
+    );
+    assert!(!peer.session.in_transaction());
+}
