@@ -635,9 +635,10 @@ typedef struct smtps_callbacks {
 #define SMTPS_LIMIT_CONNECTIONS_PER_IP 6
 
 /**
- * Commands in one session (server level). Default 10000.
+ * NOOP, RSET, VRFY, EXPN and HELP commands since the last accepted message;
+ * more end the session with `421 4.7.0`. Default 1000.
  */
-#define SMTPS_LIMIT_COMMANDS_PER_SESSION 7
+#define SMTPS_LIMIT_JUNK_COMMANDS 7
 
 #ifdef __cplusplus
 extern "C" {

@@ -76,8 +76,9 @@ pub const SMTPS_LIMIT_BODY_CHUNK: smtps_limit = 4;
 pub const SMTPS_LIMIT_CONNECTIONS: smtps_limit = 5;
 /// Connections open at once from one IP address (server level). Default 50.
 pub const SMTPS_LIMIT_CONNECTIONS_PER_IP: smtps_limit = 6;
-/// Commands in one session (server level). Default 10000.
-pub const SMTPS_LIMIT_COMMANDS_PER_SESSION: smtps_limit = 7;
+/// NOOP, RSET, VRFY, EXPN and HELP commands since the last accepted message;
+/// more end the session with `421 4.7.0`. Default 1000.
+pub const SMTPS_LIMIT_JUNK_COMMANDS: smtps_limit = 7;
 
 /// The Rust value behind `smtps_config`.
 pub(crate) struct Config {
@@ -441,7 +442,7 @@ pub unsafe extern "C" fn smtps_config_set_limit(
             SMTPS_LIMIT_BODY_CHUNK => match size { Some(v) => limits.body_chunk = v, None => return invalid() },
             SMTPS_LIMIT_CONNECTIONS => match size { Some(v) => config.limits.connections = v, None => return invalid() },
             SMTPS_LIMIT_CONNECTIONS_PER_IP => match size { Some(v) => config.limits.connections_per_ip = v, None => return invalid() },
-            SMTPS_LIMIT_COMMANDS_PER_SESSION if value > 0 => config.limits.commands_per_session = value,
+            SMTPS_LIMIT_JUNK_COMMANDS if value > 0 => limits.junk_commands = value,
             _ => return invalid(),
         }
         smtps_result::Ok

@@ -60,3 +60,13 @@ pub unsafe extern "C" fn smtps_version() -> *const std::ffi::c_char {
         concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_function_matches_cargo_toml() {
+        // SAFETY: no arguments; returns a static NUL-terminated string.
+        let version = unsafe { std::ffi::CStr::from_ptr(super::smtps_version()) };
+        assert_eq!(version.to_str().ok(), Some(env!("CARGO_PKG_VERSION")));
+    }
+}

@@ -179,6 +179,10 @@ pub struct Limits {
     pub errors: u32,
     /// Transactions per session; `None` for no limit. Advertised as LIMITS MAILMAX (RFC 9422).
     pub transactions: Option<u32>,
+    /// NOOP, RSET, VRFY, EXPN and HELP commands since the last accepted message; the next one
+    /// is answered `421 4.7.0` and the session closes (as Postfix's
+    /// `smtpd_junk_command_limit`, but closing rather than slowing down).
+    pub junk_commands: u64,
     /// Largest body chunk handed to the host in one event.
     pub body_chunk: usize,
 }
@@ -193,6 +197,7 @@ impl Default for Limits {
             message_size: 25 * 1024 * 1024,
             errors: 10,
             transactions: None,
+            junk_commands: 1000,
             body_chunk: 64 * 1024,
         }
     }

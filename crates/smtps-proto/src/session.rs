@@ -199,7 +199,8 @@ pub struct ServerSession {
     txn: Option<Transaction>,
     transactions: u32,
     errors: u32,
-    commands: u64,
+    /// NOOP, RSET, VRFY, EXPN and HELP since the last accepted message.
+    junk_commands: u64,
     scratch: Vec<u8>,
     sasl: Vec<u8>,
 }
@@ -311,7 +312,7 @@ impl ServerSession {
             txn: None,
             transactions: 0,
             errors: 0,
-            commands: 0,
+            junk_commands: 0,
             scratch: Vec::new(),
             sasl: Vec::new(),
         };
@@ -507,10 +508,12 @@ impl ServerSession {
         self.txn.is_some() || self.pending.is_some() || self.in_body()
     }
 
-    /// Command lines received so far (for a per-session command limit).
+    /// "Junk" commands — NOOP, RSET, VRFY, EXPN, HELP — since the last accepted message, for
+    /// a limit on clients that keep a session open without sending mail (as Postfix's
+    /// `smtpd_junk_command_limit`).
     #[must_use]
-    pub fn commands(&self) -> u64 {
-        self.commands
+    pub fn junk_commands(&self) -> u64 {
+        self.junk_commands
     }
 
     /// Whether an event awaits the host's decision.
@@ -645,7 +648,6 @@ impl ServerSession {
     }
 
     fn command(&mut self, line: Range<usize>) {
-        self.commands += 1;
         let command = match parse_command(&self.input[line.clone()]) {
             Ok(command) => command,
             Err(error) => {
@@ -659,6 +661,22 @@ impl ServerSession {
                 return;
             }
         };
+        if matches!(
+            command,
+            Command::Noop | Command::Rset | Command::Vrfy(_) | Command::Expn(_) | Command::Help(_)
+        ) {
+            self.junk_commands += 1;
+            if self.junk_commands > self.config.limits.junk_commands {
+                self.notice(Notice::TooManyErrors);
+                let reply = Reply::fixed(
+                    421,
+                    (4, 7, 0),
+                    "Too many commands without mail, closing connection",
+                );
+                self.shut(AbortReason::Closed, Some(&reply));
+                return;
+            }
+        }
         if self.greeting_refused && !matches!(command, Command::Quit) {
             self.protocol_error(&Reply::fixed(503, (5, 5, 1), "Bad sequence of commands"));
             return;
@@ -1338,6 +1356,7 @@ impl ServerSession {
             PendingKind::MessageEnd => {
                 self.txn = None;
                 self.transactions += 1;
+                self.junk_commands = 0;
                 self.reply_or(reply, 250, (2, 0, 0), "Message accepted");
             }
         }

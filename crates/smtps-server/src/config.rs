@@ -109,9 +109,6 @@ pub struct ConnectionLimits {
     pub connections: usize,
     /// Connections open at once from one client IP address.
     pub connections_per_ip: usize,
-    /// Commands in one session (a flood of NOOPs ends here; 100,000 lets a persistent
-    /// connection carry some 25,000 messages).
-    pub commands_per_session: u64,
 }
 
 impl Default for ConnectionLimits {
@@ -119,7 +116,6 @@ impl Default for ConnectionLimits {
         Self {
             connections: 10_000,
             connections_per_ip: 50,
-            commands_per_session: 100_000,
         }
     }
 }

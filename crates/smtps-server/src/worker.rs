@@ -575,18 +575,6 @@ fn converse<H: Handler>(
         progressed = true;
     }
     progressed |= dispatch(shared, conn, &mailbox, token);
-    let Some(session) = conn.session.as_mut() else {
-        return progressed;
-    };
-    if session.commands() > shared.config.limits.commands_per_session && !session.is_closed() {
-        session.close(&Reply::new(
-            ReplyCode::SERVICE_UNAVAILABLE,
-            EnhancedStatus::new(4, 7, 0),
-            "Too many commands, closing connection",
-        ));
-        conn.close_hint = Some(CloseReason::TooManyErrors);
-        progressed |= dispatch(shared, conn, &mailbox, token);
-    }
     progressed |= flush_session(conn, out);
     let Some(session) = conn.session.as_ref() else {
         return progressed;

@@ -680,7 +680,7 @@ fn tls_listener_without_certificate_is_a_configuration_error() {
 
 #[test]
 fn client_that_never_reads_replies_is_not_read_either_write_backpressure() {
-    let fx = start(|c| c.limits.commands_per_session = u64::MAX, None);
+    let fx = start(|c| c.session.limits.junk_commands = u64::MAX, None);
     // Small client buffers, so that the test reaches the server's own limits quickly.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -714,4 +714,23 @@ fn client_that_never_reads_replies_is_not_read_either_write_backpressure() {
         blocked,
         "the server kept reading {sent} bytes while its replies were not read"
     );
+}
+
+#[test]
+fn noop_flood_ends_at_the_junk_command_limit() {
+    let fx = start(|c| c.session.limits.junk_commands = 5, None);
+    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    client.reply();
+    client.command("EHLO c.test");
+    for _ in 0..5 {
+        assert!(client.command("NOOP").starts_with("250"));
+    }
+    // A message resets the count.
+    assert!(send_message(&mut client, "a@x.test", "b@y.test", "hi\r\n").starts_with("250"));
+    for _ in 0..5 {
+        assert!(client.command("RSET").starts_with("250"));
+    }
+    let reply = client.command("NOOP");
+    assert!(reply.contains("421 4.7.0"), "{reply}");
+    assert!(client.closed());
 }
