@@ -39,6 +39,8 @@ TARGET AND TLS:
     --ca FILE               trust the certificates of this PEM file
     --insecure              accept any server certificate (benchmarks only)
     --server-name NAME      SNI and certificate name (default: localhost)
+    --suites LIST           cipher suites offered, comma-separated rustls names, in order
+                            (default: rustls' TLS 1.3 suites, AES-256-GCM first)
     --groups LIST           key exchange groups offered, comma-separated rustls names
                             (default: X25519; e.g. X25519MLKEM768,X25519)
     TLS is always 1.3 with full handshakes: no session resumption.
@@ -86,6 +88,7 @@ struct Options {
     trust: Option<tls::Trust>,
     server_name: String,
     groups: Vec<String>,
+    suites: Vec<String>,
     threads: usize,
     workers: Option<usize>,
     connections: Option<usize>,
@@ -127,6 +130,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         trust: None,
         server_name: "localhost".to_owned(),
         groups: vec!["X25519".to_owned()],
+        suites: Vec::new(),
         threads: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         workers: None,
         connections: None,
@@ -202,6 +206,13 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             }
             "--ca" => o.trust = Some(tls::Trust::CaFile(value)),
             "--server-name" => o.server_name = value,
+            "--suites" => {
+                o.suites = value
+                    .split(',')
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
             "--groups" => {
                 o.groups = value
                     .split(',')
@@ -305,8 +316,11 @@ fn run(o: &Options) -> Result<String, String> {
              (the hard limit; raise it outside the benchmark)"
         ));
     }
-    let tls_config =
-        tls::client_config(o.trust.as_ref().unwrap_or(&tls::Trust::Insecure), &o.groups)?;
+    let tls_config = tls::client_config(
+        o.trust.as_ref().unwrap_or(&tls::Trust::Insecure),
+        &o.groups,
+        &o.suites,
+    )?;
     let message = message::generate(o.size, &o.from, &o.to);
     let duration = o.duration.unwrap_or(if o.count.is_some() {
         Duration::from_secs(600)

@@ -19,10 +19,29 @@ pub(crate) enum Trust {
     Insecure,
 }
 
-/// Builds the client configuration: TLS 1.3, the given key exchange groups (by rustls name,
-/// e.g. `X25519`), no session storage, so every connection is a full handshake.
-pub(crate) fn client_config(trust: &Trust, groups: &[String]) -> Result<Arc<ClientConfig>, String> {
+/// Builds the client configuration: TLS 1.3, the given key exchange groups and cipher suites
+/// (by rustls name, e.g. `X25519`, `TLS13_AES_256_GCM_SHA384`; empty: the provider's), no
+/// session storage, so every connection is a full handshake.
+pub(crate) fn client_config(
+    trust: &Trust,
+    groups: &[String],
+    suites: &[String],
+) -> Result<Arc<ClientConfig>, String> {
     let mut provider = aws_lc_rs::default_provider();
+    if !suites.is_empty() {
+        let all = std::mem::take(&mut provider.cipher_suites);
+        for name in suites {
+            let suite = all
+                .iter()
+                .find(|s| format!("{:?}", s.suite()).eq_ignore_ascii_case(name))
+                .ok_or_else(|| {
+                    let known: Vec<String> =
+                        all.iter().map(|s| format!("{:?}", s.suite())).collect();
+                    format!("unknown cipher suite {name:?}; known: {}", known.join(", "))
+                })?;
+            provider.cipher_suites.push(*suite);
+        }
+    }
     if !groups.is_empty() {
         let all = std::mem::take(&mut provider.kx_groups);
         for name in groups {
@@ -129,11 +148,15 @@ mod tests {
 
     #[test]
     fn groups_by_name() {
-        assert!(client_config(&Trust::Insecure, &["x25519".to_owned()]).is_ok());
-        assert!(client_config(&Trust::Insecure, &[]).is_ok());
-        let err = client_config(&Trust::Insecure, &["nope".to_owned()]).unwrap_err();
+        assert!(client_config(&Trust::Insecure, &["x25519".to_owned()], &[]).is_ok());
+        assert!(client_config(&Trust::Insecure, &[], &[]).is_ok());
+        let err = client_config(&Trust::Insecure, &["nope".to_owned()], &[]).unwrap_err();
         assert!(err.contains("X25519"), "{err}");
-        assert!(client_config(&Trust::CaFile("/nonexistent.pem".to_owned()), &[]).is_err());
+        let suite = ["tls13_aes_256_gcm_sha384".to_owned()];
+        assert!(client_config(&Trust::Insecure, &[], &suite).is_ok());
+        let err = client_config(&Trust::Insecure, &[], &["nope".to_owned()]).unwrap_err();
+        assert!(err.contains("TLS13_AES_128_GCM_SHA256"), "{err}");
+        assert!(client_config(&Trust::CaFile("/nonexistent.pem".to_owned()), &[], &[]).is_err());
         assert!(server_name("127.0.0.1").is_ok());
         assert!(server_name("mx.test").is_ok());
     }
