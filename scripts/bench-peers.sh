@@ -13,6 +13,7 @@
 #     RUNS [2]          rounds; each round runs every load against every peer in turn
 #     IDLE_N [2000]     idle connections (smtpsd, stunnel, aiosmtpd)
 #     POSTFIX_IDLE_N [200]  idle connections for Postfix (one smtpd process each)
+#     PACED_RATE [200]  offered implicit-TLS sessions/s for the latency-at-fixed-load run
 #     PROFILE [1]       also run scripts/profile.sh (callgrind) and include its figures
 #     OUT [BENCHMARKS.md]   the report
 #     WORK [/tmp/smtps-bench]  certificates, configurations, logs, the Maildir, raw results
@@ -28,6 +29,7 @@ DURATION=${DURATION:-6}
 RUNS=${RUNS:-2}
 IDLE_N=${IDLE_N:-2000}
 POSTFIX_IDLE_N=${POSTFIX_IDLE_N:-200}
+PACED_RATE=${PACED_RATE:-200}
 PROFILE=${PROFILE:-1}
 OUT=${OUT:-$ROOT/BENCHMARKS.md}
 WORK=${WORK:-/tmp/smtps-bench}
@@ -336,10 +338,10 @@ run_load() { # PEER LOAD ROUND PIDS LOADGEN-ARGS...
 
 loads_for() { # PEER -> the loads it takes part in
     case $1 in
-        smtpsd) echo "sess_implicit sess_starttls msg_2k msg_100k idle" ;;
-        postfix) echo "sess_implicit sess_starttls msg_2k msg_100k idle" ;;
-        stunnel) echo "sess_implicit msg_2k msg_100k idle" ;;
-        aiosmtpd) echo "sess_implicit sess_starttls msg_2k msg_100k idle" ;;
+        smtpsd) echo "sess_implicit sess_aes256 sess_paced sess_starttls msg_2k msg_100k idle" ;;
+        postfix) echo "sess_implicit sess_paced sess_starttls msg_2k msg_100k idle" ;;
+        stunnel) echo "sess_implicit sess_paced msg_2k msg_100k idle" ;;
+        aiosmtpd) echo "sess_implicit sess_paced sess_starttls msg_2k msg_100k idle" ;;
         smtpsd-maildir) echo "msg_2k" ;;
         smtpsd-1w) echo "sess_implicit msg_2k" ;;
     esac
@@ -358,6 +360,8 @@ run_peer_load() { # PEER LOAD ROUND
     local common=(--duration "$DURATION" --timeout 30 --label "$peer/$load")
     case $load in
         sess_implicit) run_load "$peer" "$load" "$round" "$pids" sessions --target "127.0.0.1:$implicit" --tls implicit --workers 32 "${common[@]}" ;;
+        sess_aes256) run_load "$peer" "$load" "$round" "$pids" sessions --target "127.0.0.1:$implicit" --tls implicit --workers 32 --suites TLS13_AES_256_GCM_SHA384 "${common[@]}" ;;
+        sess_paced) run_load "$peer" "$load" "$round" "$pids" sessions --target "127.0.0.1:$implicit" --tls implicit --workers 32 --rate "$PACED_RATE" "${common[@]}" ;;
         sess_starttls) run_load "$peer" "$load" "$round" "$pids" sessions --target "127.0.0.1:$starttls" --tls starttls --workers 32 "${common[@]}" ;;
         msg_2k) run_load "$peer" "$load" "$round" "$pids" messages --target "127.0.0.1:$implicit" --tls implicit --connections 16 --size 2048 "${common[@]}" --settle 1 ;;
         msg_100k) run_load "$peer" "$load" "$round" "$pids" messages --target "127.0.0.1:$implicit" --tls implicit --connections 16 --size 102400 "${common[@]}" --settle 1 ;;
@@ -397,7 +401,7 @@ start_aiosmtpd
 
 PEERS="smtpsd postfix stunnel aiosmtpd smtpsd-maildir smtpsd-1w"
 for round in $(seq "$RUNS"); do
-    for load in sess_implicit sess_starttls msg_2k msg_100k idle; do
+    for load in sess_implicit sess_aes256 sess_paced sess_starttls msg_2k msg_100k idle; do
         # Alternate the order each round so that no peer always runs first.
         order=$PEERS
         [ $((round % 2)) = 0 ] && order=$(echo "$PEERS" | tr ' ' '\n' | tac | tr '\n' ' ')
@@ -432,8 +436,9 @@ log "writing $OUT"
     echo "rustc=$(rustc --version)"
     echo "commit=$(git rev-parse --short HEAD)$(git diff --quiet -- crates || echo ' (with uncommitted changes in crates/)')"
     echo "date=$(date -u +%Y-%m-%dT%H:%MZ)"
-    echo "settings=DURATION=$DURATION RUNS=$RUNS IDLE_N=$IDLE_N POSTFIX_IDLE_N=$POSTFIX_IDLE_N"
+    echo "settings=DURATION=$DURATION RUNS=$RUNS IDLE_N=$IDLE_N POSTFIX_IDLE_N=$POSTFIX_IDLE_N PACED_RATE=$PACED_RATE"
+    echo "paced_rate=$PACED_RATE"
 } >"$WORK/meta.txt"
 "$VENV/bin/python" scripts/bench-report.py --results "$RESULTS" --meta "$WORK/meta.txt" \
-    --commands "$COMMANDS" --profile "$WORK/profile/profile.md" >"$OUT"
+    --commands "$COMMANDS" --profile "$WORK/profile/profile.md" --notes scripts/bench-notes.md >"$OUT"
 log "done: $OUT"

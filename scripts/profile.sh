@@ -44,7 +44,7 @@ valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
     --hostname mx.test --log-level warn --timeout-handshake 60 --timeout-command 60 \
     2>"$WORK/valgrind.log" &
 VG=$!
-trap 'kill $VG 2>/dev/null; sleep 1; kill -9 $VG 2>/dev/null' EXIT
+trap 'kill $VG 2>/dev/null; sleep 1; kill -9 $VG 2>/dev/null || true' EXIT
 for _ in $(seq 600); do
     (exec 3<>"/dev/tcp/127.0.0.1/$IMPLICIT") 2>/dev/null && break
     sleep 0.1
