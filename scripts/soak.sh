@@ -134,6 +134,8 @@ SESSIONS=$(get sessions)
 [ "${MESSAGES:-0}" -gt 0 ] || fail "no message was delivered"
 [ "$(get scan_bad)" = "" ] || fail "$(get scan_bad) partial or foreign files seen in new/ during the run"
 for v in $(grep -o '^violation_[a-z_]*=[0-9]*' "$WORK/load.out" || true); do fail "abusive client saw a violation: $v"; done
+# The clients' notes: what a failed or odd session saw (at most 20).
+grep '^note[0-9]*=' "$WORK/load.out" | sed 's/^/soak: client /' || true
 [ -s "$WORK/load.err" ] && { echo "soak: load stderr:"; tail -20 "$WORK/load.err"; fail "the load script failed"; }
 
 echo "soak: ledger check:"

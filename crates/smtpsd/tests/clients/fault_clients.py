@@ -549,7 +549,11 @@ def abuse_starttls_injection(opts, ledger, stats, rng):
     conn.sock.settimeout(0.5)
     try:
         early = conn.sock.recv(4096)
-        if early:
+        if early.startswith(b"421 "):
+            # Not an answer to the injection: the server closing (a timeout, a shutdown).
+            stats.add("injection_early_421")
+            stats.note(f"after the STARTTLS handshake, before any command: {early!r}")
+        elif early:
             stats.add("violation_injection_answered")
             stats.note(f"STARTTLS injection answered: {early!r}")
         return
