@@ -29,13 +29,14 @@ use std::time::{Duration, Instant};
 const SMTPSD: &str = env!("CARGO_BIN_EXE_smtpsd");
 const STEP_DEADLINE: Duration = Duration::from_secs(15);
 /// The short timeouts every daemon here runs with.
+/// (Short, yet not so short that a starved client on a busy 2-core machine trips them.)
 const SHORT_TIMEOUTS: &[&str] = &[
     "--timeout-handshake",
-    "1",
+    "2",
     "--timeout-command",
-    "2",
+    "5",
     "--timeout-data",
-    "2",
+    "5",
     "--timeout-session",
     "60",
 ];
@@ -150,14 +151,8 @@ fn disk_full_gets_452_leaves_nothing_partial_and_recovers_when_space_returns() {
     );
     println!("disk nearly full: {}", run.summary());
     for big in ["reply0", "reply2"] {
-        // 452 4.3.1 is right; 451 4.3.0 comes when the session has already read the end of
-        // data as the write fails (the ignored test `disk_full_refusal_in_the_last_chunk_...`
-        // pins that bug down). Either way a temporary failure, and nothing is stored.
         let reply = run.value(big);
-        assert!(
-            reply.starts_with("452 4.3.1") || reply.starts_with("451 4.3.0"),
-            "{big}: {reply}"
-        );
+        assert!(reply.starts_with("452 4.3.1"), "{big}: {reply}");
     }
     assert!(
         run.value("reply1").starts_with("250 2.0.0"),
@@ -230,9 +225,8 @@ fn disk_full_gets_452_leaves_nothing_partial_and_recovers_when_space_returns() {
 }
 
 #[test]
-#[ignore = "bug: a refusal from Handler::body_chunk for the last chunk before the end of data \
-            is dropped (smtps-proto Session::refuse_message returns early once the session is \
-            no longer in the body), so smtpsd answers 451 4.3.0 instead of 452 4.3.1"]
+// Regression: the refusal was dropped when the end of data came with the failing chunk, and
+// the client got 451 4.3.0 (found here, fixed in smtps-proto's `refuse_message`).
 fn disk_full_refusal_in_the_last_chunk_gets_452_4_3_1() {
     let env = Env::new("diskfull-last");
     let mount = match Tmpfs::mount(&env.dir.path().join("small"), "1m") {
@@ -388,7 +382,7 @@ fn abusive_clients_leave_no_descriptor_or_memory_behind_and_well_behaved_ones_ar
                 "--duration",
                 "8",
                 "--stall-limit",
-                "8",
+                "10",
                 "--flood-size",
                 "60",
                 "--max-message-size",
@@ -410,12 +404,12 @@ fn abusive_clients_leave_no_descriptor_or_memory_behind_and_well_behaved_ones_ar
         assert!(violations.is_empty(), "{violations:?}\n{}", run.stdout);
         assert!(run.get("abusive_sessions").parse::<u32>().unwrap_or(0) >= 90);
         assert!(run.get("flood_over_limit").parse::<u32>().unwrap_or(0) > 0);
-        // A stalled handshake is closed by the 1 s handshake timeout, well within 8 s.
+        // A stalled handshake is closed by the 2 s handshake timeout, well within 8 s.
         let stall: f64 = run
             .value("stall_closed_after_max")
             .parse()
             .expect("seconds");
-        assert!(stall < 6.0, "stalled handshake open for {stall}s");
+        assert!(stall < 8.0, "stalled handshake open for {stall}s");
         // The well-behaved client was served all along: latency printed, bound generous.
         assert_eq!(run.get("probe_failed"), "0", "{}", run.stdout);
         let probes: u32 = run.value("probe_count").parse().expect("count");
