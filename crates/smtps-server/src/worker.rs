@@ -628,6 +628,7 @@ fn dispatch<H: Handler>(
         pending,
         over_limit,
         close_hint,
+        handshake_started,
         ..
     } = conn;
     let Some(session) = session.as_mut() else {
@@ -764,6 +765,8 @@ fn dispatch<H: Handler>(
             };
             match upgraded {
                 Ok(_) => {
+                    // The handshake timer runs from here, as for implicit TLS.
+                    *handshake_started = Some(Instant::now());
                     let _ = session.handle_tls_established();
                 }
                 Err(error) => {

@@ -734,3 +734,23 @@ fn noop_flood_ends_at_the_junk_command_limit() {
     assert!(reply.contains("421 4.7.0"), "{reply}");
     assert!(client.closed());
 }
+
+#[test]
+fn stalled_starttls_handshake_times_out() {
+    let fx = start(|c| c.timeouts.handshake = Duration::from_millis(300), None);
+    let mut client = Client::connect(fx.starttls, &fx.client_config, false);
+    client.reply();
+    client.command("EHLO c.test");
+    assert!(client.command("STARTTLS").starts_with("220"));
+    // No ClientHello follows.
+    let started = Instant::now();
+    assert!(client.closed());
+    assert!(started.elapsed() < IO_TIMEOUT);
+    wait_for("timeout", || {
+        fx.log
+            .lock()
+            .unwrap()
+            .closed
+            .contains(&CloseReason::Timeout)
+    });
+}
