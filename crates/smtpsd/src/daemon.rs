@@ -18,6 +18,9 @@ use crate::maildir::{Delivery, DeliveryError, Maildir, Spool};
 use crate::received::{Protocol, Received};
 use crate::users::UserFile;
 
+/// Files in the Maildir's `tmp/` older than this are leftovers of a crash (the Maildir
+/// convention).
+const STALE_TMP: Duration = Duration::from_secs(36 * 3600);
 /// How long a graceful shutdown lets transactions in flight finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Threads that commit messages (fsync) so that workers never wait on the disk. Enough for
@@ -97,11 +100,19 @@ impl Daemon {
             }
         };
         let spool = match &options.spool {
-            SpoolOption::Maildir(path) => Spool::Maildir(
-                Maildir::open_or_create(path)
+            SpoolOption::Maildir(path) => {
+                let maildir = Maildir::open_or_create(path)
                     .map_err(StartError::Maildir)?
-                    .with_hostname(&options.hostname),
-            ),
+                    .with_hostname(&options.hostname);
+                let removed = maildir.clean_tmp(STALE_TMP);
+                if removed > 0 {
+                    log::info!(
+                        "smtpsd: removed {removed} stale files from {}/tmp",
+                        path.display()
+                    );
+                }
+                Spool::Maildir(maildir)
+            }
             _ => Spool::Sink,
         };
         let users = match &options.users {

@@ -111,6 +111,27 @@ impl Maildir {
         })
     }
 
+    /// Removes files in `tmp/` last modified more than `age` ago: what a crash left half
+    /// written. The Maildir convention is 36 hours, long enough that no delivery still in
+    /// progress (by this or another program) is touched. Returns how many were removed;
+    /// files that cannot be removed are skipped.
+    pub fn clean_tmp(&self, age: std::time::Duration) -> usize {
+        let Ok(entries) = fs::read_dir(&self.tmp) else {
+            return 0;
+        };
+        let now = std::time::SystemTime::now();
+        entries
+            .filter_map(Result::ok)
+            .filter(|entry| {
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|modified| now.duration_since(modified).is_ok_and(|d| d > age))
+            })
+            .filter(|entry| fs::remove_file(entry.path()).is_ok())
+            .count()
+    }
+
     /// Uses `hostname` in file names instead of the system's (`/` and `:` are escaped as the
     /// Maildir convention asks, as `\057` and `\072`).
     #[must_use]
@@ -743,5 +764,27 @@ mod tests {
         assert_eq!(sanitize_hostname("a/b:c"), "a\\057b\\072c");
         assert_eq!(sanitize_hostname(""), "localhost");
         assert_eq!(sanitize_hostname("a b\n"), "a_b_");
+    }
+
+    #[test]
+    fn clean_tmp_removes_only_stale_files() {
+        let dir = TempDir::new("clean-tmp");
+        let maildir = Maildir::open_or_create(dir.path()).unwrap();
+        let stale = dir.path().join("tmp/stale");
+        let fresh = dir.path().join("tmp/fresh");
+        fs::write(&stale, b"half a message").unwrap();
+        fs::write(&fresh, b"being written").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(40 * 3600);
+        fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(
+            maildir.clean_tmp(std::time::Duration::from_secs(36 * 3600)),
+            1
+        );
+        assert!(!stale.exists() && fresh.exists());
     }
 }
