@@ -9,14 +9,15 @@
 //! they check the wire, and the tests here check the maildir and the daemon's log.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, mpsc};
+use std::path::Path;
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,11 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 
-const SMTPSD: &str = env!("CARGO_BIN_EXE_smtpsd");
+use common::{
+    ChildGuard, ClientRun, Daemon, SMTPSD, TempDir, TestCert, parse_values, read_all, run,
+    spawn_smtpsd, wait_until,
+};
+
 /// Deadline for one client run (a Python scenario, an `openssl` dialogue).
 const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
 /// Deadline for one reply line from an interactive client, or for a log line.
@@ -749,10 +754,7 @@ impl Setup {
     fn start(self) -> Daemon {
         let dir = TempDir::new("daemon");
         let cert = TestCert::new("smtpsd e2e");
-        let cert_path = dir.path().join("cert.pem");
-        let key_path = dir.path().join("key.pem");
-        fs::write(&cert_path, &cert.cert_pem).expect("write cert");
-        fs::write(&key_path, &cert.key_pem).expect("write key");
+        let (cert_path, key_path) = cert.write_pem_files(dir.path());
         let mut command = Command::new(SMTPSD);
         let mut reserved = Vec::new();
         for (index, mode) in self.listeners.iter().enumerate() {
@@ -798,108 +800,25 @@ impl Setup {
             command.arg("--users").arg(users);
         }
         command.args(&self.args);
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut guard = ChildGuard::spawn(command);
-        let log = Log::collect(guard.child.stderr.take().expect("stderr"));
-
-        let wanted = self.listeners.len();
-        let started = log.wait(STEP_DEADLINE, |lines| {
-            lines.iter().filter(|l| l.contains("listening on")).count() >= wanted
-        });
-        assert!(started, "smtpsd did not start:\n{}", log.text());
+        let (guard, log, addrs) = spawn_smtpsd(command, self.listeners.len(), STEP_DEADLINE);
         drop(reserved);
-        let addrs = log
-            .text()
-            .lines()
-            .filter_map(|l| l.split("listening on ").nth(1))
-            .map(|rest| {
-                let addr = rest.split_whitespace().next().expect("address");
-                addr.parse::<SocketAddr>().expect("socket address")
-            })
-            .collect();
         Daemon {
             guard,
             log,
             addrs,
-            sni: self.sni,
+            step_deadline: STEP_DEADLINE,
             cert,
+            sni: self.sni,
+            cafile: cert_path.clone(),
             cert_path,
             key_path,
-            dir,
+            dir: Arc::new(dir),
         }
     }
 }
 
-/// A running smtpsd; killed on drop (the guard goes before the directory).
-struct Daemon {
-    guard: ChildGuard,
-    log: Arc<Log>,
-    addrs: Vec<SocketAddr>,
-    cert: TestCert,
-    sni: Vec<TestCert>,
-    cert_path: PathBuf,
-    key_path: PathBuf,
-    dir: TempDir,
-}
-
+/// The Python clients of `tests/clients/smtp_clients.py`, `openssl s_client` and lettre.
 impl Daemon {
-    fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.guard.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) takes plain integers; `pid` is our own child, not yet reaped (the
-        // guard waits for it only on drop or in `wait_exit`).
-        let result = unsafe { libc::kill(pid, signal) };
-        assert_eq!(result, 0, "kill({pid}, {signal})");
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        self.guard.wait_deadline(timeout)
-    }
-
-    /// Waits until `needle` occurs in at least `count` log lines.
-    fn wait_log(&self, needle: &str, count: usize) -> bool {
-        self.log.wait(STEP_DEADLINE, |lines| {
-            lines.iter().filter(|l| l.contains(needle)).count() >= count
-        })
-    }
-
-    fn log(&self) -> String {
-        self.log.text()
-    }
-
-    /// Replaces the certificate files the way a renewal tool does: write aside, rename.
-    fn replace_certificate(&self, cert_pem: &str, key_pem: &str) {
-        for (path, pem) in [(&self.key_path, key_pem), (&self.cert_path, cert_pem)] {
-            let aside = path.with_extension("new");
-            fs::write(&aside, pem).expect("write replacement");
-            fs::rename(&aside, path).expect("rename replacement");
-        }
-    }
-
-    /// Messages in `new/`, in name order.
-    fn messages(&self) -> Vec<Vec<u8>> {
-        self.maildir_files("new")
-            .iter()
-            .map(|p| fs::read(p).expect("read message"))
-            .collect()
-    }
-
-    fn maildir_files(&self, sub: &str) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = fs::read_dir(self.dir.path().join("mail").join(sub))
-            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.sort();
-        files
-    }
-
-    fn write_file(&self, name: &str, bytes: &[u8]) -> String {
-        let path = self.dir.path().join(name);
-        fs::write(&path, bytes).expect("write file");
-        path.display().to_string()
-    }
-
     fn python_command(&self, scenario: &str, listener: usize, args: &[&str]) -> Command {
         self.python_command_with_ca(scenario, listener, &self.cert_path, args)
     }
@@ -924,7 +843,7 @@ impl Daemon {
     }
 
     /// Runs a Python scenario to its end; it must succeed.
-    fn python(&self, scenario: &str, listener: usize, args: &[&str]) -> PythonRun {
+    fn python(&self, scenario: &str, listener: usize, args: &[&str]) -> ClientRun {
         self.python_with_ca(scenario, listener, &self.cert_path, args)
     }
 
@@ -934,7 +853,7 @@ impl Daemon {
         listener: usize,
         cafile: &Path,
         args: &[&str],
-    ) -> PythonRun {
+    ) -> ClientRun {
         let command = self.python_command_with_ca(scenario, listener, cafile, args);
         let output = run(command, None, CLIENT_DEADLINE);
         assert!(
@@ -945,12 +864,12 @@ impl Daemon {
             output.stderr,
             self.log()
         );
-        PythonRun::parse(&output.stdout)
+        ClientRun::parse(&output.stdout)
     }
 
     /// Sends `message` with smtplib; returns the run and what smtplib transmitted after its
     /// own dot-stuffing is undone.
-    fn smtplib_send(&self, listener: usize, args: &[&str], message: &[u8]) -> (PythonRun, Vec<u8>) {
+    fn smtplib_send(&self, listener: usize, args: &[&str], message: &[u8]) -> (ClientRun, Vec<u8>) {
         let message_file = self.write_file("message", message);
         let expected = self.dir.path().join("expected");
         let mut all = args.to_vec();
@@ -1015,175 +934,7 @@ impl Daemon {
     }
 }
 
-/// The daemon's standard error, line by line, as it arrives.
-struct Log {
-    lines: Mutex<Vec<String>>,
-    changed: Condvar,
-}
-
-impl Log {
-    fn collect(stderr: impl Read + Send + 'static) -> Arc<Self> {
-        let log = Arc::new(Self {
-            lines: Mutex::new(Vec::new()),
-            changed: Condvar::new(),
-        });
-        let writer = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).split(b'\n') {
-                let Ok(line) = line else { break };
-                let mut lines = writer.lines.lock().unwrap_or_else(PoisonError::into_inner);
-                lines.push(String::from_utf8_lossy(&line).into_owned());
-                writer.changed.notify_all();
-            }
-            let mut lines = writer.lines.lock().unwrap_or_else(PoisonError::into_inner);
-            lines.push("(end of stderr)".to_owned());
-            writer.changed.notify_all();
-        });
-        log
-    }
-
-    /// Waits until `done` holds for the lines so far, or the end of stderr, or `timeout`.
-    fn wait(&self, timeout: Duration, done: impl Fn(&[String]) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if done(&lines) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline || lines.last().is_some_and(|l| l == "(end of stderr)") {
-                return false;
-            }
-            lines = self
-                .changed
-                .wait_timeout(lines, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-
-    fn text(&self) -> String {
-        self.lines
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .join("\n")
-    }
-}
-
 // --- clients and processes ------------------------------------------------------------------
-
-/// `key=value` lines printed by a Python scenario.
-struct PythonRun {
-    values: HashMap<String, String>,
-    stdout: String,
-}
-
-impl PythonRun {
-    fn parse(stdout: &str) -> Self {
-        Self {
-            values: parse_values(stdout),
-            stdout: stdout.to_owned(),
-        }
-    }
-
-    fn value(&self, key: &str) -> &str {
-        self.values
-            .get(key)
-            .unwrap_or_else(|| panic!("no {key}= in the client's output:\n{}", self.stdout))
-    }
-}
-
-fn parse_values(stdout: &str) -> HashMap<String, String> {
-    stdout
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-/// A child process killed (and reaped) on drop.
-struct ChildGuard {
-    child: Child,
-    what: String,
-}
-
-impl ChildGuard {
-    fn spawn(mut command: Command) -> Self {
-        let what = format!("{command:?}");
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Self { child, what }
-    }
-
-    fn wait_deadline(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-                Ok(None) => return None,
-                Err(e) => panic!("waiting for {}: {e}", self.what),
-            }
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `command` to its end, feeding it `stdin`; kills it and panics past `timeout`.
-fn run(mut command: Command, stdin: Option<Vec<u8>>, timeout: Duration) -> Output {
-    command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut guard = ChildGuard::spawn(command);
-    if let (Some(input), Some(mut pipe)) = (stdin, guard.child.stdin.take()) {
-        thread::spawn(move || pipe.write_all(&input));
-    }
-    let stdout = read_all(guard.child.stdout.take().expect("stdout"));
-    let stderr = read_all(guard.child.stderr.take().expect("stderr"));
-    let status = guard.wait_deadline(timeout);
-    if status.is_none() {
-        let _ = guard.child.kill();
-    }
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    let Some(status) = status else {
-        panic!(
-            "{} ran over {timeout:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            guard.what
-        );
-    };
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-fn read_all(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
 
 /// A client driven line by line: standard input written, standard output read with deadlines.
 struct Interactive {
@@ -1320,75 +1071,7 @@ fn with_deadline<T: Send + 'static>(
         .unwrap_or_else(|e| panic!("no result within {timeout:?}: {e}"))
 }
 
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
-// --- files, certificates, messages ----------------------------------------------------------
-
-/// A directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "smtpsd-e2e-{}-{}-{label}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A self-signed ECDSA P-256 certificate, by default for `localhost` and `127.0.0.1`.
-struct TestCert {
-    common_name: String,
-    cert_pem: String,
-    key_pem: String,
-    der: Vec<u8>,
-}
-
-impl TestCert {
-    fn new(common_name: &str) -> Self {
-        Self::for_names(common_name, &["localhost", "127.0.0.1"])
-    }
-
-    fn for_names(common_name: &str, names: &[&str]) -> Self {
-        let names: Vec<String> = names.iter().map(|&n| n.to_owned()).collect();
-        let mut params = rcgen::CertificateParams::new(names).expect("certificate parameters");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, common_name);
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let cert = params.self_signed(&key).expect("self-signed certificate");
-        Self {
-            common_name: common_name.to_owned(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().to_vec(),
-        }
-    }
-}
+// --- users, messages, certificates ----------------------------------------------------------
 
 /// [`PASSWORD`]'s hash, made once with `smtpsd hash-password`.
 fn password_hash() -> &'static str {

@@ -15,18 +15,20 @@
 //! `--nocapture` to see them. Only wall-clock bounds that are generous are asserted.
 #![allow(missing_docs)]
 
-use std::collections::HashMap;
+mod common;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const SMTPSD: &str = env!("CARGO_BIN_EXE_smtpsd");
+use common::{
+    ChildGuard, ClientRun, Daemon, SMTPSD, TempDir, TestCert, list, read_all, replace_pem_files,
+    run, spawn_smtpsd, wait_until,
+};
+
 const STEP_DEADLINE: Duration = Duration::from_secs(15);
 /// The short timeouts every daemon here runs with.
 /// (Short, yet not so short that a starved client on a busy 2-core machine trips them.)
@@ -308,7 +310,7 @@ impl Tmpfs {
                 "tmpfs",
             ])
             .arg(path);
-        let output = run(command, STEP_DEADLINE);
+        let output = run(command, None, STEP_DEADLINE);
         if output.status.success() {
             Ok(Self {
                 path: path.to_path_buf(),
@@ -323,7 +325,7 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let mut command = Command::new("umount");
         command.arg("-l").arg(&self.path);
-        let _ = run(command, STEP_DEADLINE);
+        let _ = run(command, None, STEP_DEADLINE);
     }
 }
 
@@ -551,7 +553,7 @@ fn sigterm_under_load_finishes_or_refuses_every_transaction() {
 
 /// A test's directory, certificate and maildir; daemons started from it share them.
 struct Env {
-    dir: TempDir,
+    dir: Arc<TempDir>,
     cert: TestCert,
     cert_path: PathBuf,
     key_path: PathBuf,
@@ -561,12 +563,9 @@ impl Env {
     fn new(label: &str) -> Self {
         let dir = TempDir::new(label);
         let cert = TestCert::new("smtpsd faults");
-        let cert_path = dir.path().join("cert.pem");
-        let key_path = dir.path().join("key.pem");
-        fs::write(&cert_path, &cert.cert_pem).expect("write cert");
-        fs::write(&key_path, &cert.key_pem).expect("write key");
+        let (cert_path, key_path) = cert.write_pem_files(dir.path());
         Self {
-            dir,
+            dir: Arc::new(dir),
             cert,
             cert_path,
             key_path,
@@ -606,43 +605,30 @@ impl Env {
             .arg(maildir)
             .args(["--hostname", "mx.test", "--workers", "2"])
             .args(SHORT_TIMEOUTS)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut guard = ChildGuard::spawn(command);
-        let log = Log::collect(guard.child.stderr.take().expect("stderr"));
-        let started = log.wait(STEP_DEADLINE, |lines| {
-            lines.iter().filter(|l| l.contains("listening on")).count() >= 2
-        });
-        assert!(started, "smtpsd did not start:\n{}", log.text());
-        let addrs = log
-            .text()
-            .lines()
-            .filter_map(|l| l.split("listening on ").nth(1))
-            .map(|rest| {
-                let addr = rest.split_whitespace().next().expect("address");
-                addr.parse::<SocketAddr>().expect("socket address")
-            })
-            .collect();
+            .args(args);
+        let (guard, log, addrs) = spawn_smtpsd(command, 2, STEP_DEADLINE);
         Daemon {
             guard,
             log,
             addrs,
+            step_deadline: STEP_DEADLINE,
+            cert: self.cert.clone(),
+            sni: Vec::new(),
+            cert_path: self.cert_path.clone(),
+            key_path: self.key_path.clone(),
             cafile: self.cert_path.clone(),
+            dir: Arc::clone(&self.dir),
         }
     }
 
     /// Replaces the certificate files the way a renewal tool does: write aside, rename.
     fn replace_certificate(&self, cert: &TestCert) {
-        for (path, pem) in [
-            (&self.key_path, &cert.key_pem),
-            (&self.cert_path, &cert.cert_pem),
-        ] {
-            let aside = path.with_extension("new");
-            fs::write(&aside, pem).expect("write replacement");
-            fs::rename(&aside, path).expect("rename replacement");
-        }
+        replace_pem_files(
+            &self.cert_path,
+            &self.key_path,
+            &cert.cert_pem,
+            &cert.key_pem,
+        );
     }
 
     /// Holds the maildir to the ledgers; panics with the violations.
@@ -658,7 +644,7 @@ impl Env {
             .args(args)
             .arg("check")
             .args(ledgers);
-        let output = run(command, Duration::from_secs(60));
+        let output = run(command, None, Duration::from_secs(60));
         let parsed = ClientRun::parse(&output.stdout);
         assert!(
             output.status.success(),
@@ -671,68 +657,8 @@ impl Env {
     }
 }
 
-/// A running smtpsd; killed on drop.
-struct Daemon {
-    guard: ChildGuard,
-    log: Arc<Log>,
-    addrs: Vec<SocketAddr>,
-    cafile: PathBuf,
-}
-
+/// The clients of `tests/clients/fault_clients.py`.
 impl Daemon {
-    fn pid(&self) -> u32 {
-        self.guard.child.id()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.guard.child.try_wait(), Ok(None))
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
-        // SAFETY: kill(2) takes plain integers; `pid` is our own child, not yet reaped (the
-        // guard waits for it only on drop or in `wait_deadline`).
-        let result = unsafe { libc::kill(pid, signal) };
-        assert_eq!(result, 0, "kill({pid}, {signal})");
-    }
-
-    fn wait_log(&self, needle: &str, count: usize) -> bool {
-        self.log.wait(STEP_DEADLINE, |lines| {
-            lines.iter().filter(|l| l.contains(needle)).count() >= count
-        })
-    }
-
-    fn log(&self) -> String {
-        self.log.text()
-    }
-
-    /// Open descriptors, from `/proc/PID/fd`.
-    fn fds(&self) -> usize {
-        fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(Iterator::count)
-            .expect("read /proc/PID/fd")
-    }
-
-    fn open_fds(&self) -> String {
-        let dir = format!("/proc/{}/fd", self.pid());
-        list(Path::new(&dir))
-            .iter()
-            .map(|p| format!("{} -> {:?}", p.display(), fs::read_link(p).ok()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// VmRSS from `/proc/PID/status`, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS")
-    }
-
     fn client_command(&self, scenario: &str, args: &[&str]) -> Command {
         let mut command = python();
         command
@@ -747,7 +673,11 @@ impl Daemon {
 
     /// Runs a client scenario to its end; it must succeed.
     fn client(&self, _env: &Env, scenario: &str, args: &[&str]) -> ClientRun {
-        let output = run(self.client_command(scenario, args), Duration::from_secs(90));
+        let output = run(
+            self.client_command(scenario, args),
+            None,
+            Duration::from_secs(90),
+        );
         assert!(
             output.status.success(),
             "client {scenario} failed ({})\nstdout:\n{}\nstderr:\n{}\nsmtpsd log:\n{}",
@@ -816,265 +746,6 @@ impl Spawned {
         match status {
             Some(status) if status.success() => ClientRun::parse(&stdout),
             other => panic!("client ended {other:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
-        }
-    }
-}
-
-/// `key=value` lines printed by a client scenario.
-struct ClientRun {
-    values: HashMap<String, String>,
-    stdout: String,
-}
-
-impl ClientRun {
-    fn parse(stdout: &str) -> Self {
-        let values = stdout
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        Self {
-            values,
-            stdout: stdout.to_owned(),
-        }
-    }
-
-    fn value(&self, key: &str) -> &str {
-        self.values
-            .get(key)
-            .unwrap_or_else(|| panic!("no {key}= in the client's output:\n{}", self.stdout))
-    }
-
-    /// A counter: absent means zero.
-    fn get(&self, key: &str) -> &str {
-        self.values.get(key).map_or("0", String::as_str)
-    }
-
-    /// The figures on one line, notes left out.
-    fn summary(&self) -> String {
-        let mut pairs: Vec<_> = self
-            .values
-            .iter()
-            .filter(|(k, _)| !k.starts_with("note"))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        pairs.sort();
-        let notes: Vec<_> = self
-            .values
-            .iter()
-            .filter(|(k, _)| k.starts_with("note"))
-            .map(|(_, v)| v.as_str())
-            .collect();
-        if notes.is_empty() {
-            pairs.join(" ")
-        } else {
-            format!("{}\n  notes: {}", pairs.join(" "), notes.join("\n    "))
-        }
-    }
-}
-
-/// The daemon's standard error, line by line, as it arrives.
-struct Log {
-    lines: Mutex<Vec<String>>,
-    changed: Condvar,
-}
-
-impl Log {
-    fn collect(stderr: impl Read + Send + 'static) -> Arc<Self> {
-        let log = Arc::new(Self {
-            lines: Mutex::new(Vec::new()),
-            changed: Condvar::new(),
-        });
-        let writer = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).split(b'\n') {
-                let Ok(line) = line else { break };
-                let mut lines = writer.lines.lock().unwrap_or_else(PoisonError::into_inner);
-                lines.push(String::from_utf8_lossy(&line).into_owned());
-                writer.changed.notify_all();
-            }
-            let mut lines = writer.lines.lock().unwrap_or_else(PoisonError::into_inner);
-            lines.push("(end of stderr)".to_owned());
-            writer.changed.notify_all();
-        });
-        log
-    }
-
-    fn wait(&self, timeout: Duration, done: impl Fn(&[String]) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if done(&lines) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline || lines.last().is_some_and(|l| l == "(end of stderr)") {
-                return false;
-            }
-            lines = self
-                .changed
-                .wait_timeout(lines, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-
-    fn text(&self) -> String {
-        self.lines
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .join("\n")
-    }
-}
-
-// --- processes, files, certificates ------------------------------------------------------------
-
-/// A child process killed (SIGKILL) and reaped on drop.
-struct ChildGuard {
-    child: Child,
-    what: String,
-}
-
-impl ChildGuard {
-    fn spawn(mut command: Command) -> Self {
-        let what = format!("{command:?}");
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Self { child, what }
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn wait_deadline(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-                Ok(None) => return None,
-                Err(e) => panic!("waiting for {}: {e}", self.what),
-            }
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `command` to its end; kills it and panics past `timeout`.
-fn run(mut command: Command, timeout: Duration) -> Output {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut guard = ChildGuard::spawn(command);
-    let stdout = read_all(guard.child.stdout.take().expect("stdout"));
-    let stderr = read_all(guard.child.stderr.take().expect("stderr"));
-    let status = guard.wait_deadline(timeout);
-    if status.is_none() {
-        guard.kill();
-    }
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    let Some(status) = status else {
-        panic!(
-            "{} ran over {timeout:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            guard.what
-        );
-    };
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-fn read_all(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
-fn list(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-}
-
-/// A directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "smtpsd-faults-{}-{}-{label}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A self-signed ECDSA P-256 certificate for `localhost` and `127.0.0.1`.
-struct TestCert {
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl TestCert {
-    fn new(common_name: &str) -> Self {
-        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-        let mut params = rcgen::CertificateParams::new(names).expect("certificate parameters");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, common_name);
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let cert = params.self_signed(&key).expect("self-signed certificate");
-        Self {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
         }
     }
 }
