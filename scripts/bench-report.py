@@ -142,7 +142,7 @@ def main():
         w(f"\nCipher suites: smtpsd chooses {suite_ours} by its own preference; the OpenSSL peers "
           f"follow the client's order and negotiate {suite_peer}. With the client offering only "
           f"TLS13_AES_256_GCM_SHA384, smtpsd costs **{fmt(aes)} µs** per implicit-TLS session "
-          f"(range{spread(runs, 'smtpsd', 'sess_aes256', 'server_cpu_us_per_op') or ' –'}); at "
+          f"{spread(runs, 'smtpsd', 'sess_aes256', 'server_cpu_us_per_op').strip()}; at "
           f"equal suites the ratios are Postfix "
           f"{ratio(m('postfix', 'sess_implicit', 'server_cpu_us_per_op'), aes)}, stunnel + smtp-sink "
           f"{ratio(m('stunnel', 'sess_implicit', 'server_cpu_us_per_op'), aes)}, aiosmtpd "
@@ -294,6 +294,10 @@ def main():
         w("## Profile\n\n(not run: `PROFILE=0`, or scripts/profile.sh failed)\n")
 
     w("## Commands\n")
+    settings = meta.get("settings", "").replace("settings=", "")
+    w(f"As root on Debian 12: `{settings} scripts/bench-peers.sh` (it installs the peers, builds "
+      "the release binaries, runs the loads below in turn, stops every peer and writes this "
+      "file; then `scripts/profile.sh`). Each load run, with the peer's process ids at the time:\n")
     w("Peers (see `scripts/bench-peers.sh` for their configuration): `smtpsd --sink --workers 2` "
       "(and `--workers 1`, and `--maildir` for the durable test) with `--max-connections 50000 "
       "--max-connections-per-ip 50000 --log-level warn`; Postfix `smtpd` from Debian's package on "
