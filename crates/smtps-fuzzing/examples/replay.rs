@@ -4,7 +4,8 @@
 //! cargo run -p smtps-fuzzing --example replay -- session fuzz/artifacts/session/crash-…
 //! ```
 //!
-//! With `--show` it prints the decoded input first (the operation list of a `session` input).
+//! With `--show` it prints the decoded input first (the operation list of a `session` input);
+//! with `--strict` no known issue is tolerated.
 
 use std::process::ExitCode;
 
@@ -16,9 +17,11 @@ use smtps_fuzzing::tls::TlsInput;
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let show = args.iter().any(|a| a == "--show");
-    args.retain(|a| a != "--show");
+    let strict = args.iter().any(|a| a == "--strict");
+    args.retain(|a| a != "--show" && a != "--strict");
+    smtps_fuzzing::set_strict(strict);
     let Some((target, files)) = args.split_first() else {
-        eprintln!("usage: replay [--show] TARGET FILE...");
+        eprintln!("usage: replay [--show] [--strict] TARGET FILE...");
         return ExitCode::FAILURE;
     };
     let run: fn(&[u8]) = match target.as_str() {

@@ -449,6 +449,30 @@ fn session_seeds(seeds: &mut Vec<Seed>) {
     );
     session_seed(
         seeds,
+        "refuse-message-data",
+        TLS_DEFAULTS,
+        vec![
+            Op::AutoAccept(255),
+            feed(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nfirst part\r\n"),
+            Op::RefuseMessage { code: 0 },
+            feed(b"second part\r\n.\r\nMAIL FROM:<a@example.org>\r\nQUIT\r\n"),
+        ],
+    );
+    session_seed(
+        seeds,
+        "refuse-message-bdat",
+        TLS_DEFAULTS,
+        vec![
+            Op::AutoAccept(255),
+            Op::RefuseMessage { code: 3 },
+            feed(
+                b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nBDAT 8\r\nabcd",
+            ),
+            feed(b"efghBDAT 2 LAST\r\nxyRSET\r\nQUIT\r\n"),
+        ],
+    );
+    session_seed(
+        seeds,
         "errors-then-too-many",
         [0, 0, 1, 0],
         vec![

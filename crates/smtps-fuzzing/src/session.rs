@@ -11,7 +11,6 @@ use smtps_proto::{
 };
 
 use crate::command::map_tokens;
-use crate::known_issue;
 use crate::wire::{check_replies, show};
 
 /// Fragments of SMTP client dialogues: byte `i` of a [`Op::FeedTokens`] stands for
@@ -129,6 +128,12 @@ pub enum Op {
     Stale,
     /// Accept the next `n` decisions as soon as they come.
     AutoAccept(u8),
+    /// The host cannot take the message in progress (`refuse_message`): now if a body is being
+    /// read, else at the next body chunk.
+    RefuseMessage {
+        /// Picks the code: 452, 451, 552, 554.
+        code: u8,
+    },
 }
 
 /// What the `session` target reads: a configuration header (4 octets) and operations.
@@ -194,7 +199,10 @@ impl<'a> Arbitrary<'a> for SessionInput {
                 8 => Op::Close,
                 9 => Op::TlsEstablished,
                 10 => Op::Stale,
-                _ => Op::AutoAccept(u.arbitrary()?),
+                11 => Op::AutoAccept(u.arbitrary()?),
+                _ => Op::RefuseMessage {
+                    code: u.arbitrary()?,
+                },
             });
         }
         Ok(Self { header, ops })
@@ -250,6 +258,7 @@ impl SessionInput {
                 Op::TlsEstablished => out.push(9),
                 Op::Stale => out.push(10),
                 Op::AutoAccept(n) => out.extend_from_slice(&[11, *n]),
+                Op::RefuseMessage { code } => out.extend_from_slice(&[12, *code]),
             }
         }
         out
@@ -432,6 +441,8 @@ struct Host {
     over: Over,
     /// A final `421` went out: nothing may follow.
     said_421: bool,
+    /// `refuse_message` with this reply at the next body chunk.
+    refuse_at_chunk: Option<Reply>,
 }
 
 impl Host {
@@ -453,6 +464,7 @@ impl Host {
             awaiting_tls: false,
             over: Over::No,
             said_421: false,
+            refuse_at_chunk: None,
         }
     }
 
@@ -547,6 +559,16 @@ impl Host {
                     self.decide_pending(|_| Verdict::Accept);
                 }
             }
+            Op::RefuseMessage { code } => {
+                let code = [452, 451, 552, 554][usize::from(code % 4)];
+                let reply =
+                    Reply::from_parts(code, None, "h cannot take the message").expect("valid code");
+                if self.session.in_body() {
+                    self.refuse_message(reply);
+                } else {
+                    self.refuse_at_chunk = Some(reply);
+                }
+            }
         }
         self.pump();
     }
@@ -628,6 +650,11 @@ impl Host {
             if auto.is_some() {
                 self.auto_accept -= 1;
                 self.decide(|_| Verdict::Accept, false);
+            }
+            if matches!(*event, Seen::Chunk(_))
+                && let Some(reply) = self.refuse_at_chunk.take()
+            {
+                self.refuse_message(reply);
             }
         }
         count
@@ -722,9 +749,7 @@ impl Host {
             Seen::Bare => {}
             Seen::Quit | Seen::TooManyErrors => {
                 assert!(
-                    self.body == Body::None
-                        || (self.body == (Body::Open { chunked: true })
-                            && known_issue("bdat-shut-no-abort")),
+                    self.body == Body::None,
                     "{event:?} leaves a started message ({:?}) without MessageAborted or Reset",
                     self.body
                 );
@@ -735,12 +760,28 @@ impl Host {
         }
     }
 
+    /// The host refuses the message in progress: no chunk, `MessageEnd` or `MessageAborted`
+    /// of it may follow. It takes effect while the body is being read, or when a DATA body was
+    /// read to its end but its `MessageEnd` is not polled yet; between BDAT chunks it does
+    /// nothing.
+    fn refuse_message(&mut self, reply: Reply) {
+        let effect = match self.body {
+            Body::Open { chunked } => self.session.in_body() || !chunked,
+            _ => false,
+        };
+        self.session.refuse_message(reply);
+        if effect {
+            self.body = Body::None;
+            self.txn = false;
+        }
+    }
+
     fn check_aborted(&mut self) {
         assert!(
             matches!(
                 self.body,
                 Body::Open { .. } | Body::Ending | Body::Deciding { chunked: true }
-            ) || known_issue("refused-bdat-aborted"),
+            ),
             "MessageAborted with no message under way ({:?})",
             self.body
         );
@@ -789,14 +830,11 @@ impl Host {
         let replies = check_replies(&out);
         if replies.last().is_some_and(|r| r.code == 421) {
             self.said_421 = true;
-            if !self.session.is_closed() {
-                assert!(
-                    known_issue("bdat-421-stays-open"),
-                    "a 421 reply went out but the session stays open: {:?}",
-                    show(&out)
-                );
-                self.said_421 = false;
-            }
+            assert!(
+                self.session.is_closed(),
+                "a 421 reply went out but the session stays open: {:?}",
+                show(&out)
+            );
         }
     }
 
@@ -823,8 +861,7 @@ impl Host {
             _ => true,
         };
         let accepted = !matches!(verdict, Verdict::Reject(_));
-        let closes = matches!(&verdict, Verdict::Reject(r) if r.code().as_u16() == 421)
-            && !(kind == (Kind::Data { chunked: true }) && known_issue("bdat-421-stays-open"));
+        let closes = matches!(&verdict, Verdict::Reject(r) if r.code().as_u16() == 421);
         let refused_connect_554 = kind == Kind::Connect
             && matches!(&verdict, Verdict::Reject(r) if r.code().as_u16() != 421);
         let result = self.session.decide(id, verdict);
@@ -872,14 +909,11 @@ impl Host {
             let must_abort = matches!(self.body, Body::Open { .. } | Body::Ending);
             self.over = Over::Shut { aborted: false };
             self.drain();
-            if must_abort && self.over == (Over::Shut { aborted: false }) {
-                assert!(
-                    known_issue("bdat-shut-no-abort")
-                        && self.body == (Body::Open { chunked: true }),
-                    "a started message ({:?}) was neither ended nor aborted at shutdown",
-                    self.body
-                );
-            }
+            assert!(
+                !must_abort || self.over != (Over::Shut { aborted: false }),
+                "a started message ({:?}) was neither ended nor aborted at shutdown",
+                self.body
+            );
             self.body = Body::None;
         }
     }

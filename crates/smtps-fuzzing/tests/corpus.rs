@@ -56,6 +56,8 @@ fn replay(target: &str) {
     assert!(!seeds.is_empty(), "no seeds for {target}");
     let mut failures = Vec::new();
     set_strict(false);
+    let replayed = seeds.len() + others.len().min(MAX_OTHER_FILES);
+    eprintln!("{target}: replaying {replayed} corpus files");
     for path in seeds.iter().chain(others.iter().take(MAX_OTHER_FILES)) {
         if let Err(message) = outcome(target, path) {
             failures.push(format!("{}: {message}", path.display()));
