@@ -11,6 +11,7 @@ use smtps_proto::{
 };
 
 use crate::command::map_tokens;
+use crate::known_issue;
 use crate::wire::{check_replies, show};
 
 /// Fragments of SMTP client dialogues: byte `i` of a [`Op::FeedTokens`] stands for
@@ -443,6 +444,8 @@ struct Host {
     said_421: bool,
     /// `refuse_message` with this reply at the next body chunk.
     refuse_at_chunk: Option<Reply>,
+    /// `refuse_message` ended the last message.
+    refused: bool,
 }
 
 impl Host {
@@ -465,10 +468,14 @@ impl Host {
             over: Over::No,
             said_421: false,
             refuse_at_chunk: None,
+            refused: false,
         }
     }
 
     fn apply(&mut self, op: &Op) {
+        if trace() {
+            eprintln!("op {op:?}");
+        }
         match op {
             Op::Feed(bytes) => self.feed(bytes),
             Op::FeedTokens(bytes) => self.feed(&map_tokens(bytes, SESSION_TOKENS)),
@@ -635,6 +642,9 @@ impl Host {
                 break;
             };
             count += 1;
+            if trace() {
+                eprintln!("event {event:?}");
+            }
             let event = Seen::from(&event);
             self.check_event(&event);
             if let Some(id) = event.decision() {
@@ -714,6 +724,7 @@ impl Host {
                 assert_eq!(self.body, Body::None, "DataStart during a message");
                 self.body = Body::Deciding { chunked };
                 self.body_size = 0;
+                self.refused = false;
             }
             Seen::Chunk(len) => {
                 assert!(
@@ -773,6 +784,7 @@ impl Host {
         if effect {
             self.body = Body::None;
             self.txn = false;
+            self.refused = true;
         }
     }
 
@@ -781,7 +793,7 @@ impl Host {
             matches!(
                 self.body,
                 Body::Open { .. } | Body::Ending | Body::Deciding { chunked: true }
-            ),
+            ) || (self.refused && known_issue("refuse-message-then-aborted")),
             "MessageAborted with no message under way ({:?})",
             self.body
         );
@@ -825,6 +837,9 @@ impl Host {
                 assert!(self.session.is_closed(), "still open after a final 421");
             }
             return;
+        }
+        if trace() {
+            eprintln!("output {:?}", show(&out));
         }
         assert!(!self.said_421, "output after a final 421: {:?}", show(&out));
         let replies = check_replies(&out);
@@ -1002,6 +1017,13 @@ impl SeenWithId {
             _ => Kind::End,
         }
     }
+}
+
+/// Whether `SMTPS_FUZZ_TRACE` is set: then every event, operation and output batch is
+/// printed to stderr (for debugging a finding with the `replay` example).
+fn trace() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("SMTPS_FUZZ_TRACE").is_some())
 }
 
 /// Host reply text from fuzz octets; never starts with a digit, so that the wire check can tell
