@@ -39,12 +39,7 @@ pub use tls::tls_transport;
 
 /// Bugs found by fuzzing that are not fixed yet, by name; each has an input in
 /// `fuzz/regressions/<target>/<name>.bin`. See the [crate documentation](crate).
-pub const KNOWN_ISSUES: &[&str] = &[
-    // `ServerSession::refuse_message` called while handling a `BodyChunk` leaves an already
-    // queued `MessageAborted` (a policy abort decoded in the same piece) to be delivered,
-    // although its documentation says none follows.
-    "refuse-message-then-aborted",
-];
+pub const KNOWN_ISSUES: &[&str] = &[];
 
 thread_local! {
     static STRICT: Cell<bool> = const { Cell::new(false) };

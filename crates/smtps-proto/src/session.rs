@@ -278,6 +278,19 @@ enum Ready {
     Notice(Notice),
 }
 
+impl Ready {
+    /// Whether the item is part of a message the host refused (see `refuse_message`).
+    fn belongs_to_refused_message(&self) -> bool {
+        matches!(
+            self,
+            Self::BodyFromScratch(_)
+                | Self::BodyFromInput(_)
+                | Self::MessageEnd(..)
+                | Self::Notice(Notice::Aborted(_))
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Notice {
     Aborted(AbortReason),
@@ -357,28 +370,23 @@ impl ServerSession {
     /// handling an [`Event::BodyChunk`]. The rest of the body is still read to its end, so
     /// that none of it is taken for commands, and then answered with `reply` (for a full
     /// disk, `452 4.3.1`, RFC 3463). No [`Event::MessageEnd`] follows, even when the end was
-    /// already read; an [`Event::MessageAborted`] does not either, since the host made the
-    /// call. Does nothing outside a message body.
+    /// already read; an [`Event::MessageAborted`] does not either (a queued one is dropped),
+    /// since the host made the call. Does nothing outside a message body.
     pub fn refuse_message(&mut self, reply: Reply) {
         // The body may be read to its end already, its MessageEnd not yet handed over (they
-        // arrived in one piece): the message ends here, with the host's reply.
-        if self
+        // arrived in one piece): then the message ends here, with the host's reply.
+        let end_was_read = self
             .ready
             .iter()
-            .any(|ready| matches!(ready, Ready::MessageEnd(..)))
-        {
-            self.ready.retain(|ready| {
-                !matches!(
-                    ready,
-                    Ready::BodyFromScratch(_) | Ready::BodyFromInput(_) | Ready::MessageEnd(..)
-                )
-            });
+            .any(|ready| matches!(ready, Ready::MessageEnd(..)));
+        // What of the message is still queued goes with it: body chunks, and an abort notice
+        // (the host made the call, it needs no notice of it).
+        self.ready
+            .retain(|ready| !ready.belongs_to_refused_message());
+        if end_was_read {
             self.pending = None;
             self.txn = None;
             self.reply(&reply);
-            return;
-        }
-        if !self.in_body() {
             return;
         }
         if let Mode::Bdat { refusal, .. } = &mut self.mode {
@@ -387,14 +395,11 @@ impl ServerSession {
                 *refusal = Some(reply);
                 self.txn = None;
             }
-        } else if let Some(txn) = &mut self.txn
+        } else if let (Mode::Data(_), Some(txn)) = (&self.mode, &mut self.txn)
             && txn.refusal.is_none()
         {
             txn.refusal = Some(reply);
         }
-        // Body chunks already decoded but not yet handed over are dropped with the message.
-        self.ready
-            .retain(|ready| !matches!(ready, Ready::BodyFromScratch(_) | Ready::BodyFromInput(_)));
     }
 
     /// The transport has completed the TLS handshake after [`Event::StartTls`]. The session

@@ -689,3 +689,26 @@ fn host_refusing_the_last_chunk_of_a_complete_body_gets_its_reply() {
     );
     assert!(!peer.session.in_transaction());
 }
+
+/// Fuzz finding `refuse-message-then-aborted`: a size abort decoded in the same piece as the
+/// chunk the host refuses is not reported after the host's own refusal.
+#[test]
+fn host_refusal_suppresses_a_queued_abort_notice() {
+    let mut cfg = config();
+    cfg.limits.message_size = 10;
+    let mut peer = Peer::ready(cfg);
+    peer.send(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n");
+    peer.session.handle_input(b"0123456789abcdef\r\n.\r\n");
+    let Some(Event::BodyChunk(_)) = peer.session.poll_event() else {
+        panic!("body first")
+    };
+    let full = Reply::from_parts(452, Some("4.3.1"), "Insufficient system storage").expect("reply");
+    peer.session.refuse_message(full);
+    peer.pump();
+    assert!(
+        !peer.seen.iter().any(|s| matches!(s, Seen::Aborted(_))),
+        "{:?}",
+        peer.seen
+    );
+    assert!(!peer.session.in_transaction());
+}
