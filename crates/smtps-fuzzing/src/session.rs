@@ -11,7 +11,6 @@ use smtps_proto::{
 };
 
 use crate::command::map_tokens;
-use crate::known_issue;
 use crate::wire::{check_replies, show};
 
 /// Fragments of SMTP client dialogues: byte `i` of a [`Op::FeedTokens`] stands for
@@ -444,8 +443,6 @@ struct Host {
     said_421: bool,
     /// `refuse_message` with this reply at the next body chunk.
     refuse_at_chunk: Option<Reply>,
-    /// `refuse_message` ended the last message.
-    refused: bool,
 }
 
 impl Host {
@@ -468,7 +465,6 @@ impl Host {
             over: Over::No,
             said_421: false,
             refuse_at_chunk: None,
-            refused: false,
         }
     }
 
@@ -724,7 +720,6 @@ impl Host {
                 assert_eq!(self.body, Body::None, "DataStart during a message");
                 self.body = Body::Deciding { chunked };
                 self.body_size = 0;
-                self.refused = false;
             }
             Seen::Chunk(len) => {
                 assert!(
@@ -784,7 +779,6 @@ impl Host {
         if effect {
             self.body = Body::None;
             self.txn = false;
-            self.refused = true;
         }
     }
 
@@ -793,7 +787,7 @@ impl Host {
             matches!(
                 self.body,
                 Body::Open { .. } | Body::Ending | Body::Deciding { chunked: true }
-            ) || (self.refused && known_issue("refuse-message-then-aborted")),
+            ),
             "MessageAborted with no message under way ({:?})",
             self.body
         );
