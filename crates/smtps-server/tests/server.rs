@@ -336,6 +336,17 @@ fn send_message(client: &mut Client, from: &str, to: &str, body: &str) -> String
     client.command(".")
 }
 
+/// A client over implicit TLS that has sent DATA and got its 354.
+fn client_in_data(fx: &Fixture) -> Client {
+    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    assert!(client.reply().starts_with("220"));
+    client.command("EHLO busy.test");
+    assert!(client.command("MAIL FROM:<a@x.test>").starts_with("250"));
+    assert!(client.command("RCPT TO:<b@y.test>").starts_with("250"));
+    assert!(client.command("DATA").starts_with("354"));
+    client
+}
+
 fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + IO_TIMEOUT;
     while !condition() {
@@ -576,12 +587,7 @@ fn graceful_shutdown_finishes_transactions_and_closes_idle_sessions() {
     let mut idle = Client::connect(fx.implicit, &fx.client_config, true);
     idle.reply();
     idle.command("EHLO idle.test");
-    let mut busy = Client::connect(fx.implicit, &fx.client_config, true);
-    busy.reply();
-    busy.command("EHLO busy.test");
-    busy.command("MAIL FROM:<a@x.test>");
-    busy.command("RCPT TO:<b@y.test>");
-    busy.command("DATA");
+    let mut busy = client_in_data(&fx);
     let server = fx.server.take().unwrap();
     server.handle().shutdown(Duration::from_secs(5));
     assert!(
@@ -609,12 +615,7 @@ fn graceful_shutdown_finishes_transactions_and_closes_idle_sessions() {
 #[test]
 fn shutdown_deadline_aborts_unfinished_messages() {
     let mut fx = start(|_| {}, None);
-    let mut busy = Client::connect(fx.implicit, &fx.client_config, true);
-    busy.reply();
-    busy.command("EHLO busy.test");
-    busy.command("MAIL FROM:<a@x.test>");
-    busy.command("RCPT TO:<b@y.test>");
-    busy.command("DATA");
+    let mut busy = client_in_data(&fx);
     busy.send(b"never finished\r\n");
     let server = fx.server.take().unwrap();
     server.handle().shutdown(Duration::from_millis(200));
