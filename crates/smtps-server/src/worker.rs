@@ -75,6 +75,8 @@ struct Connection<S> {
     closing: Option<(CloseReason, Instant)>,
     /// Why the session is closing, when it closes itself.
     close_hint: Option<CloseReason>,
+    /// `Transport::close` was called (after the last reply was handed to it).
+    transport_closed: bool,
     counted_ip: bool,
 }
 
@@ -315,6 +317,7 @@ impl<H: Handler> Worker<H> {
             over_limit,
             closing: None,
             close_hint: None,
+            transport_closed: false,
             counted_ip: true,
         });
         self.live += 1;
@@ -344,9 +347,12 @@ impl<H: Handler> Worker<H> {
             if self.shutting_down && conn.closing.is_none() {
                 shutdown_if_idle(shared, conn);
             }
+            if conn.closing.is_some() {
+                finish_output(conn);
+            }
             progressed |= write(conn);
             if let Some((_, since)) = &conn.closing {
-                let flushed = !conn.transport.wants_write();
+                let flushed = conn.transport_closed && !conn.transport.wants_write();
                 if flushed || since.elapsed() > CLOSE_LINGER {
                     self.finish(index);
                     return;
@@ -652,6 +658,7 @@ fn dispatch<H: Handler>(
         over_limit,
         close_hint,
         handshake_started,
+        outbox,
         ..
     } = conn;
     let Some(session) = session.as_mut() else {
@@ -777,14 +784,24 @@ fn dispatch<H: Handler>(
         if start_tls {
             // The 220 goes out in plaintext before the first TLS record (the transport keeps
             // it); everything received after the STARTTLS line is dropped.
-            let mut reply = Vec::new();
+            // Replies still waiting in the outbox go first, in order.
+            let mut reply = std::mem::take(outbox);
             session.poll_transmit(&mut reply);
-            // `Server::bind` refuses STARTTLS listeners without an acceptor.
             let upgraded = match &shared.config.tls {
-                Some(tls) => transport
-                    .write_plaintext(&reply)
-                    .and_then(|_| transport.start_tls(tls)),
-                None => Err(smtps_tls::Error::from(smtps_tls::UsageError::AlreadyTls)),
+                Some(tls) => match transport.write_plaintext(&reply) {
+                    Ok(taken) if taken == reply.len() => transport
+                        .start_tls(tls)
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                    Ok(taken) => {
+                        // Not upgraded: what was not taken is still sent, in order, before the 421.
+                        outbox.extend_from_slice(&reply[taken..]);
+                        Err("plaintext output backed up".to_owned())
+                    }
+                    Err(error) => Err(error.to_string()),
+                },
+                // `Server::bind` refuses STARTTLS listeners without an acceptor.
+                None => Err("no TLS acceptor".to_owned()),
             };
             match upgraded {
                 Ok(_) => {
@@ -1005,8 +1022,20 @@ fn close_with<H: Handler>(
 fn close<S>(conn: &mut Connection<S>, reason: CloseReason) {
     if conn.closing.is_none() {
         flush_session(conn, &mut Vec::new());
-        conn.transport.close();
         conn.closing = Some((reason, Instant::now()));
+        finish_output(conn);
+    }
+}
+
+/// While closing: replies still in the outbox go to the transport first, and only after
+/// them the transport is closed (`close_notify` under TLS), so no reply is lost.
+fn finish_output<S>(conn: &mut Connection<S>) {
+    if !conn.outbox.is_empty() {
+        flush_session(conn, &mut Vec::new());
+    }
+    if conn.outbox.is_empty() && !conn.transport_closed {
+        conn.transport.close();
+        conn.transport_closed = true;
     }
 }
 

@@ -755,3 +755,30 @@ fn stalled_starttls_handshake_times_out() {
             .contains(&CloseReason::Timeout)
     });
 }
+
+#[test]
+fn starttls_behind_a_backlog_of_unread_replies_never_loses_or_reorders_them() {
+    let fx = start(|c| c.session.limits.junk_commands = u64::MAX, None);
+    let mut client = Client::connect(fx.starttls, &fx.client_config, false);
+    client.reply();
+    client.command("EHLO c.test");
+    // 9,000 NOOPs (over 100 KiB of replies) and STARTTLS, written before reading anything.
+    let mut batch = b"NOOP\r\n".repeat(9_000);
+    batch.extend_from_slice(b"STARTTLS\r\n");
+    client.send(&batch);
+    let mut noops = 0;
+    loop {
+        let reply = client.reply();
+        if reply == "250 2.0.0 OK\r\n" {
+            noops += 1;
+            continue;
+        }
+        // Either every NOOP was answered before the 220, or the server refused to upgrade
+        // with its output backed up: never a reply lost or out of order.
+        assert!(
+            (noops == 9_000 && reply.starts_with("220 2.0.0")) || reply.starts_with("421 4.7.0"),
+            "after {noops} NOOP replies: {reply:?}"
+        );
+        break;
+    }
+}
