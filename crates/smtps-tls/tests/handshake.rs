@@ -25,6 +25,15 @@ fn connect(acceptor: &TlsAcceptor, config: &Arc<ClientConfig>, name: &str) -> Pa
     )
 }
 
+/// A TLS 1.3 client that presents `leaf` as its certificate.
+fn connect_with_cert(acceptor: &TlsAcceptor, pki: &Pki, leaf: &common::Leaf) -> Pair {
+    connect(
+        acceptor,
+        &pki.client_config_with_cert(leaf),
+        "mx.example.org",
+    )
+}
+
 #[test]
 fn rfc8446_tls13_handshake_and_application_data_both_ways() {
     let pki = Pki::new();
@@ -273,11 +282,7 @@ fn client_auth_off_does_not_ask_for_a_certificate() {
     let pki = Pki::new();
     let client_leaf = pki.issue(&["relay.example"], None);
     let acc = acceptor(&pki, TlsSettings::new().client_auth(ClientAuth::Off));
-    let mut pair = connect(
-        &acc,
-        &pki.client_config_with_cert(&client_leaf),
-        "mx.example.org",
-    );
+    let mut pair = connect_with_cert(&acc, &pki, &client_leaf);
     pair.drive().unwrap();
     assert!(pair.server.tls_info().unwrap().client_certificate.is_none());
 }
@@ -293,11 +298,7 @@ fn client_auth_optional_accepts_with_and_without_certificate() {
     pair.drive().unwrap();
     assert!(pair.server.tls_info().unwrap().client_certificate.is_none());
 
-    let mut pair = connect(
-        &acc,
-        &pki.client_config_with_cert(&client_leaf),
-        "mx.example.org",
-    );
+    let mut pair = connect_with_cert(&acc, &pki, &client_leaf);
     pair.drive().unwrap();
     let cert = pair.server.tls_info().unwrap().client_certificate.unwrap();
     assert_eq!(cert.der, client_leaf.der);
@@ -328,11 +329,7 @@ fn client_auth_required_refuses_a_client_without_certificate() {
         "{err:?}"
     );
 
-    let mut pair = connect(
-        &acc,
-        &pki.client_config_with_cert(&client_leaf),
-        "mx.example.org",
-    );
+    let mut pair = connect_with_cert(&acc, &pki, &client_leaf);
     pair.drive().unwrap();
     assert!(pair.server.tls_info().unwrap().client_certificate.is_some());
 }
@@ -343,11 +340,7 @@ fn client_auth_required_refuses_a_certificate_from_another_ca() {
     let stranger = Pki::named("other CA").issue(&["relay.example"], None);
     let mode = ClientAuth::Required(CaBundle::pem(pki.ca_pem()));
     let acc = acceptor(&pki, TlsSettings::new().client_auth(mode));
-    let mut pair = connect(
-        &acc,
-        &pki.client_config_with_cert(&stranger),
-        "mx.example.org",
-    );
+    let mut pair = connect_with_cert(&acc, &pki, &stranger);
     let err = pair.drive().unwrap_err();
     assert!(
         matches!(
