@@ -2,15 +2,15 @@
 //! their sockets (fork-per-connection, Exim style).
 
 use std::ffi::c_char;
-use std::sync::Arc;
 
-use smtps_proto::{Event, Reply, Security, ServerSession, SessionConfig};
+use ::smtps_conn::{Connection, Mode};
+use smtps_proto::{Event, Reply};
 use smtps_server::ListenerMode;
-use smtps_tls::{TlsAcceptor, TlsInfo, Transport};
+use smtps_tls::TlsInfo;
 
 use crate::callbacks::smtps_abort_reason;
 use crate::config::{listener_mode, smtps_config, smtps_mode};
-use crate::error::{fail, session_error, smtps_result, tls_error};
+use crate::error::{conn_error, fail, smtps_result};
 use crate::ffi::{
     Castable, OwnershipBox, byte_slice, byte_slice_mut, check_out, take_box, to_boxed_ptr,
     try_mut_from_ptr, try_ref_from_ptr, try_str_opt, write_out,
@@ -120,124 +120,14 @@ impl Default for smtps_event {
     }
 }
 
-/// The Rust value behind `smtps_conn`.
+/// The Rust value behind `smtps_conn`: the connection of `smtps-conn`, plus what C needs to
+/// hold on to between calls.
 pub(crate) struct Conn {
-    transport: Transport,
-    session: Option<ServerSession>,
-    session_config: Arc<SessionConfig>,
-    security: Security,
-    acceptor: Option<Arc<TlsAcceptor>>,
-    tls: Option<TlsInfo>,
-    /// Session output the transport has not taken yet.
-    outbox: Vec<u8>,
-    /// Transport output not yet taken by the host.
-    wire: Vec<u8>,
-    wire_pos: usize,
+    inner: Connection,
     /// Text of the last event (owned here so the event can borrow it).
     text: String,
     /// The decision handed out and not answered yet (one at a time per session).
     awaiting: Option<smtps_proto::DecisionId>,
-    eof: bool,
-    eof_delivered: bool,
-    /// The transport failed or the peer left before the session began.
-    dead: bool,
-    closed_transport: bool,
-}
-
-impl Conn {
-    /// Moves received plaintext into the session, and delivers the end of stream.
-    fn pump(&mut self) {
-        if self.session.is_none() && !self.transport.is_handshaking() && !self.dead {
-            if self.transport.is_tls() {
-                self.tls = self.transport.tls_info();
-            }
-            self.session = Some(ServerSession::new(
-                Arc::clone(&self.session_config),
-                self.security,
-            ));
-        }
-        let Some(session) = self.session.as_mut() else {
-            if self.eof && self.transport.is_handshaking() {
-                self.dead = true;
-            }
-            return;
-        };
-        loop {
-            let plaintext = self.transport.received_plaintext();
-            if plaintext.is_empty() {
-                break;
-            }
-            let taken = session.handle_input(plaintext);
-            if taken == 0 {
-                break;
-            }
-            self.transport.consume_plaintext(taken);
-        }
-        if self.eof && !self.eof_delivered && self.transport.received_plaintext().is_empty() {
-            self.eof_delivered = true;
-            session.handle_eof();
-        }
-    }
-
-    /// Moves session output into the transport and transport output into `wire`.
-    fn flush(&mut self) {
-        if let Some(session) = self.session.as_mut() {
-            session.poll_transmit(&mut self.outbox);
-        }
-        if !self.outbox.is_empty() {
-            match self.transport.write_plaintext(&self.outbox) {
-                Ok(taken) => {
-                    self.outbox.drain(..taken);
-                }
-                Err(_) => self.outbox.clear(),
-            }
-        }
-        let closed = self.dead || self.session.as_ref().is_some_and(ServerSession::is_closed);
-        if closed && self.outbox.is_empty() && !self.closed_transport {
-            self.closed_transport = true;
-            self.transport.close();
-        }
-        if self.wire_pos == self.wire.len() {
-            self.wire.clear();
-            self.wire_pos = 0;
-        }
-        self.transport.poll_transmit(&mut self.wire);
-    }
-
-    /// Switches to TLS after the session queued its `220` to STARTTLS.
-    fn start_tls(&mut self) {
-        let Some(session) = self.session.as_mut() else {
-            return;
-        };
-        session.poll_transmit(&mut self.outbox);
-        let written = self.transport.write_plaintext(&self.outbox);
-        self.outbox.clear();
-        let upgraded = match &self.acceptor {
-            Some(acceptor) => written.and_then(|_| self.transport.start_tls(acceptor)),
-            None => Err(smtps_tls::Error::from(smtps_tls::UsageError::AlreadyTls)),
-        };
-        match upgraded {
-            Ok(_) => {
-                let _ = session.handle_tls_established();
-                self.tls = None;
-            }
-            Err(error) => {
-                log::error!("smtps: STARTTLS failed: {error}");
-                session.close(&crate::reply::fixed(421, "4.7.0", "TLS not available"));
-            }
-        }
-    }
-
-    fn is_closed(&self) -> bool {
-        self.dead || self.session.as_ref().is_some_and(ServerSession::is_closed)
-    }
-
-    fn has_output(&self) -> bool {
-        self.wire_pos < self.wire.len()
-            || !self.outbox.is_empty()
-            || self.transport.wants_write()
-            || self.session.as_ref().is_some_and(ServerSession::has_output)
-    }
 }
 
 /// Makes a connection in `mode` (`SMTPS_MODE_*`) with `config`'s host name, limits, policies
@@ -268,33 +158,19 @@ pub unsafe extern "C" fn smtps_conn_new(
             Ok(acceptor) => acceptor,
             Err(error) => return error,
         };
-        if mode.uses_tls() && acceptor.is_none() {
-            return fail(smtps_result::TlsNotConfigured, "a TLS mode needs a certificate (smtps_config_set_certificate_files)");
-        }
-        let (transport, security) = match (mode, &acceptor) {
-            (ListenerMode::ImplicitTls, Some(acceptor)) => match Transport::new_implicit_tls(acceptor) {
-                Ok(transport) => (transport, Security::Tls),
-                Err(error) => return tls_error(&error),
-            },
-            (ListenerMode::Plain, _) => (Transport::new_plaintext(), Security::Plaintext),
-            _ => (Transport::new_plaintext(), Security::StartTlsAvailable),
+        let conn_mode = match mode {
+            ListenerMode::ImplicitTls => Mode::ImplicitTls,
+            ListenerMode::Plain => Mode::Plain,
+            _ => Mode::StartTls,
+        };
+        let inner = match Connection::new(conn_mode, config.session_config(mode), acceptor) {
+            Ok(inner) => inner,
+            Err(error) => return conn_error(error),
         };
         let conn = Conn {
-            transport,
-            session: None,
-            session_config: config.session_config(mode),
-            security,
-            acceptor,
-            tls: None,
-            outbox: Vec::new(),
-            wire: Vec::new(),
-            wire_pos: 0,
+            inner,
             text: String::new(),
             awaiting: None,
-            eof: false,
-            eof_delivered: false,
-            dead: false,
-            closed_transport: false,
         };
         // SAFETY: checked non-NULL above; writable by contract.
         unsafe { write_out(conn_out, to_boxed_ptr::<smtps_conn>(conn)) };
@@ -339,20 +215,10 @@ pub unsafe extern "C" fn smtps_conn_feed(
         let Some(data) = (unsafe { byte_slice(data, len) }) else {
             return crate::panic::NullParameterOrDefault::value();
         };
-        if conn.is_closed() || conn.eof {
-            // SAFETY: checked non-NULL above.
-            unsafe { write_out(taken_out, data.len()) };
-            return smtps_result::Ok;
-        }
-        let taken = match conn.transport.handle_received(data) {
+        let taken = match conn.inner.feed(data) {
             Ok(taken) => taken,
-            Err(error) => {
-                conn.dead = true;
-                conn.flush();
-                return tls_error(&error);
-            }
+            Err(error) => return conn_error(error),
         };
-        conn.pump();
         // SAFETY: checked non-NULL above.
         unsafe { write_out(taken_out, taken) };
         smtps_result::Ok
@@ -368,11 +234,7 @@ pub unsafe extern "C" fn smtps_conn_feed(
 pub unsafe extern "C" fn smtps_conn_feed_eof(conn: *mut smtps_conn) -> smtps_result {
     ffi_boundary! {
         let conn = try_mut_from_ptr!(conn);
-        if !conn.eof {
-            conn.eof = true;
-            conn.transport.handle_eof();
-            conn.pump();
-        }
+        conn.inner.feed_eof();
         smtps_result::Ok
     }
 }
@@ -392,7 +254,6 @@ pub unsafe extern "C" fn smtps_conn_next_event(
     ffi_boundary! {
         let conn = try_mut_from_ptr!(conn);
         check_out!(event_out);
-        conn.pump();
         let event = next_event(conn);
         // SAFETY: checked non-NULL above; writable by contract.
         unsafe { write_out(event_out, event) };
@@ -402,10 +263,7 @@ pub unsafe extern "C" fn smtps_conn_next_event(
 
 fn next_event(conn: &mut Conn) -> smtps_event {
     let mut out = smtps_event::default();
-    let Some(session) = conn.session.as_mut() else {
-        return out;
-    };
-    let Some(event) = session.poll_event() else {
+    let Some(event) = conn.inner.poll_event() else {
         return out;
     };
     let text = &mut conn.text;
@@ -479,7 +337,6 @@ fn next_event(conn: &mut Conn) -> smtps_event {
         Event::StartTls { discarded } => {
             out.kind = smtps_event_kind::StartTls;
             out.size = discarded as u64;
-            conn.start_tls();
         }
         Event::BareLineEnding { rejected, .. } => {
             out.kind = smtps_event_kind::BareLineEnding;
@@ -529,9 +386,6 @@ pub unsafe extern "C" fn smtps_conn_decide(
         let conn = try_mut_from_ptr!(conn);
         let enhanced = try_str_opt!(enhanced);
         let text = try_str_opt!(text);
-        let Some(session) = conn.session.as_mut() else {
-            return fail(smtps_result::UnknownDecision, "no decision is awaited yet");
-        };
         let verdict = match verdict(code, enhanced, text, None) {
             Ok(verdict) => verdict,
             Err(error) => return error,
@@ -540,12 +394,12 @@ pub unsafe extern "C" fn smtps_conn_decide(
         let Some(id) = conn.awaiting.filter(|id| id.as_u64() == decision) else {
             return fail(smtps_result::UnknownDecision, format_args!("decision {decision} is not awaited"));
         };
-        match session.decide(id, verdict) {
+        match conn.inner.decide(id, verdict) {
             Ok(()) => {
                 conn.awaiting = None;
                 smtps_result::Ok
             }
-            Err(error) => session_error(error),
+            Err(error) => conn_error(error),
         }
     }
 }
@@ -571,9 +425,7 @@ pub unsafe extern "C" fn smtps_conn_refuse_message(
             Ok(reply) => reply,
             Err(error) => return error,
         };
-        if let Some(session) = conn.session.as_mut() {
-            session.refuse_message(reply);
-        }
+        conn.inner.refuse_message(reply);
         smtps_result::Ok
     }
 }
@@ -599,10 +451,7 @@ pub unsafe extern "C" fn smtps_conn_close(
             Ok(reply) => reply,
             Err(error) => return error,
         };
-        match conn.session.as_mut() {
-            Some(session) => session.close(&reply),
-            None => conn.dead = true,
-        }
+        conn.inner.close(&reply);
         smtps_result::Ok
     }
 }
@@ -641,13 +490,7 @@ pub unsafe extern "C" fn smtps_conn_take_output(
         let Some(buf) = (unsafe { byte_slice_mut(buf, len) }) else {
             return crate::panic::NullParameterOrDefault::value();
         };
-        if conn.wire_pos == conn.wire.len() {
-            conn.flush();
-        }
-        let ready = &conn.wire[conn.wire_pos..];
-        let n = ready.len().min(buf.len());
-        buf[..n].copy_from_slice(&ready[..n]);
-        conn.wire_pos += n;
+        let n = conn.inner.take_output(buf);
         // SAFETY: checked non-NULL above.
         unsafe { write_out(n_out, n) };
         smtps_result::Ok
@@ -663,7 +506,7 @@ pub unsafe extern "C" fn smtps_conn_take_output(
 pub unsafe extern "C" fn smtps_conn_wants_read(conn: *const smtps_conn) -> bool {
     ffi_boundary! {
         let conn = try_ref_from_ptr!(conn);
-        !conn.is_closed() && !conn.eof && conn.transport.wants_read()
+        conn.inner.wants_read()
     }
 }
 
@@ -673,7 +516,7 @@ pub unsafe extern "C" fn smtps_conn_wants_read(conn: *const smtps_conn) -> bool 
 /// `conn` is NULL or a live connection.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smtps_conn_wants_write(conn: *const smtps_conn) -> bool {
-    ffi_boundary! { try_ref_from_ptr!(conn).has_output() }
+    ffi_boundary! { try_ref_from_ptr!(conn).inner.wants_write() }
 }
 
 /// Whether the connection is over (QUIT, `421`, the client left, TLS failed): once
@@ -687,7 +530,7 @@ pub unsafe extern "C" fn smtps_conn_is_closed(conn: *const smtps_conn) -> bool {
     ffi_boundary! {
         // SAFETY: see `try_ref_from_ptr`; NULL counts as closed.
         match unsafe { crate::ffi::try_ref(conn) } {
-            Some(conn) => conn.is_closed(),
+            Some(conn) => conn.inner.is_closed(),
             None => true,
         }
     }
@@ -700,7 +543,7 @@ pub unsafe extern "C" fn smtps_conn_is_closed(conn: *const smtps_conn) -> bool {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smtps_conn_tls_version(conn: *mut smtps_conn) -> smtps_str {
     ffi_boundary! {
-        let conn = try_mut_from_ptr!(conn);
+        let conn = try_ref_from_ptr!(conn);
         smtps_str::opt(tls_info(conn).map(TlsInfo::version_name))
     }
 }
@@ -712,7 +555,7 @@ pub unsafe extern "C" fn smtps_conn_tls_version(conn: *mut smtps_conn) -> smtps_
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smtps_conn_tls_cipher(conn: *mut smtps_conn) -> smtps_str {
     ffi_boundary! {
-        let conn = try_mut_from_ptr!(conn);
+        let conn = try_ref_from_ptr!(conn);
         smtps_str::opt(tls_info(conn).map(TlsInfo::cipher_suite_name))
     }
 }
@@ -725,14 +568,11 @@ pub unsafe extern "C" fn smtps_conn_tls_cipher(conn: *mut smtps_conn) -> smtps_s
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smtps_conn_sni(conn: *mut smtps_conn) -> smtps_str {
     ffi_boundary! {
-        let conn = try_mut_from_ptr!(conn);
+        let conn = try_ref_from_ptr!(conn);
         smtps_str::opt(tls_info(conn).and_then(|tls| tls.server_name.as_deref()))
     }
 }
 
-fn tls_info(conn: &mut Conn) -> Option<&TlsInfo> {
-    if conn.tls.is_none() && conn.transport.is_tls() && !conn.transport.is_handshaking() {
-        conn.tls = conn.transport.tls_info();
-    }
-    conn.tls.as_ref()
+fn tls_info(conn: &Conn) -> Option<&TlsInfo> {
+    conn.inner.tls_info()
 }

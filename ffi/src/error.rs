@@ -225,6 +225,19 @@ pub(crate) fn session_error(error: smtps_proto::Error) -> smtps_result {
     fail(result, error)
 }
 
+/// Maps an error of a sans-IO connection and records its details.
+pub(crate) fn conn_error(error: ::smtps_conn::Error) -> smtps_result {
+    match error {
+        ::smtps_conn::Error::TlsNotConfigured => fail(
+            smtps_result::TlsNotConfigured,
+            "a TLS mode needs a certificate (smtps_config_set_certificate_files)",
+        ),
+        ::smtps_conn::Error::Tls(error) => tls_error(&error),
+        ::smtps_conn::Error::Session(error) => session_error(error),
+        _ => fail(smtps_result::WrongState, error),
+    }
+}
+
 /// Maps an operating-system error and records what was being done.
 pub(crate) fn io_error(context: &str, error: &std::io::Error) -> smtps_result {
     fail(smtps_result::Io, format_args!("{context}: {error}"))

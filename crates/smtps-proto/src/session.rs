@@ -486,6 +486,15 @@ impl ServerSession {
             && self.input.len() - self.pos < self.input_limit()
     }
 
+    /// Whether the session answered STARTTLS with `220` and now waits for the transport to
+    /// switch to TLS (RFC 3207 §4): the host upgrades the transport after sending what
+    /// [`ServerSession::poll_transmit`] gives, then calls
+    /// [`ServerSession::handle_tls_established`]. Input offered meanwhile is discarded.
+    #[must_use]
+    pub fn awaiting_tls(&self) -> bool {
+        matches!(self.mode, Mode::AwaitingTls)
+    }
+
     /// Whether reply octets are waiting for [`ServerSession::poll_transmit`].
     #[must_use]
     pub fn has_output(&self) -> bool {

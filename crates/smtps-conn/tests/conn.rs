@@ -1,0 +1,397 @@
+//! A `Connection` driven by a real rustls client, octet for octet as a socket would carry
+//! them: implicit TLS (RFC 8314), STARTTLS (RFC 3207) with and without an injection attempt,
+//! a corrupt record, and back-pressure.
+#![allow(missing_docs)]
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use smtps_conn::{Connection, Error, Mode};
+use smtps_proto::{Event, SessionConfig, Verdict};
+use smtps_tls::rustls::pki_types::ServerName;
+use smtps_tls::rustls::{ClientConfig, ClientConnection, RootCertStore};
+use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings};
+
+struct Fixture {
+    acceptor: Arc<TlsAcceptor>,
+    client: Arc<ClientConfig>,
+}
+
+fn fixture() -> Fixture {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("self-signed certificate");
+    let acceptor = TlsSettings::new()
+        .default_certificate(CertificateSource::pem(
+            certified.cert.pem(),
+            certified.signing_key.serialize_pem(),
+        ))
+        .build()
+        .expect("acceptor");
+    let mut roots = RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).expect("root");
+    let client = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Fixture {
+        acceptor: Arc::new(acceptor),
+        client: Arc::new(client),
+    }
+}
+
+/// An event without its borrows, as the host saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Connect,
+    Helo(String),
+    Mail(String),
+    Rcpt(String),
+    DataStart,
+    Body(Vec<u8>),
+    End(u64),
+    StartTls(usize),
+    Other(String),
+}
+
+/// The host side: answers every decision with `accept` and records what it saw.
+struct Host {
+    conn: Connection,
+    seen: Vec<Seen>,
+}
+
+impl Host {
+    fn new(fx: &Fixture, mode: Mode) -> Self {
+        let mut config = SessionConfig::new("mx.test");
+        config.policy.require_tls_for_mail = mode == Mode::StartTls;
+        let conn = Connection::new(mode, Arc::new(config), Some(Arc::clone(&fx.acceptor)))
+            .expect("connection");
+        Self {
+            conn,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Takes every event, accepting each decision.
+    fn drain_events(&mut self) {
+        for _ in 0..10_000 {
+            let Some(event) = self.conn.poll_event() else {
+                return;
+            };
+            let (seen, decision) = match event {
+                Event::Connect { decision } => (Seen::Connect, Some(decision)),
+                Event::Helo { decision, name, .. } => {
+                    (Seen::Helo(name.to_string()), Some(decision))
+                }
+                Event::Mail { decision, from, .. } => {
+                    (Seen::Mail(from.to_string()), Some(decision))
+                }
+                Event::Rcpt { decision, to, .. } => (Seen::Rcpt(to.to_string()), Some(decision)),
+                Event::DataStart { decision, .. } => (Seen::DataStart, Some(decision)),
+                Event::BodyChunk(chunk) => (Seen::Body(chunk.to_vec()), None),
+                Event::MessageEnd { decision, size } => (Seen::End(size), Some(decision)),
+                Event::StartTls { discarded } => (Seen::StartTls(discarded), None),
+                other => (Seen::Other(format!("{other:?}")), None),
+            };
+            self.seen.push(seen);
+            if let Some(decision) = decision {
+                self.conn.decide(decision, Verdict::Accept).expect("decide");
+            }
+        }
+        panic!("events never ran out");
+    }
+
+    fn body(&self) -> Vec<u8> {
+        self.seen
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Body(b) => Some(b.as_slice()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .concat()
+    }
+}
+
+/// A client that speaks plaintext until [`Client::start_tls`], then TLS through rustls.
+struct Client {
+    tls: Option<ClientConnection>,
+    config: Arc<ClientConfig>,
+    /// Plaintext received from the server (decrypted once TLS runs).
+    received: Vec<u8>,
+    /// Octets on their way to the server.
+    to_server: Vec<u8>,
+}
+
+impl Client {
+    fn new(fx: &Fixture) -> Self {
+        Self {
+            tls: None,
+            config: Arc::clone(&fx.client),
+            received: Vec::new(),
+            to_server: Vec::new(),
+        }
+    }
+
+    fn start_tls(&mut self) {
+        let name = ServerName::try_from("localhost").expect("name");
+        let tls = ClientConnection::new(Arc::clone(&self.config), name).expect("client");
+        self.tls = Some(tls);
+    }
+
+    fn send(&mut self, text: &[u8]) {
+        match &mut self.tls {
+            Some(tls) => tls.writer().write_all(text).expect("client write"),
+            None => self.to_server.extend_from_slice(text),
+        }
+    }
+
+    /// Moves octets both ways until neither side has more, answering every decision.
+    fn exchange(&mut self, host: &mut Host) {
+        for _ in 0..1_000 {
+            if let Some(tls) = &mut self.tls {
+                while tls.wants_write() {
+                    tls.write_tls(&mut self.to_server)
+                        .expect("client write_tls");
+                }
+            }
+            let mut moved = false;
+            while !self.to_server.is_empty() {
+                let taken = host.conn.feed(&self.to_server).expect("feed");
+                self.to_server.drain(..taken);
+                host.drain_events();
+                moved |= taken > 0;
+                if taken == 0 {
+                    break;
+                }
+            }
+            host.drain_events();
+            let out = host.conn.output().to_vec();
+            host.conn.consume_output(out.len());
+            if !out.is_empty() {
+                moved = true;
+                self.receive(&out);
+            }
+            let client_pending = self.tls.as_ref().is_some_and(|tls| tls.wants_write());
+            if !moved && !client_pending {
+                return;
+            }
+        }
+        panic!("the exchange never settled");
+    }
+
+    fn receive(&mut self, mut wire: &[u8]) {
+        match &mut self.tls {
+            Some(tls) => {
+                while !wire.is_empty() {
+                    tls.read_tls(&mut wire).expect("client read_tls");
+                    tls.process_new_packets().expect("client sees valid TLS");
+                }
+                let mut buf = Vec::new();
+                match tls.reader().read_to_end(&mut buf) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("client read: {e}"),
+                }
+                self.received.extend_from_slice(&buf);
+            }
+            None => self.received.extend_from_slice(wire),
+        }
+    }
+
+    fn take_received(&mut self) -> String {
+        String::from_utf8(std::mem::take(&mut self.received)).expect("replies are UTF-8")
+    }
+}
+
+#[test]
+fn implicit_tls_session_starts_after_the_handshake_and_delivers_the_message() {
+    let fx = fixture();
+    let mut host = Host::new(&fx, Mode::ImplicitTls);
+    host.drain_events();
+    assert!(
+        host.seen.is_empty(),
+        "an event before the handshake: {:?}",
+        host.seen
+    );
+    assert!(
+        host.conn.output().is_empty(),
+        "output before the ClientHello"
+    );
+
+    let mut client = Client::new(&fx);
+    client.start_tls();
+    client.exchange(&mut host);
+    assert_eq!(host.seen, [Seen::Connect]);
+    let info = host.conn.tls_info().expect("TLS info after the handshake");
+    assert_eq!(info.version_name(), "TLSv1.3");
+    assert!(client.take_received().starts_with("220 mx.test"));
+
+    client.send(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n");
+    client.exchange(&mut host);
+    client.send(b"Subject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
+    client.exchange(&mut host);
+    assert_eq!(host.body(), b"Subject: hi\r\n\r\n.dot\r\n");
+    assert!(host.seen.contains(&Seen::End(21)), "{:?}", host.seen);
+    let replies = client.take_received();
+    assert!(replies.contains("354 "), "{replies}");
+    assert!(replies.ends_with("221 2.0.0 Bye\r\n"), "{replies}");
+    assert!(host.conn.is_closed());
+    assert!(!host.conn.wants_write(), "close_notify not sent");
+    let tls = client.tls.as_mut().expect("tls");
+    let mut rest = Vec::new();
+    let eof = tls.reader().read_to_end(&mut rest);
+    assert!(eof.is_ok(), "no close_notify from the server: {eof:?}");
+}
+
+#[test]
+fn starttls_upgrades_at_the_boundary_and_drops_injected_plaintext() {
+    let fx = fixture();
+    let mut host = Host::new(&fx, Mode::StartTls);
+    let mut client = Client::new(&fx);
+    client.exchange(&mut host);
+    client.send(b"EHLO c.test\r\n");
+    client.exchange(&mut host);
+    assert!(client.take_received().contains("250-STARTTLS"));
+
+    // CVE-2011-0411: commands pipelined after STARTTLS in the same packet.
+    let injected = b"MAIL FROM:<evil@inject.test>\r\n";
+    client.send(b"STARTTLS\r\n");
+    client.send(injected);
+    client.exchange(&mut host);
+    assert_eq!(client.take_received(), "220 2.0.0 Ready to start TLS\r\n");
+    assert!(
+        host.seen.contains(&Seen::StartTls(injected.len())),
+        "{:?}",
+        host.seen
+    );
+
+    client.start_tls();
+    client.exchange(&mut host);
+    assert!(host.conn.tls_info().is_some(), "handshake not complete");
+    assert_eq!(
+        client.take_received(),
+        "",
+        "a reply to the injected command"
+    );
+    assert!(
+        !host.seen.iter().any(|s| matches!(s, Seen::Mail(_))),
+        "{:?}",
+        host.seen
+    );
+
+    // The session starts afresh under TLS: EHLO again, then MAIL is allowed.
+    client.send(b"EHLO c.test\r\nMAIL FROM:<good@c.test>\r\n");
+    client.exchange(&mut host);
+    let replies = client.take_received();
+    assert!(
+        !replies.contains("STARTTLS"),
+        "STARTTLS offered twice: {replies}"
+    );
+    assert!(replies.ends_with("250 2.1.0 Sender OK\r\n"), "{replies}");
+    assert_eq!(
+        host.seen
+            .iter()
+            .filter(|s| matches!(s, Seen::Mail(_)))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn replies_queued_before_starttls_go_out_in_plaintext_in_order_even_when_not_drained() {
+    let fx = fixture();
+    let mut config = SessionConfig::new("mx.test");
+    config.limits.junk_commands = 10_000;
+    let acceptor = Some(Arc::clone(&fx.acceptor));
+    let conn = Connection::new(Mode::StartTls, Arc::new(config), acceptor).expect("connection");
+    let mut host = Host {
+        conn,
+        seen: Vec::new(),
+    };
+    host.drain_events();
+    // 6,000 pipelined NOOPs (84 kB of replies, more than the transport buffers) and STARTTLS,
+    // fed without taking any output in between.
+    let mut batch = b"EHLO c.test\r\n".to_vec();
+    for _ in 0..6_000 {
+        batch.extend_from_slice(b"NOOP\r\n");
+    }
+    batch.extend_from_slice(b"STARTTLS\r\n");
+    let mut fed = 0;
+    while fed < batch.len() {
+        let taken = host.conn.feed(&batch[fed..]).expect("feed");
+        host.drain_events();
+        fed += taken;
+        assert!(taken > 0 || host.conn.wants_read(), "stuck at {fed}");
+    }
+    host.drain_events();
+    let mut wire = Vec::new();
+    let mut buf = [0u8; 1000];
+    loop {
+        let n = host.conn.take_output(&mut buf);
+        if n == 0 {
+            break;
+        }
+        wire.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8(wire).expect("plaintext");
+    assert!(text.starts_with("220 mx.test"), "{}", &text[..40]);
+    assert_eq!(
+        text.matches("250 2.0.0 OK\r\n").count(),
+        6_000,
+        "a NOOP reply lost"
+    );
+    assert!(
+        text.ends_with("220 2.0.0 Ready to start TLS\r\n"),
+        "the 220 is not last"
+    );
+    assert!(!host.conn.is_closed());
+}
+
+#[test]
+fn a_corrupt_record_fails_the_connection_with_an_alert() {
+    let fx = fixture();
+    let mut host = Host::new(&fx, Mode::ImplicitTls);
+    let mut client = Client::new(&fx);
+    client.start_tls();
+    client.exchange(&mut host);
+    client.take_received();
+    client.send(b"NOOP\r\n");
+    let tls = client.tls.as_mut().expect("tls");
+    let mut record = Vec::new();
+    tls.write_tls(&mut record).expect("record");
+    let last = record.len() - 1;
+    record[last] ^= 0x40;
+    let failed = host.conn.feed(&record);
+    assert!(matches!(failed, Err(Error::Tls(_))), "{failed:?}");
+    assert!(host.conn.is_closed());
+    let alert = host.conn.output().to_vec();
+    assert_eq!(alert.first(), Some(&0x17), "no alert record: {alert:?}");
+    host.drain_events();
+    assert!(
+        !host
+            .seen
+            .iter()
+            .any(|s| matches!(s, Seen::Other(o) if o.contains("Noop")))
+    );
+    assert_eq!(host.conn.feed(b"more").expect("ignored after failure"), 4);
+}
+
+#[test]
+fn client_leaving_mid_message_aborts_it_and_closes() {
+    let fx = fixture();
+    let mut host = Host::new(&fx, Mode::Plain);
+    let mut client = Client::new(&fx);
+    client.send(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\npartial body");
+    client.exchange(&mut host);
+    host.conn.feed_eof();
+    host.drain_events();
+    assert!(
+        host.seen
+            .iter()
+            .any(|s| matches!(s, Seen::Other(o) if o.starts_with("MessageAborted"))),
+        "{:?}",
+        host.seen
+    );
+    assert!(!host.seen.iter().any(|s| matches!(s, Seen::End(_))));
+    assert!(host.conn.is_closed());
+    assert!(!host.conn.wants_read());
+}
