@@ -1,6 +1,7 @@
 //! Fuzz target logic for `smtps`, as plain functions over a byte slice.
 //!
-//! Each function decodes its input, drives one entry point of `smtps-proto` or `smtps-tls`,
+//! Each function decodes its input, drives one entry point of `smtps-proto`, `smtps-tls` or
+//! `smtps-conn`,
 //! and asserts invariants — a panic is a finding. The cargo-fuzz crate in `fuzz/` calls them
 //! from its targets (`fuzz/fuzz_targets/<name>.rs`), and `tests/corpus.rs` replays every file
 //! of `fuzz/corpus/<name>/` and `fuzz/regressions/<name>/` through them, so corpus regressions
@@ -12,6 +13,7 @@
 //! | `session` | [`session()`] | reply syntax, legal event order, STARTTLS boundary |
 //! | `data_decoder` | [`data_decoder()`] | differential against [`data::reference_decode`]; stuffing round trip |
 //! | `tls_transport` | [`tls_transport()`] | no panic; nothing pre-TLS or forged comes out after the upgrade |
+//! | `conn` | [`conn()`] | the C ABI's connection object (`smtps_conn::Connection`) with a real TLS client: reply syntax, valid record stream, no event before the handshake, nothing pre-TLS acted on |
 //!
 //! # Known issues
 //!
@@ -26,6 +28,7 @@
 use std::cell::Cell;
 
 pub mod command;
+pub mod conn;
 pub mod data;
 pub mod seeds;
 pub mod session;
@@ -33,6 +36,7 @@ pub mod tls;
 pub mod wire;
 
 pub use command::command;
+pub use conn::conn;
 pub use data::data_decoder;
 pub use session::session;
 pub use tls::tls_transport;
@@ -58,7 +62,13 @@ pub fn known_issue(name: &str) -> bool {
 }
 
 /// The target names, as in `fuzz/fuzz_targets/` and `fuzz/corpus/`.
-pub const TARGETS: [&str; 4] = ["command", "session", "data_decoder", "tls_transport"];
+pub const TARGETS: [&str; 5] = [
+    "command",
+    "session",
+    "data_decoder",
+    "tls_transport",
+    "conn",
+];
 
 /// Runs `data` through the target named `target`.
 ///
@@ -70,6 +80,7 @@ pub fn run_target(target: &str, data: &[u8]) {
         "session" => session(data),
         "data_decoder" => data_decoder(data),
         "tls_transport" => tls_transport(data),
+        "conn" => conn(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }

@@ -2,6 +2,7 @@
 //! input of the test suites, encoded for each target. `examples/write_seeds.rs` writes them to
 //! `fuzz/corpus/<target>/seed-<name>.bin`; `tests/corpus.rs` checks the files for drift.
 
+use crate::conn::{ConnInput, ConnOp};
 use crate::data::DecoderInput;
 use crate::session::{Op, SessionInput};
 use crate::tls::TlsInput;
@@ -9,7 +10,7 @@ use crate::tls::TlsInput;
 /// One seed file.
 #[derive(Debug, Clone)]
 pub struct Seed {
-    /// The target directory: `command`, `session`, `data_decoder` or `tls_transport`.
+    /// The target directory: `command`, `session`, `data_decoder`, `tls_transport` or `conn`.
     pub target: &'static str,
     /// The file name without `seed-` and `.bin`.
     pub name: String,
@@ -28,6 +29,7 @@ pub fn all() -> Vec<Seed> {
     session_seeds(&mut seeds);
     decoder_seeds(&mut seeds);
     tls_seeds(&mut seeds);
+    conn_seeds(&mut seeds);
     seeds
 }
 
@@ -585,4 +587,220 @@ fn tls_seeds(seeds: &mut Vec<Seed>) {
         b"EHLO client.example\r\n",
     );
     tls_seed("starttls-handshake-all-unread", 2, 0, 0, b"QUIT\r\n");
+}
+
+/// The octets of a [`ConnOp::Send`] that stand for these [`SESSION_TOKENS`](crate::session::SESSION_TOKENS).
+fn tokens(words: &[&str]) -> Vec<u8> {
+    let table = crate::session::SESSION_TOKENS;
+    words
+        .iter()
+        .map(|w| {
+            let i = table
+                .iter()
+                .position(|t| t == w)
+                .unwrap_or_else(|| panic!("{w:?} is not a session token"));
+            u8::try_from(i).expect("fewer than 256 tokens")
+        })
+        .collect()
+}
+
+fn conn_seeds(seeds: &mut Vec<Seed>) {
+    use ConnOp::{
+        Accept, AutoAccept, Close, Eof, Exchange, Flip, RefuseMessage, Reject, Send, SendRaw,
+        Stale, StartTls,
+    };
+    const IMPLICIT: u8 = 1;
+    const STARTTLS: u8 = 0;
+    const PLAIN: u8 = 2;
+    const RAW_CLIENT: u8 = 4;
+    const REQUIRE_TLS: u8 = 8;
+    const SMALL_LIMITS: u8 = 16;
+    let ehlo = || Send(tokens(&["EHLO mail.example.com\r\n"]));
+    let envelope = || {
+        Send(tokens(&[
+            "MAIL FROM:<alice@example.org>\r\n",
+            "RCPT TO:<bob@example.net>\r\n",
+            "DATA\r\n",
+        ]))
+    };
+    let body = || {
+        Send(tokens(&[
+            "Subject: hello\r\n",
+            "\r\n",
+            "Hello, world.",
+            "\r\n",
+            "..",
+            "\r\n.\r\n",
+        ]))
+    };
+    let quit = || Send(tokens(&["QUIT\r\n"]));
+    let mut seed = |name: &str, header: u8, ops: Vec<ConnOp>| {
+        push(seeds, "conn", name, ConnInput { header, ops }.encode());
+    };
+    seed(
+        "implicit-message",
+        IMPLICIT,
+        vec![
+            AutoAccept(255),
+            Exchange(0),
+            ehlo(),
+            Exchange(0),
+            envelope(),
+            Exchange(0),
+            body(),
+            quit(),
+            Exchange(0),
+        ],
+    );
+    seed(
+        "implicit-pipelined-small-pieces",
+        IMPLICIT,
+        vec![
+            AutoAccept(255),
+            ehlo(),
+            envelope(),
+            body(),
+            quit(),
+            Exchange(3),
+        ],
+    );
+    seed(
+        "starttls-message",
+        STARTTLS | REQUIRE_TLS,
+        vec![
+            AutoAccept(255),
+            Exchange(0),
+            ehlo(),
+            Exchange(0),
+            StartTls,
+            Exchange(0),
+            ehlo(),
+            envelope(),
+            Exchange(7),
+            body(),
+            quit(),
+            Exchange(0),
+        ],
+    );
+    seed(
+        "starttls-injection",
+        STARTTLS | REQUIRE_TLS,
+        vec![
+            AutoAccept(255),
+            Exchange(0),
+            ehlo(),
+            Exchange(0),
+            Send(tokens(&[
+                "STARTTLS\r\n",
+                "MAIL FROM:<smuggled@evil.example>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n",
+            ])),
+            Exchange(0),
+            StartTls,
+            Exchange(0),
+            ehlo(),
+            Exchange(0),
+            quit(),
+            Exchange(0),
+        ],
+    );
+    seed(
+        "starttls-byte-by-byte-auth",
+        STARTTLS,
+        vec![
+            AutoAccept(255),
+            Exchange(1),
+            ehlo(),
+            Exchange(1),
+            StartTls,
+            Exchange(1),
+            ehlo(),
+            Send(tokens(&["AUTH PLAIN AHVzZXIAcGFzcw==\r\n"])),
+            Exchange(1),
+            Send(tokens(&["AUTH LOGIN\r\n", "dXNlcg==\r\n", "cGFzcw==\r\n"])),
+            Exchange(2),
+        ],
+    );
+    seed(
+        "plain-bdat",
+        PLAIN | SMALL_LIMITS,
+        vec![
+            AutoAccept(255),
+            ehlo(),
+            Send(tokens(&[
+                "MAIL FROM:<a@example.org> BODY=BINARYMIME\r\n",
+                "RCPT TO:<bob@example.net>\r\n",
+                "BDAT 5\r\n",
+                "12345",
+                "BDAT 0 LAST\r\n",
+            ])),
+            Exchange(0),
+            Send(tokens(&["BDAT 99999999999 LAST\r\n"])),
+            Exchange(0),
+        ],
+    );
+    seed(
+        "deferred-decisions",
+        IMPLICIT,
+        vec![
+            Exchange(0),
+            Accept,
+            Exchange(0),
+            ehlo(),
+            envelope(),
+            Exchange(0),
+            Accept,
+            Exchange(0),
+            Stale,
+            Reject(1),
+            Exchange(0),
+            Accept,
+            Exchange(0),
+        ],
+    );
+    seed(
+        "implicit-tampered-record",
+        IMPLICIT,
+        vec![AutoAccept(255), Exchange(0), ehlo(), Flip(9), Exchange(0)],
+    );
+    seed(
+        "implicit-raw-plaintext",
+        IMPLICIT | RAW_CLIENT,
+        vec![
+            SendRaw(b"EHLO oops\r\n".to_vec()),
+            Exchange(0),
+            Eof,
+            Exchange(0),
+        ],
+    );
+    seed(
+        "vanish-mid-data",
+        STARTTLS,
+        vec![
+            AutoAccept(255),
+            ehlo(),
+            envelope(),
+            Send(tokens(&["Subject: hello\r\n"])),
+            Exchange(0),
+            Eof,
+            Exchange(0),
+        ],
+    );
+    seed(
+        "host-closes-and-refuses",
+        IMPLICIT,
+        vec![
+            AutoAccept(255),
+            Exchange(0),
+            ehlo(),
+            envelope(),
+            body(),
+            RefuseMessage,
+            Exchange(0),
+            envelope(),
+            Send(tokens(&["Subject: hello\r\n"])),
+            Exchange(0),
+            Close,
+            Exchange(0),
+        ],
+    );
 }

@@ -120,13 +120,14 @@ pub fn tls_transport(data: &[u8]) {
     }
 }
 
-struct Fixture {
-    acceptor: TlsAcceptor,
-    client: Arc<ClientConfig>,
+/// A server certificate for `localhost` and a client that trusts it.
+pub(crate) struct Fixture {
+    pub(crate) acceptor: Arc<TlsAcceptor>,
+    pub(crate) client: Arc<ClientConfig>,
 }
 
 /// The certificate, acceptor and client configuration, made once per process.
-fn fixture() -> &'static Fixture {
+pub(crate) fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
@@ -146,7 +147,7 @@ fn fixture() -> &'static Fixture {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Fixture {
-            acceptor,
+            acceptor: Arc::new(acceptor),
             client: Arc::new(client),
         }
     })

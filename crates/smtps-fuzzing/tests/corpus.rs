@@ -113,6 +113,11 @@ fn tls_transport_corpus() {
 }
 
 #[test]
+fn conn_corpus() {
+    replay("conn");
+}
+
+#[test]
 fn seeds_on_disk_match_the_generator() {
     for seed in smtps_fuzzing::seeds::all() {
         let path = fuzz_dir()
