@@ -478,7 +478,7 @@ typedef struct smtps_callbacks {
    */
   smtps_answer (*on_connect)(void *userdata, const struct smtps_session *session);
   /**
-   * HELO or EHLO with the client's `name`.
+   * HELO or EHLO with the client's `name`; `smtps_session_helo_extended` tells which.
    */
   smtps_answer (*on_helo)(void *userdata, const struct smtps_session *session, struct smtps_str name);
   /**
@@ -1226,6 +1226,16 @@ struct smtps_str smtps_session_sni(const struct smtps_session *session);
  * `session` is NULL or the session lent to the running callback.
  */
 struct smtps_str smtps_session_helo(const struct smtps_session *session);
+
+/**
+ * Whether the client greeted with EHLO (RFC 5321 §4.1.1.1) rather than HELO: inside
+ * `on_helo`, for the greeting being decided; elsewhere, for the accepted one (false before
+ * any). False for NULL.
+ *
+ * # Safety
+ * `session` is NULL or the session lent to the running callback.
+ */
+bool smtps_session_helo_extended(const struct smtps_session *session);
 
 /**
  * The authenticated user; empty before AUTH succeeded.

@@ -124,7 +124,7 @@ pub struct smtps_callbacks {
     pub on_connect: Option<
         unsafe extern "C" fn(userdata: *mut c_void, session: *const smtps_session) -> smtps_answer,
     >,
-    /// HELO or EHLO with the client's `name`.
+    /// HELO or EHLO with the client's `name`; `smtps_session_helo_extended` tells which.
     pub on_helo: Option<
         unsafe extern "C" fn(
             userdata: *mut c_void,

@@ -558,9 +558,13 @@ impl Handler for FfiHandler {
         session: &mut FfiSession,
         cx: &mut Context<'_>,
         name: &HeloName<'_>,
-        _extended: bool,
+        extended: bool,
     ) -> Answer {
-        let view = Arc::clone(session.refresh(cx));
+        session.refresh(cx);
+        if session.view.extended != extended {
+            Arc::make_mut(&mut session.view).extended = extended;
+        }
+        let view = Arc::clone(&session.view);
         let call = Call::Helo {
             name: name.to_string(),
         };

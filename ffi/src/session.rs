@@ -46,6 +46,8 @@ pub(crate) struct SessionView {
     mode: ListenerMode,
     tls: Option<(&'static str, &'static str, Option<String>)>,
     helo: Option<String>,
+    /// EHLO rather than HELO: the accepted greeting's, or during `on_helo` the one decided.
+    pub(crate) extended: bool,
     auth_id: Option<String>,
     mail_from: Option<String>,
     recipients: Vec<String>,
@@ -62,6 +64,7 @@ impl SessionView {
             mode: info.mode,
             tls: None,
             helo: None,
+            extended: false,
             auth_id: None,
             mail_from: None,
             recipients: Vec::new(),
@@ -85,6 +88,7 @@ impl SessionView {
     fn differs(&self, info: &SessionInfo) -> bool {
         self.tls.is_some() != info.tls.is_some()
             || self.helo != info.helo
+            || self.extended != info.extended
             || self.auth_id != info.auth_id
             || self.mail_from != info.mail_from
             || self.recipients != info.recipients
@@ -99,6 +103,7 @@ impl SessionView {
             )
         });
         self.helo.clone_from(&info.helo);
+        self.extended = info.extended;
         self.auth_id.clone_from(&info.auth_id);
         self.mail_from.clone_from(&info.mail_from);
         self.recipients.clone_from(&info.recipients);
@@ -201,6 +206,17 @@ pub unsafe extern "C" fn smtps_session_sni(session: *const smtps_session) -> smt
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smtps_session_helo(session: *const smtps_session) -> smtps_str {
     ffi_boundary! { smtps_str::opt(try_ref_from_ptr!(session).helo.as_deref()) }
+}
+
+/// Whether the client greeted with EHLO (RFC 5321 §4.1.1.1) rather than HELO: inside
+/// `on_helo`, for the greeting being decided; elsewhere, for the accepted one (false before
+/// any). False for NULL.
+///
+/// # Safety
+/// `session` is NULL or the session lent to the running callback.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_session_helo_extended(session: *const smtps_session) -> bool {
+    ffi_boundary! { try_ref_from_ptr!(session).extended }
 }
 
 /// The authenticated user; empty before AUTH succeeded.

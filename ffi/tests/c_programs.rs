@@ -448,6 +448,16 @@ fn exercise_host(program: &Program) -> Vec<Vec<u8>> {
     sent
 }
 
+/// `on_helo` saw `smtps_session_helo_extended` true for the clients' EHLO (smtplib and the
+/// `s_client` dialogue both send EHLO).
+fn assert_greeted_with_ehlo(log: &str) {
+    assert!(
+        log.contains("greeted with EHLO s-client.test"),
+        "on_helo did not see EHLO:\n{log}"
+    );
+    assert!(!log.contains("greeted with HELO"), "{log}");
+}
+
 #[test]
 fn host_threads_static_receives_byte_exact() {
     if !tools_present() {
@@ -457,8 +467,9 @@ fn host_threads_static_receives_byte_exact() {
     let program = Program::start(&host, &["threads"], "spool-threads", &[]);
     let sent = exercise_host(&program);
     let spooled = program.spooled();
-    program.stop();
+    let log = program.stop();
     assert_eq!(spooled, sent);
+    assert_greeted_with_ehlo(&log);
 }
 
 #[test]
@@ -470,8 +481,9 @@ fn host_polled_shared_receives_byte_exact() {
     let program = Program::start(&host, &["polled"], "spool-polled", &[]);
     let sent = exercise_host(&program);
     let spooled = program.spooled();
-    program.stop();
+    let log = program.stop();
     assert_eq!(spooled, sent);
+    assert_greeted_with_ehlo(&log);
 }
 
 #[test]

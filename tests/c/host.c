@@ -97,6 +97,15 @@ static smtps_answer on_connect(void *ud, const smtps_session *session) {
   return SMTPS_ANSWER_ACCEPT;
 }
 
+/* Logs whether the client greeted with EHLO (ESMTP) or HELO; accepts either. */
+static smtps_answer on_helo(void *ud, const smtps_session *session, smtps_str name) {
+  (void)ud;
+  fprintf(stderr, "host: session %llu greeted with %s %.*s\n",
+          (unsigned long long)smtps_session_id(session),
+          smtps_session_helo_extended(session) ? "EHLO" : "HELO", (int)name.len, name.data);
+  return SMTPS_ANSWER_ACCEPT;
+}
+
 static smtps_answer on_auth(void *ud, const smtps_session *session, smtps_str user,
                             smtps_str password, smtps_str authzid) {
   size_t i;
@@ -313,6 +322,7 @@ int main(int argc, char **argv) {
 
   memset(&callbacks, 0, sizeof callbacks);
   callbacks.on_connect = on_connect;
+  callbacks.on_helo = on_helo;
   callbacks.on_auth = on_auth;
   callbacks.on_rcpt = on_rcpt;
   callbacks.on_data_start = on_data_start;

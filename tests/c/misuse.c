@@ -87,6 +87,7 @@ int main(int argc, char **argv) {
   s = smtps_session_peer(NULL);
   check_true("session_peer(NULL) is empty", s.len == 0 && s.data != NULL);
   check_true("session_id(NULL) is 0", smtps_session_id(NULL) == 0);
+  check_true("session_helo_extended(NULL) is false", !smtps_session_helo_extended(NULL));
   check_true("conn_is_closed(NULL) is true", smtps_conn_is_closed(NULL));
   check_true("conn_wants_read(NULL) is false", !smtps_conn_wants_read(NULL));
   smtps_config_free(NULL);
