@@ -10,6 +10,7 @@
 use std::process::ExitCode;
 
 use arbitrary::{Arbitrary, Unstructured};
+use smtps_fuzzing::conn::ConnInput;
 use smtps_fuzzing::data::DecoderInput;
 use smtps_fuzzing::session::SessionInput;
 use smtps_fuzzing::tls::TlsInput;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
         "session" => smtps_fuzzing::session,
         "data_decoder" => smtps_fuzzing::data_decoder,
         "tls_transport" => smtps_fuzzing::tls_transport,
+        "conn" => smtps_fuzzing::conn,
         other => {
             eprintln!("unknown target {other}");
             return ExitCode::FAILURE;
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
                 "session" => println!("{:#?}", SessionInput::arbitrary_take_rest(u)),
                 "data_decoder" => println!("{:#?}", DecoderInput::arbitrary_take_rest(u)),
                 "tls_transport" => println!("{:#?}", TlsInput::arbitrary_take_rest(u)),
+                "conn" => println!("{:#?}", ConnInput::arbitrary_take_rest(u)),
                 _ => println!("{:?}", String::from_utf8_lossy(&data)),
             }
         }
