@@ -182,9 +182,12 @@ pub fn run(input: &ConnInput) -> ConnReport {
     let acceptor = Some(Arc::clone(&fixture().acceptor));
     let conn = Connection::new(mode, Arc::new(config), acceptor).expect("connection");
     let mut h = Harness::new(conn, mode);
-    if mode == Mode::ImplicitTls && input.header & 4 == 0 {
-        h.client.start_tls();
+    if mode == Mode::ImplicitTls {
+        // The server speaks TLS from the first octet, whether or not the client does.
         h.server_tls = true;
+        if input.header & 4 == 0 {
+            h.client.start_tls();
+        }
     }
     for op in &input.ops {
         h.apply(op);
