@@ -76,6 +76,34 @@ phase sessions_starttls "$SESSIONS" sessions --target "127.0.0.1:$STARTTLS" --tl
 phase messages_2k "$MESSAGES" messages --target "127.0.0.1:$IMPLICIT" --tls implicit --connections 4 --size 2048
 phase messages_100k "$LARGE_MESSAGES" messages --target "127.0.0.1:$IMPLICIT" --tls implicit --connections 4 --size 102400
 
+# The same sessions on the real CPU: valgrind's virtual CPU lacks SHA-NI and ADX, so aws-lc
+# takes its slower SHA-256 and X25519 code paths under callgrind and their shares are inflated.
+# perf samples the native process (cpu-clock: no hardware counters are needed).
+kill $VG 2>/dev/null
+wait $VG 2>/dev/null || true
+PERF_OK=0
+if command -v perf >/dev/null; then
+    "$BIN/smtpsd" --sink --workers 1 --listen "127.0.0.1:$IMPLICIT=implicit-tls" \
+        --cert "$WORK/cert.pem" --key "$WORK/key.pem" --hostname mx.test --log-level warn \
+        2>"$WORK/native.log" &
+    NATIVE=$!
+    trap 'kill $NATIVE 2>/dev/null || true' EXIT
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$IMPLICIT") 2>/dev/null && break
+        sleep 0.1
+    done
+    "${LG[@]}" sessions --target "127.0.0.1:$IMPLICIT" --workers 2 "${COMMON[@]}" --count 200 >/dev/null
+    perf record -q -F 1999 -e cpu-clock -g -o "$WORK/perf.data" -p "$NATIVE" 2>"$WORK/perf.log" &
+    PERF=$!
+    sleep 0.5
+    "${LG[@]}" sessions --target "127.0.0.1:$IMPLICIT" --tls implicit --workers 32 "${COMMON[@]}" \
+        --count "$((SESSIONS * 10))" --pid "$NATIVE" >"$WORK/perf_sessions.summary"
+    kill -INT $PERF 2>/dev/null
+    wait $PERF 2>/dev/null || true
+    kill $NATIVE 2>/dev/null
+    [ -s "$WORK/perf.data" ] && PERF_OK=1
+fi
+
 set +o pipefail # `head` closes callgrind_annotate's pipe early
 {
     echo "## Profile: instructions per operation (callgrind)"
@@ -113,4 +141,20 @@ set +o pipefail # `head` closes callgrind_annotate's pipe early
         echo '```'
         echo
     done
+    if [ "$PERF_OK" = 1 ]; then
+        echo "### sessions_implicit on the real CPU (perf, cpu-clock samples of the native process)"
+        echo
+        echo "$((SESSIONS * 10)) implicit-TLS sessions, 32 at a time, against \`smtpsd --sink --workers 1\`"
+        echo "outside valgrind ($(sed -n 's/.*server_cpu_us_per_op=\([^ ]*\).*/\1/p' "$WORK/perf_sessions.summary") µs of server CPU per session in this run). Share of"
+        echo "samples by object, then the top 15 symbols by their own samples:"
+        echo
+        echo '```'
+        perf report -i "$WORK/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null \
+            | grep '%' | head -5
+        echo
+        perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
+            | grep '%' | head -15 | sed -E 's/ +$//'
+        echo '```'
+        echo
+    fi
 } | tee "$WORK/profile.md"
