@@ -150,10 +150,10 @@ set +o pipefail # `head` closes callgrind_annotate's pipe early
         echo
         echo '```'
         perf report -i "$WORK/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null \
-            | grep '%' | head -5
+            | grep '%' | head -5 | sed -E 's/ +$//'
         echo
         perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
-            | grep '%' | head -15 | sed -E 's/ +$//'
+            | grep '%' | head -15 | sed -E 's/ +- +-$//; s/ +$//'
         echo '```'
         echo
     fi
