@@ -123,7 +123,7 @@ start_smtpsd() { # NAME WORKERS IMPLICIT_PORT STARTTLS_PORT|- DELIVERY...
     [ "$starttls" = - ] || listen+=(--listen "127.0.0.1:$starttls=starttls")
     "$BIN/smtpsd" "$@" "${listen[@]}" --cert "$WORK/cert.pem" --key "$WORK/key.pem" \
         --hostname mx.test --workers "$workers" --max-connections 50000 \
-        --max-connections-per-ip 50000 --log-level warn 2>"$WORK/$name.log" &
+        --max-connections-per-ip 50000 --log-level warn --no-resumption 2>"$WORK/$name.log" &
     STARTED_PIDS+=($!)
     eval "PID_${name//-/_}=$!"
     wait_port "$implicit"

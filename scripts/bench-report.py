@@ -300,9 +300,11 @@ def main():
       "file; then `scripts/profile.sh`). Each load run, with the peer's process ids at the time:\n")
     w("Peers (see `scripts/bench-peers.sh` for their configuration): `smtpsd --sink --workers 2` "
       "(and `--workers 1`, and `--maildir` for the durable test) with `--max-connections 50000 "
-      "--max-connections-per-ip 50000 --log-level warn`; Postfix `smtpd` from Debian's package on "
+      "--max-connections-per-ip 50000 --log-level warn --no-resumption` (no session tickets, like "
+      "every peer here); Postfix `smtpd` from Debian's package on "
       "a `smtps` service with `-o smtpd_tls_wrappermode=yes` and a STARTTLS service, "
-      "`default_transport = discard:`; `stunnel4` (TLS 1.3, NO_TICKET, TCP_NODELAY) in front of "
+      "`default_transport = discard:`, session cache and tickets off "
+      "(`smtpd_tls_session_cache_timeout = 0`); `stunnel4` (TLS 1.3, NO_TICKET, TCP_NODELAY) in front of "
       "`smtp-sink -u postfix -m 60000`; aiosmtpd's `SMTP(Sink())` under `asyncio` with an "
       "`ssl.SSLContext` (TLS 1.3, OP_NO_TICKET) for implicit TLS and `tls_context=` for "
       "STARTTLS.\n")

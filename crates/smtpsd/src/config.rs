@@ -31,6 +31,8 @@ LISTENERS AND CERTIFICATES:
     --cert CHAIN.pem --key KEY.pem
                                 a certificate chain and its private key (PEM); repeatable:
                                 the first pair is the default, later ones are chosen by SNI
+    --no-resumption             no TLS session resumption: no session tickets, no session
+                                cache; every handshake is a full one
     --dev                       development defaults (self-signed certificate for localhost,
                                 implicit TLS on 127.0.0.1:2465, STARTTLS required on
                                 127.0.0.1:2587, --maildir ./maildir, --hostname localhost)
@@ -90,6 +92,9 @@ pub struct Options {
     pub spool: SpoolOption,
     /// `--users`: the AUTH user file.
     pub users: Option<PathBuf>,
+    /// `--no-resumption`: no session tickets and no session cache (RFC 8446 §2.2), so every
+    /// handshake is full and the server sends no `NewSessionTicket`.
+    pub no_resumption: bool,
     /// Our host name (`--hostname`, `localhost` with `--dev`, else the system's).
     pub hostname: String,
     /// Size and count limits.
@@ -270,6 +275,7 @@ where
                 "--version" => return Ok(Command::Version),
                 "--dev" => builder.dev = true,
                 "--sink" => builder.sink = true,
+                "--no-resumption" => builder.no_resumption = true,
                 _ => {}
             }
             continue;
@@ -419,6 +425,7 @@ impl Flag {
         Flag::switch("--version"),
         Flag::switch("--dev"),
         Flag::switch("--sink"),
+        Flag::switch("--no-resumption"),
         Flag::value("--listen"),
         Flag::value("--cert"),
         Flag::value("--key"),
@@ -462,6 +469,7 @@ impl Flag {
 struct Builder {
     dev: bool,
     sink: bool,
+    no_resumption: bool,
     listeners: Vec<Listener>,
     certificates: Vec<CertificateFiles>,
     pending_cert: Option<PathBuf>,
@@ -604,6 +612,7 @@ impl Builder {
             workers: self.workers,
             spool,
             users: self.users,
+            no_resumption: self.no_resumption,
             hostname,
             limits: self.limits,
             timeouts: self.timeouts,
@@ -894,6 +903,15 @@ mod tests {
             parse(["hash-password", "secret"]),
             Err(ConfigError::UnexpectedArgument("secret".into()))
         );
+    }
+
+    #[test]
+    fn resumption_is_on_unless_turned_off() {
+        let args = ["--listen", "127.0.0.1:2525=plain", "--sink"];
+        assert!(!run(&args).no_resumption);
+        let mut off = args.to_vec();
+        off.push("--no-resumption");
+        assert!(run(&off).no_resumption);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use smtps_server::{
     Answer, CloseReason, Context, Credentials, Handler, ListenerMode, Responder, Server,
     ServerConfig, ServerHandle,
 };
-use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings};
+use smtps_tls::{CertificateSource, SessionTickets, TlsAcceptor, TlsSettings};
 
 use crate::config::{ListenerModeName, Options, SpoolOption};
 use crate::maildir::{Delivery, DeliveryError, Maildir, Spool};
@@ -88,6 +88,11 @@ impl Daemon {
             None => None,
             Some(((chain, key), others)) => {
                 let mut settings = TlsSettings::new().certificate_files(chain, key);
+                if options.no_resumption {
+                    settings = settings
+                        .session_tickets(SessionTickets::Off)
+                        .session_cache(0);
+                }
                 for (chain, key) in others {
                     for name in certificate_names(chain, key)? {
                         settings =

@@ -614,6 +614,27 @@ fn sni_chooses_the_certificate_by_any_of_its_subject_alternative_names() {
 }
 
 #[test]
+fn openssl_client_resumes_with_the_session_ticket_rfc8446_2_2() {
+    let daemon = Setup::new().start();
+    let run = daemon.python("resumption", IMPLICIT, &[]);
+    assert_eq!(run.value("ticket"), "True", "no ticket:\n{}", run.stdout);
+    assert_eq!(run.value("reused"), "True", "not resumed:\n{}", run.stdout);
+}
+
+#[test]
+fn no_resumption_sends_no_ticket_and_every_handshake_is_full() {
+    let daemon = Setup::new().args(&["--no-resumption"]).start();
+    let run = daemon.python("resumption", IMPLICIT, &[]);
+    assert_eq!(
+        run.value("ticket"),
+        "False",
+        "a ticket was sent:\n{}",
+        run.stdout
+    );
+    assert_eq!(run.value("reused"), "False", "resumed:\n{}", run.stdout);
+}
+
+#[test]
 fn auth_plain_for_another_authorization_identity_is_refused() {
     let daemon = Setup::new().users().start();
     // RFC 4616 §2: the server must fail unless authcid may act as authzid; smtpsd has no

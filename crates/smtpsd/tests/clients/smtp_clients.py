@@ -402,6 +402,33 @@ def cmd_peer_cert(args):
     tls.close()
 
 
+def cmd_resumption(args):
+    """Two implicit-TLS sessions with one client context (OpenSSL): whether the first got a
+    session ticket, and whether the second resumed with it."""
+    context = tls_context(args)
+    first = context.wrap_socket(
+        socket.create_connection((args.host, args.port), timeout=TIMEOUT),
+        server_hostname="localhost",
+    )
+    client = Raw.__new__(Raw)
+    client.sock, client.buf = first, b""
+    client.expect(220, "greeting")
+    client.command(b"QUIT", 221)
+    session = first.session
+    out("ticket", bool(session is not None and session.has_ticket))
+    first.close()
+    second = context.wrap_socket(
+        socket.create_connection((args.host, args.port), timeout=TIMEOUT),
+        server_hostname="localhost",
+        session=session,
+    )
+    client.sock, client.buf = second, b""
+    client.expect(220, "greeting")
+    client.command(b"QUIT", 221)
+    out("reused", second.session_reused)
+    second.close()
+
+
 def cmd_starttls_injection(args):
     """CVE-2011-0411 style: a command pipelined behind STARTTLS in the same plaintext write
     must not be executed inside the TLS session."""
