@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Instruction counts of smtpsd's hot paths under callgrind: one `smtpsd --sink --workers 1`
-# under `valgrind --tool=callgrind`, driven by smtps-loadgen with fixed counts (not durations),
-# phase by phase; the counters are zeroed before and dumped after each phase
-# (callgrind_control), so start-up, warm-up and shutdown are not in the figures.
+# Instruction counts of smtpsd's hot paths under callgrind: one
+# `smtpsd --sink --workers 1 --no-resumption` (no tickets, like the peers of bench-peers.sh)
+# under `valgrind --tool=callgrind`, driven by smtps-loadgen with fixed counts (not
+# durations), phase by phase; the counters are zeroed before and dumped after each phase
+# (callgrind_control), so start-up, warm-up and shutdown are not in the figures. Then the
+# same sessions on the native process under perf.
 #
 # Prints a Markdown section (instructions per session and per message, top 15 functions by
 # their own instructions in each phase) on standard output and writes it to $WORK/profile.md.
@@ -41,7 +43,7 @@ done
 valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
     "$BIN/smtpsd" --sink --workers 1 --listen "127.0.0.1:$IMPLICIT=implicit-tls" \
     --listen "127.0.0.1:$STARTTLS=starttls" --cert "$WORK/cert.pem" --key "$WORK/key.pem" \
-    --hostname mx.test --log-level warn --timeout-handshake 60 --timeout-command 60 \
+    --hostname mx.test --log-level warn --no-resumption --timeout-handshake 60 --timeout-command 60 \
     2>"$WORK/valgrind.log" &
 VG=$!
 trap 'kill $VG 2>/dev/null; sleep 1; kill -9 $VG 2>/dev/null || true' EXIT
@@ -84,7 +86,7 @@ wait $VG 2>/dev/null || true
 PERF_OK=0
 if command -v perf >/dev/null; then
     "$BIN/smtpsd" --sink --workers 1 --listen "127.0.0.1:$IMPLICIT=implicit-tls" \
-        --cert "$WORK/cert.pem" --key "$WORK/key.pem" --hostname mx.test --log-level warn \
+        --cert "$WORK/cert.pem" --key "$WORK/key.pem" --hostname mx.test --log-level warn --no-resumption \
         2>"$WORK/native.log" &
     NATIVE=$!
     trap 'kill $NATIVE 2>/dev/null || true' EXIT
@@ -108,7 +110,7 @@ set +o pipefail # `head` closes callgrind_annotate's pipe early
 {
     echo "## Profile: instructions per operation (callgrind)"
     echo
-    echo "\`scripts/profile.sh\`: \`smtpsd --sink --workers 1\` under \`valgrind --tool=callgrind\`"
+    echo "\`scripts/profile.sh\`: \`smtpsd --sink --workers 1 --no-resumption\` under \`valgrind --tool=callgrind\`"
     echo "($(valgrind --version)), driven by \`smtps-loadgen --count N\`; counters zeroed before and"
     echo "dumped after each phase. The message phases include the setup of their 4 connections"
     echo "(4 handshakes spread over all messages). Instructions, not time: these repeat for the same"
@@ -144,7 +146,7 @@ set +o pipefail # `head` closes callgrind_annotate's pipe early
     if [ "$PERF_OK" = 1 ]; then
         echo "### sessions_implicit on the real CPU (perf, cpu-clock samples of the native process)"
         echo
-        echo "$((SESSIONS * 10)) implicit-TLS sessions, 32 at a time, against \`smtpsd --sink --workers 1\`"
+        echo "$((SESSIONS * 10)) implicit-TLS sessions, 32 at a time, against \`smtpsd --sink --workers 1 --no-resumption\`"
         echo "outside valgrind ($(sed -n 's/.*server_cpu_us_per_op=\([^ ]*\).*/\1/p' "$WORK/perf_sessions.summary") µs of server CPU per session in this run). Share of"
         echo "samples by object, then the top 15 symbols by their own samples:"
         echo
@@ -153,7 +155,7 @@ set +o pipefail # `head` closes callgrind_annotate's pipe early
             | grep '%' | head -5 | sed -E 's/ +$//'
         echo
         perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
-            | grep '%' | head -15 | sed -E 's/ +- +-$//; s/ +$//'
+            | grep '%' | head -15 | sed -E 's/ +$//; s/ +- +-$//'
         echo '```'
         echo
     fi
