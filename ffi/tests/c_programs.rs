@@ -448,9 +448,19 @@ fn exercise_host(program: &Program) -> Vec<Vec<u8>> {
     sent
 }
 
-/// `on_helo` saw `smtps_session_helo_extended` true for the clients' EHLO (smtplib and the
-/// `s_client` dialogue both send EHLO).
-fn assert_greeted_with_ehlo(log: &str) {
+/// Runs the C host built as `flavour` in `mode` through both clients on both ports: every
+/// message is spooled byte-exact, and `on_helo` saw `smtps_session_helo_extended` true for the
+/// clients' EHLO (smtplib and the `s_client` dialogue both send EHLO).
+fn host_receives_byte_exact(flavour: &str, mode: &str) {
+    if !tools_present() {
+        return;
+    }
+    let host = build("host", flavour);
+    let program = Program::start(&host, &[mode], &format!("spool-{mode}"), &[]);
+    let sent = exercise_host(&program);
+    let spooled = program.spooled();
+    let log = program.stop();
+    assert_eq!(spooled, sent);
     assert!(
         log.contains("greeted with EHLO s-client.test"),
         "on_helo did not see EHLO:\n{log}"
@@ -460,30 +470,12 @@ fn assert_greeted_with_ehlo(log: &str) {
 
 #[test]
 fn host_threads_static_receives_byte_exact() {
-    if !tools_present() {
-        return;
-    }
-    let host = build("host", "static");
-    let program = Program::start(&host, &["threads"], "spool-threads", &[]);
-    let sent = exercise_host(&program);
-    let spooled = program.spooled();
-    let log = program.stop();
-    assert_eq!(spooled, sent);
-    assert_greeted_with_ehlo(&log);
+    host_receives_byte_exact("static", "threads");
 }
 
 #[test]
 fn host_polled_shared_receives_byte_exact() {
-    if !tools_present() {
-        return;
-    }
-    let host = build("host", "shared");
-    let program = Program::start(&host, &["polled"], "spool-polled", &[]);
-    let sent = exercise_host(&program);
-    let spooled = program.spooled();
-    let log = program.stop();
-    assert_eq!(spooled, sent);
-    assert_greeted_with_ehlo(&log);
+    host_receives_byte_exact("shared", "polled");
 }
 
 #[test]
