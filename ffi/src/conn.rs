@@ -544,7 +544,7 @@ pub unsafe extern "C" fn smtps_conn_is_closed(conn: *const smtps_conn) -> bool {
 pub unsafe extern "C" fn smtps_conn_tls_version(conn: *mut smtps_conn) -> smtps_str {
     ffi_boundary! {
         let conn = try_ref_from_ptr!(conn);
-        smtps_str::opt(tls_info(conn).map(TlsInfo::version_name))
+        smtps_str::opt(conn.inner.tls_info().map(TlsInfo::version_name))
     }
 }
 
@@ -556,7 +556,7 @@ pub unsafe extern "C" fn smtps_conn_tls_version(conn: *mut smtps_conn) -> smtps_
 pub unsafe extern "C" fn smtps_conn_tls_cipher(conn: *mut smtps_conn) -> smtps_str {
     ffi_boundary! {
         let conn = try_ref_from_ptr!(conn);
-        smtps_str::opt(tls_info(conn).map(TlsInfo::cipher_suite_name))
+        smtps_str::opt(conn.inner.tls_info().map(TlsInfo::cipher_suite_name))
     }
 }
 
@@ -569,10 +569,6 @@ pub unsafe extern "C" fn smtps_conn_tls_cipher(conn: *mut smtps_conn) -> smtps_s
 pub unsafe extern "C" fn smtps_conn_sni(conn: *mut smtps_conn) -> smtps_str {
     ffi_boundary! {
         let conn = try_ref_from_ptr!(conn);
-        smtps_str::opt(tls_info(conn).and_then(|tls| tls.server_name.as_deref()))
+        smtps_str::opt(conn.inner.tls_info().and_then(|tls| tls.server_name.as_deref()))
     }
-}
-
-fn tls_info(conn: &Conn) -> Option<&TlsInfo> {
-    conn.inner.tls_info()
 }

@@ -559,12 +559,12 @@ impl Harness {
             // The two ends disagree about TLS: what arrives is not for reading.
             _ => {}
         }
-        self.check_replies();
+        self.check_whole_replies();
         true
     }
 
     /// Checks the whole replies received so far; an incomplete last one waits.
-    fn check_replies(&mut self) {
+    fn check_whole_replies(&mut self) {
         let buf = &self.client.replies;
         let mut whole = 0;
         let mut start = 0;
