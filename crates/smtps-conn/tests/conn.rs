@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::time::Instant;
 
 use smtps_conn::{Connection, Error, Mode};
 use smtps_proto::{Event, SessionConfig, Verdict};
@@ -62,7 +63,12 @@ impl Host {
     fn new(fx: &Fixture, mode: Mode) -> Self {
         let mut config = SessionConfig::new("mx.test");
         config.policy.require_tls_for_mail = mode == Mode::StartTls;
-        let conn = Connection::new(mode, Arc::new(config), Some(Arc::clone(&fx.acceptor)))
+        let conn = Connection::new(
+            mode,
+            Arc::new(config),
+            Some(Arc::clone(&fx.acceptor)),
+            Instant::now(),
+        )
             .expect("connection");
         Self {
             conn,
@@ -155,7 +161,7 @@ impl Client {
             }
             let mut moved = false;
             while !self.to_server.is_empty() {
-                let taken = host.conn.feed(&self.to_server).expect("feed");
+                let taken = host.conn.feed(Instant::now(), &self.to_server).expect("feed");
                 self.to_server.drain(..taken);
                 host.drain_events();
                 moved |= taken > 0;
@@ -302,7 +308,7 @@ fn replies_queued_before_starttls_go_out_in_plaintext_in_order_even_when_not_dra
     let mut config = SessionConfig::new("mx.test");
     config.limits.junk_commands = 10_000;
     let acceptor = Some(Arc::clone(&fx.acceptor));
-    let conn = Connection::new(Mode::StartTls, Arc::new(config), acceptor).expect("connection");
+    let conn = Connection::new(Mode::StartTls, Arc::new(config), acceptor, Instant::now()).expect("connection");
     let mut host = Host {
         conn,
         seen: Vec::new(),
@@ -317,7 +323,7 @@ fn replies_queued_before_starttls_go_out_in_plaintext_in_order_even_when_not_dra
     batch.extend_from_slice(b"STARTTLS\r\n");
     let mut fed = 0;
     while fed < batch.len() {
-        let taken = host.conn.feed(&batch[fed..]).expect("feed");
+        let taken = host.conn.feed(Instant::now(), &batch[fed..]).expect("feed");
         host.drain_events();
         fed += taken;
         assert!(taken > 0 || host.conn.wants_read(), "stuck at {fed}");
@@ -360,7 +366,7 @@ fn a_corrupt_record_fails_the_connection_with_an_alert() {
     tls.write_tls(&mut record).expect("record");
     let last = record.len() - 1;
     record[last] ^= 0x40;
-    let failed = host.conn.feed(&record);
+    let failed = host.conn.feed(Instant::now(), &record);
     assert!(matches!(failed, Err(Error::Tls(_))), "{failed:?}");
     assert!(host.conn.is_closed());
     let alert = host.conn.output().to_vec();
@@ -372,7 +378,7 @@ fn a_corrupt_record_fails_the_connection_with_an_alert() {
             .iter()
             .any(|s| matches!(s, Seen::Other(o) if o.contains("Noop")))
     );
-    assert_eq!(host.conn.feed(b"more").expect("ignored after failure"), 4);
+    assert_eq!(host.conn.feed(Instant::now(), b"more").expect("ignored after failure"), 4);
 }
 
 #[test]

@@ -6,9 +6,10 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arbitrary::{Arbitrary, Unstructured};
-use smtps_conn::{Connection, Mode};
+use smtps_conn::{CloseReason, Connection, Mode, Timer};
 use smtps_proto::{DecisionId, Event, Reply, SessionConfig, Verdict};
 use smtps_tls::rustls::ClientConnection;
 use smtps_tls::rustls::pki_types::ServerName;
@@ -180,7 +181,7 @@ pub fn run(input: &ConnInput) -> ConnReport {
     }
     let mode = input.mode();
     let acceptor = Some(Arc::clone(&fixture().acceptor));
-    let conn = Connection::new(mode, Arc::new(config), acceptor).expect("connection");
+    let conn = Connection::new(mode, Arc::new(config), acceptor, Instant::now()).expect("connection");
     let mut h = Harness::new(conn, mode);
     if mode == Mode::ImplicitTls {
         // The server speaks TLS from the first octet, whether or not the client does.
@@ -262,6 +263,8 @@ impl Client {
 
 struct Harness {
     conn: Connection,
+    /// The fuzzer's clock: time does not pass unless an operation says so.
+    now: Instant,
     mode: Mode,
     client: Client,
     /// The server switched to TLS (implicit, or at its STARTTLS event).
@@ -287,6 +290,7 @@ impl Harness {
     fn new(conn: Connection, mode: Mode) -> Self {
         Self {
             conn,
+            now: Instant::now(),
             mode,
             client: Client {
                 tls: None,
@@ -337,7 +341,7 @@ impl Harness {
             ConnOp::Eof => self.conn.feed_eof(),
             ConnOp::Close => {
                 let reply = Reply::from_parts(421, Some("4.4.2"), "Timeout").expect("valid");
-                self.conn.close(&reply);
+                self.conn.close(&reply, CloseReason::Timeout(Timer::Command));
             }
             ConnOp::RefuseMessage => {
                 let reply = Reply::from_parts(452, Some("4.3.1"), "Spool full").expect("valid");
@@ -481,7 +485,7 @@ impl Harness {
             let mut moved = false;
             while !self.client.wire.is_empty() && self.wire_total < WIRE_BUDGET {
                 let n = piece.min(self.client.wire.len());
-                let taken = match self.conn.feed(&self.client.wire[..n]) {
+                let taken = match self.conn.feed(self.now, &self.client.wire[..n]) {
                     Ok(taken) => taken,
                     Err(_) => {
                         self.server_failed = true;
@@ -585,7 +589,7 @@ impl Harness {
             self.drain_events();
             assert!(self.conn.poll_event().is_none(), "an event after close");
             assert_eq!(
-                self.conn.feed(b"NOOP\r\n").ok(),
+                self.conn.feed(self.now, b"NOOP\r\n").ok(),
                 Some(6),
                 "a closed connection refused input"
             );

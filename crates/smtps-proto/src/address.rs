@@ -243,6 +243,29 @@ impl fmt::Display for LocalPart<'_> {
     }
 }
 
+impl ReversePath<'_> {
+    /// The path without its brackets, as hosts log and store it: `user@example.org`, or the
+    /// empty string for the null path `<>` (RFC 5321 §4.5.5).
+    #[must_use]
+    pub fn address(&self) -> String {
+        match self {
+            Self::Null => String::new(),
+            Self::Mailbox(m) => m.to_string(),
+        }
+    }
+}
+
+impl ForwardPath<'_> {
+    /// The path without its brackets: `user@example.org`, or `Postmaster`.
+    #[must_use]
+    pub fn address(&self) -> String {
+        match self {
+            Self::Postmaster => "Postmaster".to_owned(),
+            Self::Mailbox(m) => m.to_string(),
+        }
+    }
+}
+
 /// Writes `local-part@domain`, the local part as written.
 impl fmt::Display for Mailbox<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

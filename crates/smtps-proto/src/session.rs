@@ -178,6 +178,23 @@ pub enum Event<'a> {
     TooManyErrors,
 }
 
+impl Event<'_> {
+    /// The decision this event awaits ([`ServerSession::decide`]), or `None` for a notice.
+    #[must_use]
+    pub fn decision(&self) -> Option<DecisionId> {
+        match *self {
+            Self::Connect { decision }
+            | Self::Helo { decision, .. }
+            | Self::Auth { decision, .. }
+            | Self::Mail { decision, .. }
+            | Self::Rcpt { decision, .. }
+            | Self::DataStart { decision, .. }
+            | Self::MessageEnd { decision, .. } => Some(decision),
+            _ => None,
+        }
+    }
+}
+
 /// One SMTP server session, without I/O.
 ///
 /// See the [crate documentation](crate) for the contract.
@@ -499,6 +516,13 @@ impl ServerSession {
     #[must_use]
     pub fn has_output(&self) -> bool {
         !self.output.is_empty()
+    }
+
+    /// How many reply octets wait for [`ServerSession::poll_transmit`]: what a connection
+    /// counts against its output bound (back-pressure on a client that does not read).
+    #[must_use]
+    pub fn pending_output(&self) -> usize {
+        self.output.len()
     }
 
     /// Whether the session is over (QUIT, a `421`, the client left): send the remaining
@@ -1379,15 +1403,7 @@ impl ServerSession {
     fn refuse(&mut self, kind: PendingKind, reply: &Reply) {
         match kind {
             PendingKind::Connect => {
-                // A refused greeting carries the host's enhanced status, if it gave one, so
-                // that the client can log why (`554 5.7.1`, `421 4.7.0`), as is common
-                // practice; nothing has been advertised yet to say otherwise.
-                let enhanced = reply.status().is_some()
-                    && self
-                        .config
-                        .extensions
-                        .contains(Extensions::ENHANCED_STATUS_CODES);
-                reply.write_to(&mut self.output, enhanced);
+                self.write_greeting_refusal(reply);
                 if reply.code() == ReplyCode::SERVICE_UNAVAILABLE {
                     self.mode = Mode::Closed;
                 } else {
@@ -1463,6 +1479,13 @@ impl ServerSession {
                 })
             );
         let already_aborted = self.txn.as_ref().is_some_and(|txn| txn.refusal.is_some());
+        let before_greeting = matches!(
+            self.pending,
+            Some(Pending {
+                kind: PendingKind::Connect,
+                ..
+            })
+        );
         self.ready.clear();
         self.pending = None;
         self.wipe_sasl();
@@ -1470,8 +1493,10 @@ impl ServerSession {
             self.notice(Notice::Aborted(reason));
         }
         self.txn = None;
-        if let Some(reply) = reply {
-            self.reply(reply);
+        match reply {
+            Some(reply) if before_greeting => self.write_greeting_refusal(reply),
+            Some(reply) => self.reply(reply),
+            None => {}
         }
         self.mode = Mode::Closed;
     }
@@ -1494,6 +1519,18 @@ impl ServerSession {
     ) {
         let reply = reply.unwrap_or_else(|| Reply::fixed(code, status, text));
         self.reply(&reply);
+    }
+
+    /// Writes a reply given instead of the greeting. It carries the host's enhanced status,
+    /// if it gave one, so that the client can log why (`554 5.7.1`, `421 4.7.0`), as is
+    /// common practice; nothing has been advertised yet to say otherwise.
+    fn write_greeting_refusal(&mut self, reply: &Reply) {
+        let enhanced = reply.status().is_some()
+            && self
+                .config
+                .extensions
+                .contains(Extensions::ENHANCED_STATUS_CODES);
+        reply.write_to(&mut self.output, enhanced);
     }
 
     /// Writes a reply that never carries an enhanced status: the greeting and the HELO/EHLO

@@ -5,13 +5,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use mio::{Token, Waker};
+use smtps_conn::{CloseReason, Mode};
 use smtps_proto::{
     AbortReason, AuthMechanism, DecisionId, ForwardPath, HeloName, MailParameters, RcptParameters,
     Reply, ReplyCode, ReversePath, Verdict,
 };
 use smtps_tls::TlsInfo;
-
-use crate::config::ListenerMode;
 
 /// The host: decides on each step of every session.
 ///
@@ -168,30 +167,6 @@ pub struct Credentials<'a> {
     pub password: &'a str,
 }
 
-/// Why a connection closed.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client sent QUIT.
-    Quit,
-    /// The client closed the connection.
-    ClientClosed,
-    /// A timer expired.
-    Timeout,
-    /// The client made too many errors, or sent too many commands.
-    TooManyErrors,
-    /// Over a connection limit.
-    Limit,
-    /// The host answered `421`, or refused the connection.
-    Refused,
-    /// The server is shutting down.
-    Shutdown,
-    /// The TLS handshake or a TLS record failed.
-    Tls(String),
-    /// A socket error.
-    Io(String),
-}
-
 /// What is known about a session, for every decision.
 #[non_exhaustive]
 #[derive(Debug, Clone)]
@@ -205,7 +180,7 @@ pub struct SessionInfo {
     /// The index of the listener in [`crate::ServerConfig::listeners`].
     pub listener: usize,
     /// The listener's mode.
-    pub mode: ListenerMode,
+    pub mode: Mode,
     /// What TLS negotiated, once it has (implicit TLS, or after STARTTLS).
     pub tls: Option<TlsInfo>,
     /// The HELO/EHLO name, once accepted.

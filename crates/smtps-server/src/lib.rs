@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use smtps_server::{Answer, Context, Handler, ListenerMode, Server, ServerConfig};
+//! use smtps_server::{Answer, Context, Handler, Mode, Server, ServerConfig};
 //! use smtps_proto::{Reply, SessionConfig};
 //!
 //! /// Accepts everything and throws it away (a sink, like Postfix's `smtp-sink`).
@@ -31,8 +31,8 @@
 //!     smtps_tls::TlsSettings::new().certificate_files("/etc/ssl/mail.pem", "/etc/ssl/mail.key").build()?,
 //! );
 //! let config = ServerConfig::new(SessionConfig::new("mx.example.org"))
-//!     .listener("[::]:465".parse()?, ListenerMode::ImplicitTls)
-//!     .listener("[::]:587".parse()?, ListenerMode::StartTlsRequired)
+//!     .listener("[::]:465".parse()?, Mode::ImplicitTls)
+//!     .listener("[::]:587".parse()?, Mode::StartTlsRequired)
 //!     .tls(tls);
 //! let server = Server::bind(config, Sink)?;
 //! let handle = server.handle(); // handle.shutdown(grace) from a signal handler thread
@@ -59,7 +59,8 @@ mod handler;
 mod server;
 mod worker;
 
-pub use config::{ConnectionLimits, ListenerConfig, ListenerMode, ServerConfig, Timeouts};
+pub use config::{ConnectionLimits, ListenerConfig, ServerConfig};
 pub use error::Error;
-pub use handler::{Answer, CloseReason, Context, Credentials, Handler, Responder, SessionInfo};
+pub use handler::{Answer, Context, Credentials, Handler, Responder, SessionInfo};
+pub use smtps_conn::{CloseReason, Mode, Timeouts, Timer};
 pub use server::{RunningServer, Server, ServerHandle};

@@ -12,7 +12,9 @@ use mio::{Poll, Waker};
 use smtps_proto::SessionConfig;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{ListenerMode, ServerConfig};
+use smtps_conn::Mode;
+
+use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::handler::{Handler, Mailbox};
 use crate::worker::{WAKER, Worker};
@@ -117,7 +119,7 @@ impl<H: Handler> Server<H> {
             .iter()
             .map(|listener| {
                 let mut session = config.session.clone();
-                if listener.mode == ListenerMode::StartTlsRequired {
+                if listener.mode == Mode::StartTlsRequired {
                     session.policy.require_tls_for_mail = true;
                 }
                 Arc::new(session)

@@ -12,8 +12,8 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use smtps_proto::{AbortReason, Reply, SessionConfig};
 use smtps_server::{
-    Answer, CloseReason, Context, Handler, ListenerMode, Responder, RunningServer, Server,
-    ServerConfig,
+    Answer, CloseReason, Context, Handler, Mode, Responder, RunningServer, Server, ServerConfig,
+    Timer,
 };
 use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings};
 
@@ -164,10 +164,10 @@ fn start(
     let (source, roots) = certificate();
     let tls = Arc::new(TlsAcceptor::new(TlsSettings::new().default_certificate(source)).unwrap());
     let mut config = ServerConfig::new(SessionConfig::new("mx.test"))
-        .listener("127.0.0.1:0".parse().unwrap(), ListenerMode::ImplicitTls)
+        .listener("127.0.0.1:0".parse().unwrap(), Mode::ImplicitTls)
         .listener(
             "127.0.0.1:0".parse().unwrap(),
-            ListenerMode::StartTlsRequired,
+            Mode::StartTlsRequired,
         )
         .tls(tls);
     config.workers = 2;
@@ -519,7 +519,7 @@ fn command_timeout_answers_421_rfc5321_4_5_3_2() {
             .lock()
             .unwrap()
             .closed
-            .contains(&CloseReason::Timeout)
+            .contains(&CloseReason::Timeout(Timer::Command))
     });
 }
 
@@ -641,7 +641,7 @@ fn port_in_use_is_named_in_the_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let config =
-        ServerConfig::new(SessionConfig::new("mx.test")).listener(addr, ListenerMode::Plain);
+        ServerConfig::new(SessionConfig::new("mx.test")).listener(addr, Mode::Plain);
     let log = Arc::new(Mutex::new(Log::default()));
     let error = Server::bind(
         config,
@@ -662,7 +662,7 @@ fn port_in_use_is_named_in_the_error() {
 #[test]
 fn tls_listener_without_certificate_is_a_configuration_error() {
     let config = ServerConfig::new(SessionConfig::new("mx.test"))
-        .listener("127.0.0.1:0".parse().unwrap(), ListenerMode::ImplicitTls);
+        .listener("127.0.0.1:0".parse().unwrap(), Mode::ImplicitTls);
     let log = Arc::new(Mutex::new(Log::default()));
     let error = Server::bind(
         config,
@@ -752,7 +752,7 @@ fn stalled_starttls_handshake_times_out() {
             .lock()
             .unwrap()
             .closed
-            .contains(&CloseReason::Timeout)
+            .contains(&CloseReason::Timeout(Timer::Handshake))
     });
 }
 

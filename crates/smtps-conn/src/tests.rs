@@ -1,0 +1,364 @@
+//! The engine alone, under a fake clock: every timer, the output bound, end of stream at each
+//! stage, and the close reasons.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smtps_proto::{Event, Reply, SessionConfig, Verdict};
+use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings};
+
+use super::*;
+
+fn config() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig::new("mx.test"))
+}
+
+fn acceptor() -> Arc<TlsAcceptor> {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("self-signed certificate");
+    Arc::new(
+        TlsSettings::new()
+            .default_certificate(CertificateSource::pem(
+                certified.cert.pem(),
+                certified.signing_key.serialize_pem(),
+            ))
+            .build()
+            .expect("acceptor"),
+    )
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        handshake: Duration::from_secs(10),
+        command: Duration::from_secs(300),
+        data_block: Duration::from_secs(180),
+        decision: Duration::from_secs(300),
+        session: Duration::from_secs(3600),
+        close_linger: Duration::from_secs(5),
+    }
+}
+
+fn plain(now: Instant) -> Connection {
+    let mut conn = Connection::new(Mode::Plain, config(), None, now).expect("plain connection");
+    conn.set_timeouts(timeouts());
+    conn
+}
+
+/// Accepts every decision; returns the notices seen, by name.
+fn accept_all(conn: &mut Connection) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..100_000 {
+        let Some(event) = conn.poll_event() else {
+            break;
+        };
+        seen.push(format!("{event:?}"));
+        if let Some(decision) = event.decision() {
+            conn.decide(decision, Verdict::Accept).expect("decide");
+        }
+    }
+    seen
+}
+
+fn drain(conn: &mut Connection) -> String {
+    let out = String::from_utf8_lossy(conn.output()).into_owned();
+    let n = out.len();
+    conn.consume_output(n);
+    out
+}
+
+fn ready(now: Instant) -> Connection {
+    let mut conn = plain(now);
+    accept_all(&mut conn);
+    conn.feed(now, b"EHLO c.test\r\n").expect("feed");
+    accept_all(&mut conn);
+    drain(&mut conn);
+    conn
+}
+
+#[test]
+fn tls_mode_without_acceptor_is_refused() {
+    let now = Instant::now();
+    for mode in [Mode::ImplicitTls, Mode::StartTls, Mode::StartTlsRequired] {
+        assert!(matches!(
+            Connection::new(mode, config(), None, now),
+            Err(Error::TlsNotConfigured)
+        ));
+    }
+}
+
+#[test]
+fn plain_connection_greets_once_connect_is_accepted() {
+    let mut conn = plain(Instant::now());
+    let Some(Event::Connect { decision }) = conn.poll_event() else {
+        panic!("no connect event");
+    };
+    assert!(conn.output().is_empty(), "greeting before the decision");
+    conn.decide(decision, Verdict::Accept).expect("decide");
+    let mut buf = [0u8; 3];
+    assert_eq!(conn.take_output(&mut buf), 3);
+    assert_eq!(&buf, b"220");
+    assert!(conn.output().ends_with(b"\r\n"));
+}
+
+#[test]
+fn starttls_required_mode_refuses_mail_before_tls_rfc8314_3_1() {
+    let now = Instant::now();
+    let mut conn =
+        Connection::new(Mode::StartTlsRequired, config(), Some(acceptor()), now).expect("conn");
+    accept_all(&mut conn);
+    conn.feed(now, b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n")
+        .expect("feed");
+    accept_all(&mut conn);
+    let out = drain(&mut conn);
+    assert!(out.contains("530 5.7.0"), "{out}");
+}
+
+#[test]
+fn end_of_stream_before_the_greeting_closes_the_connection() {
+    let now = Instant::now();
+    let mut conn = plain(now);
+    conn.feed_eof();
+    while conn.poll_event().is_some() {}
+    assert!(conn.is_closed());
+    assert_eq!(conn.close_reason(), Some(&CloseReason::ClientClosed));
+    assert_eq!(conn.feed(now, b"NOOP\r\n").expect("ignored"), 6);
+    assert!(!conn.wants_read());
+}
+
+#[test]
+fn end_of_stream_during_the_implicit_tls_handshake_closes_at_once() {
+    let now = Instant::now();
+    let mut conn = Connection::new(Mode::ImplicitTls, config(), Some(acceptor()), now)
+        .expect("implicit");
+    // A partial ClientHello record header, then the client goes.
+    conn.feed(now, &[0x16, 0x03, 0x01]).expect("partial hello");
+    assert!(!conn.is_closed());
+    conn.feed_eof();
+    assert!(conn.is_finished(), "{conn:?}");
+    assert_eq!(conn.close_reason(), Some(&CloseReason::ClientClosed));
+    assert_eq!(conn.poll_timeout(), None);
+}
+
+#[test]
+fn end_of_stream_mid_message_aborts_it_and_closes() {
+    let now = Instant::now();
+    let mut conn = ready(now);
+    conn.feed(
+        now,
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nhalf a bo",
+    )
+    .expect("feed");
+    accept_all(&mut conn);
+    conn.feed_eof();
+    let seen = accept_all(&mut conn);
+    assert!(
+        seen.iter().any(|e| e.contains("MessageAborted")),
+        "{seen:?}"
+    );
+    drain(&mut conn);
+    assert!(conn.is_finished());
+    assert_eq!(conn.close_reason(), Some(&CloseReason::ClientClosed));
+}
+
+#[test]
+fn a_socket_error_drops_output_and_closes_with_its_kind() {
+    let now = Instant::now();
+    let mut conn = ready(now);
+    conn.feed(now, b"NOOP\r\n").expect("feed");
+    accept_all(&mut conn);
+    assert!(conn.wants_write());
+    conn.socket_failed(std::io::ErrorKind::ConnectionReset);
+    accept_all(&mut conn);
+    assert!(conn.is_finished());
+    assert_eq!(
+        conn.close_reason(),
+        Some(&CloseReason::Io(std::io::ErrorKind::ConnectionReset))
+    );
+}
+
+#[test]
+fn quit_and_too_many_errors_and_a_host_421_are_told_apart() {
+    let now = Instant::now();
+    let mut conn = ready(now);
+    conn.feed(now, b"QUIT\r\n").expect("feed");
+    accept_all(&mut conn);
+    assert_eq!(conn.close_reason(), Some(&CloseReason::Quit));
+
+    let mut conn = ready(now);
+    conn.feed(now, &b"BOGUS\r\n".repeat(50)).expect("feed");
+    accept_all(&mut conn);
+    assert_eq!(conn.close_reason(), Some(&CloseReason::TooManyErrors));
+
+    let mut conn = ready(now);
+    conn.feed(now, b"MAIL FROM:<a@b.test>\r\n").expect("feed");
+    let decision = conn
+        .poll_event()
+        .and_then(|e| e.decision())
+        .expect("mail decision");
+    let busy = Reply::from_parts(421, Some("4.3.2"), "busy").expect("reply");
+    conn.decide(decision, Verdict::Reject(busy)).expect("decide");
+    assert_eq!(conn.close_reason(), Some(&CloseReason::Refused));
+    assert!(drain(&mut conn).starts_with("421 4.3.2 busy"));
+}
+
+#[test]
+fn the_command_timer_fires_421_after_idle_rfc5321_4_5_3_2_7() {
+    let start = Instant::now();
+    let mut conn = ready(start);
+    let deadline = conn.poll_timeout().expect("a timer runs");
+    assert_eq!(deadline, start + Duration::from_secs(300));
+    conn.handle_timeout(deadline - Duration::from_millis(1));
+    assert!(!conn.is_closed(), "fired early");
+    conn.handle_timeout(deadline);
+    assert!(conn.is_closed());
+    assert_eq!(
+        conn.close_reason(),
+        Some(&CloseReason::Timeout(Timer::Command))
+    );
+    assert!(drain(&mut conn).starts_with("421 4.4.2 mx.test Timeout"));
+    assert!(conn.is_finished());
+    assert_eq!(conn.poll_timeout(), None);
+}
+
+#[test]
+fn input_restarts_the_command_timer() {
+    let start = Instant::now();
+    let mut conn = ready(start);
+    let later = start + Duration::from_secs(200);
+    conn.feed(later, b"NOOP\r\n").expect("feed");
+    accept_all(&mut conn);
+    assert_eq!(conn.poll_timeout(), Some(later + Duration::from_secs(300)));
+    conn.handle_timeout(start + Duration::from_secs(300));
+    assert!(!conn.is_closed());
+}
+
+#[test]
+fn the_data_block_timer_runs_inside_a_message_rfc5321_4_5_3_2_5() {
+    let start = Instant::now();
+    let mut conn = ready(start);
+    conn.feed(
+        start,
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nsome",
+    )
+    .expect("feed");
+    accept_all(&mut conn);
+    let deadline = conn.poll_timeout().expect("timer");
+    assert_eq!(deadline, start + Duration::from_secs(180));
+    conn.handle_timeout(deadline);
+    let seen = accept_all(&mut conn);
+    assert!(seen.iter().any(|e| e.contains("MessageAborted")), "{seen:?}");
+    assert_eq!(
+        conn.close_reason(),
+        Some(&CloseReason::Timeout(Timer::DataBlock))
+    );
+}
+
+#[test]
+fn no_idle_timer_runs_while_the_host_decides() {
+    let start = Instant::now();
+    let mut conn = ready(start);
+    conn.feed(start, b"MAIL FROM:<a@b.test>\r\n").expect("feed");
+    let decision = conn
+        .poll_event()
+        .and_then(|e| e.decision())
+        .expect("mail decision");
+    // Only the session timer is left.
+    assert_eq!(conn.poll_timeout(), Some(start + Duration::from_secs(3600)));
+    let answered = start + Duration::from_secs(1000);
+    conn.handle_timeout(answered);
+    conn.decide(decision, Verdict::Accept).expect("decide");
+    conn.handle_timeout(answered);
+    assert_eq!(
+        conn.poll_timeout(),
+        Some(answered + Duration::from_secs(300))
+    );
+}
+
+#[test]
+fn the_session_timer_bounds_even_a_busy_session() {
+    let start = Instant::now();
+    let mut conn = ready(start);
+    for minute in 1..=61u64 {
+        let now = start + Duration::from_secs(minute * 60);
+        conn.handle_timeout(now);
+        if conn.is_closed() {
+            break;
+        }
+        conn.feed(now, b"NOOP\r\n").expect("feed");
+        accept_all(&mut conn);
+        drain(&mut conn);
+    }
+    assert_eq!(
+        conn.close_reason(),
+        Some(&CloseReason::Timeout(Timer::Session))
+    );
+}
+
+#[test]
+fn the_handshake_timer_closes_a_stalled_handshake() {
+    let start = Instant::now();
+    let mut conn = Connection::new(Mode::ImplicitTls, config(), Some(acceptor()), start)
+        .expect("implicit");
+    conn.set_timeouts(timeouts());
+    assert_eq!(conn.poll_timeout(), Some(start + Duration::from_secs(10)));
+    conn.handle_timeout(start + Duration::from_secs(10));
+    assert!(conn.is_finished());
+    assert_eq!(
+        conn.close_reason(),
+        Some(&CloseReason::Timeout(Timer::Handshake))
+    );
+}
+
+#[test]
+fn the_close_linger_drops_output_a_client_does_not_read() {
+    let start = Instant::now();
+    let mut conn = ready(start);
+    conn.feed(start, b"QUIT\r\n").expect("feed");
+    accept_all(&mut conn);
+    assert!(conn.is_closed() && conn.wants_write());
+    assert!(!conn.is_finished());
+    let deadline = conn.poll_timeout().expect("linger");
+    assert_eq!(deadline, start + Duration::from_secs(5));
+    conn.handle_timeout(deadline);
+    assert!(conn.is_finished());
+    assert!(conn.output().is_empty());
+}
+
+#[test]
+fn pipelined_input_with_nothing_drained_stays_within_the_output_bound() {
+    let now = Instant::now();
+    let mut conn = ready(now);
+    // EHLO: not a junk command, and the longest reply per octet sent.
+    let input = b"EHLO c.test\r\n".repeat(2_600_000 / 13);
+    let mut offered = &input[..];
+    let mut most_held = 0;
+    for _ in 0..100_000 {
+        let taken = conn.feed(now, offered).expect("feed");
+        accept_all(&mut conn);
+        most_held = most_held.max(conn.pending_output());
+        offered = &offered[taken..];
+        if taken == 0 {
+            break;
+        }
+    }
+    assert!(!offered.is_empty(), "took everything without draining");
+    assert!(!conn.wants_read());
+    assert!(
+        most_held <= OUTPUT_LIMIT + 512,
+        "held {most_held} octets of replies"
+    );
+    // Draining lets it go on, and every command is answered in the end.
+    let mut answered = 0;
+    for _ in 0..100_000 {
+        answered += drain(&mut conn).matches("250 ").count();
+        let taken = conn.feed(now, offered).expect("feed");
+        offered = &offered[taken..];
+        accept_all(&mut conn);
+        assert!(conn.pending_output() <= OUTPUT_LIMIT + 512);
+        if offered.is_empty() && conn.pending_output() == 0 {
+            answered += drain(&mut conn).matches("250 ").count();
+            break;
+        }
+    }
+    assert_eq!(answered, input.len() / 13);
+}
