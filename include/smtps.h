@@ -21,6 +21,14 @@
 #define SMTPS_VERSION_NUMBER 0x000100
 
 /**
+ * The output bound of a connection: while more than this many octets of output wait for
+ * `smtps_conn_take_output`, the connection takes no input (`smtps_conn_feed` takes 0 octets,
+ * `smtps_conn_wants_read` is false) and gives no events. A connection holds at most this,
+ * plus one reply, plus 64 KiB inside the TLS layer, whatever the client sends.
+ */
+#define SMTPS_CONN_OUTPUT_LIMIT 65536
+
+/**
  * The result of a call: `SMTPS_RESULT_OK` (0) or what went wrong.
  *
  * `smtps_result_message()` describes a code; `smtps_last_error()` gives the details of the
@@ -600,6 +608,12 @@ typedef struct smtps_callbacks {
 #define SMTPS_TIMEOUT_SESSION 4
 
 /**
+ * How long a closing connection may take to send its last replies to a client that does
+ * not read; then they are dropped and the connection is over. Default 5 s.
+ */
+#define SMTPS_TIMEOUT_CLOSE_LINGER 5
+
+/**
  * Largest message in octets, advertised with SIZE. Default 25 MiB.
  */
 #define SMTPS_LIMIT_MESSAGE_SIZE 0
@@ -756,8 +770,10 @@ smtps_result smtps_config_reload_certificates(const struct smtps_config *config)
 smtps_result smtps_config_set_workers(struct smtps_config *config, size_t workers);
 
 /**
- * Sets a timer (`SMTPS_TIMEOUT_*`) in milliseconds, more than 0. Timers apply at the server
- * level; a connection-level host keeps its own time.
+ * Sets a timer (`SMTPS_TIMEOUT_*`) in milliseconds, more than 0. Timers apply to the server
+ * level and to connections made from this config with `smtps_conn_new` (see
+ * `smtps_conn_next_timeout_ms`), except `SMTPS_TIMEOUT_DECISION`, which only the server
+ * level enforces (a connection-level host owns its decisions).
  *
  * # Safety
  * `config` is a live config.
@@ -915,8 +931,10 @@ smtps_result smtps_conn_take_output(struct smtps_conn *conn,
                                     size_t *n_out);
 
 /**
- * Whether the host should read from the socket and feed the connection (false while input
- * waits inside it, after the end of stream, and once closed).
+ * Whether the host should read from the socket and feed the connection: false while input
+ * waits inside it, while more than `SMTPS_CONN_OUTPUT_LIMIT` octets of output wait for
+ * `smtps_conn_take_output` (back-pressure on a client that pipelines without reading: send
+ * first), after the end of stream, and once closed. False for NULL.
  *
  * # Safety
  * `conn` is NULL or a live connection.
@@ -965,6 +983,50 @@ struct smtps_str smtps_conn_tls_cipher(struct smtps_conn *conn);
  * `conn` is NULL or a live connection.
  */
 struct smtps_str smtps_conn_sni(struct smtps_conn *conn);
+
+/**
+ * Milliseconds until `smtps_conn_handle_timeout` should be called (0: now), or -1 when no
+ * timer runs (the connection is over and its output sent or dropped). Use it as the timeout
+ * of the host's `poll()`, and ask again after every call that changes the connection.
+ *
+ * The timers are the config's `SMTPS_TIMEOUT_HANDSHAKE`, `_COMMAND`, `_DATA_BLOCK`,
+ * `_SESSION` and `_CLOSE_LINGER`, measured on the library's monotonic clock. -1 for NULL.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection.
+ */
+int64_t smtps_conn_next_timeout_ms(const struct smtps_conn *conn);
+
+/**
+ * Fires the timers that are due: an idle or overlong session is answered `421 4.4.2` and
+ * closes (send the output, then close), a stalled TLS handshake closes, a closing connection
+ * whose client does not read drops its output. Then poll events and output as after a
+ * feed. Calling it early is harmless.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection.
+ */
+smtps_result smtps_conn_handle_timeout(struct smtps_conn *conn);
+
+/**
+ * Octets of output waiting for `smtps_conn_take_output`, as counted against
+ * `SMTPS_CONN_OUTPUT_LIMIT`. 0 for NULL.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection.
+ */
+size_t smtps_conn_pending_output(const struct smtps_conn *conn);
+
+/**
+ * Why the connection closed (`SMTPS_CLOSE_REASON_*`), once `smtps_conn_is_closed` is true:
+ * QUIT, the client left, which kind of timer (`SMTPS_CLOSE_REASON_TIMEOUT`), too many
+ * errors, the host's `421` or `smtps_conn_close` (`REFUSED`), TLS, a socket error.
+ * `SMTPS_CLOSE_REASON_OTHER` while open and for NULL.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection.
+ */
+smtps_close_reason smtps_conn_close_reason(const struct smtps_conn *conn);
 
 /**
  * Writes a description of `result` into `buf` as a NUL-terminated string, cut to fit.

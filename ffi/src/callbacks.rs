@@ -93,7 +93,7 @@ impl From<&CloseReason> for smtps_close_reason {
         match reason {
             CloseReason::Quit => Self::Quit,
             CloseReason::ClientClosed => Self::ClientClosed,
-            CloseReason::Timeout => Self::Timeout,
+            CloseReason::Timeout(_) => Self::Timeout,
             CloseReason::TooManyErrors => Self::TooManyErrors,
             CloseReason::Limit => Self::Limit,
             CloseReason::Refused => Self::Refused,

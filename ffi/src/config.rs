@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use smtps_proto::SessionConfig;
-use smtps_server::{ConnectionLimits, ListenerConfig, ListenerMode, ServerConfig, Timeouts};
+use smtps_server::{ConnectionLimits, ListenerConfig, Mode, ServerConfig, Timeouts};
 use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings};
 
 use crate::error::{fail, smtps_result, tls_error};
@@ -58,6 +58,9 @@ pub const SMTPS_TIMEOUT_DATA_BLOCK: smtps_timeout = 2;
 pub const SMTPS_TIMEOUT_DECISION: smtps_timeout = 3;
 /// A whole session. Default 3600 s.
 pub const SMTPS_TIMEOUT_SESSION: smtps_timeout = 4;
+/// How long a closing connection may take to send its last replies to a client that does
+/// not read; then they are dropped and the connection is over. Default 5 s.
+pub const SMTPS_TIMEOUT_CLOSE_LINGER: smtps_timeout = 5;
 
 /// A limit to set with `smtps_config_set_limit`: one of the `SMTPS_LIMIT_*` values.
 #[allow(non_camel_case_types)]
@@ -142,10 +145,15 @@ impl Config {
         Ok(Some(acceptor))
     }
 
+    /// The timers.
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
     /// The SMTP settings for a connection in `mode`.
-    pub(crate) fn session_config(&self, mode: ListenerMode) -> Arc<SessionConfig> {
+    pub(crate) fn session_config(&self, mode: Mode) -> Arc<SessionConfig> {
         let mut session = self.session.clone();
-        if mode == ListenerMode::StartTlsRequired {
+        if mode == Mode::StartTlsRequired {
             session.policy.require_tls_for_mail = true;
         }
         Arc::new(session)
@@ -157,19 +165,19 @@ impl Config {
         config.listeners.clone_from(&self.listeners);
         config.tls = self.acceptor()?;
         config.workers = self.workers;
-        config.timeouts = self.timeouts.clone();
+        config.timeouts = self.timeouts;
         config.limits = self.limits.clone();
         Ok(config)
     }
 }
 
 /// The listener mode for a raw `smtps_mode`.
-pub(crate) fn listener_mode(mode: smtps_mode) -> Result<ListenerMode, smtps_result> {
+pub(crate) fn listener_mode(mode: smtps_mode) -> Result<Mode, smtps_result> {
     match mode {
-        SMTPS_MODE_IMPLICIT_TLS => Ok(ListenerMode::ImplicitTls),
-        SMTPS_MODE_START_TLS => Ok(ListenerMode::StartTls),
-        SMTPS_MODE_START_TLS_REQUIRED => Ok(ListenerMode::StartTlsRequired),
-        SMTPS_MODE_PLAIN => Ok(ListenerMode::Plain),
+        SMTPS_MODE_IMPLICIT_TLS => Ok(Mode::ImplicitTls),
+        SMTPS_MODE_START_TLS => Ok(Mode::StartTls),
+        SMTPS_MODE_START_TLS_REQUIRED => Ok(Mode::StartTlsRequired),
+        SMTPS_MODE_PLAIN => Ok(Mode::Plain),
         other => Err(fail(
             smtps_result::InvalidParameter,
             format_args!("{other} is not an smtps_mode"),
@@ -178,11 +186,11 @@ pub(crate) fn listener_mode(mode: smtps_mode) -> Result<ListenerMode, smtps_resu
 }
 
 /// The `smtps_mode` of a listener mode.
-pub(crate) fn mode_number(mode: ListenerMode) -> smtps_mode {
+pub(crate) fn mode_number(mode: Mode) -> smtps_mode {
     match mode {
-        ListenerMode::ImplicitTls => SMTPS_MODE_IMPLICIT_TLS,
-        ListenerMode::StartTls => SMTPS_MODE_START_TLS,
-        ListenerMode::StartTlsRequired => SMTPS_MODE_START_TLS_REQUIRED,
+        Mode::ImplicitTls => SMTPS_MODE_IMPLICIT_TLS,
+        Mode::StartTls => SMTPS_MODE_START_TLS,
+        Mode::StartTlsRequired => SMTPS_MODE_START_TLS_REQUIRED,
         _ => SMTPS_MODE_PLAIN,
     }
 }
@@ -380,8 +388,10 @@ pub unsafe extern "C" fn smtps_config_set_workers(
     }
 }
 
-/// Sets a timer (`SMTPS_TIMEOUT_*`) in milliseconds, more than 0. Timers apply at the server
-/// level; a connection-level host keeps its own time.
+/// Sets a timer (`SMTPS_TIMEOUT_*`) in milliseconds, more than 0. Timers apply to the server
+/// level and to connections made from this config with `smtps_conn_new` (see
+/// `smtps_conn_next_timeout_ms`), except `SMTPS_TIMEOUT_DECISION`, which only the server
+/// level enforces (a connection-level host owns its decisions).
 ///
 /// # Safety
 /// `config` is a live config.
@@ -404,6 +414,7 @@ pub unsafe extern "C" fn smtps_config_set_timeout(
             SMTPS_TIMEOUT_DATA_BLOCK => &mut timeouts.data_block,
             SMTPS_TIMEOUT_DECISION => &mut timeouts.decision,
             SMTPS_TIMEOUT_SESSION => &mut timeouts.session,
+            SMTPS_TIMEOUT_CLOSE_LINGER => &mut timeouts.close_linger,
             other => {
                 return fail(smtps_result::InvalidParameter, format_args!("{other} is not an smtps_timeout"));
             }

@@ -2,13 +2,13 @@
 //! their sockets (fork-per-connection, Exim style).
 
 use std::ffi::c_char;
+use std::time::Instant;
 
-use ::smtps_conn::{Connection, Mode};
+use ::smtps_conn::{CloseReason, Connection};
 use smtps_proto::{Event, Reply};
-use smtps_server::ListenerMode;
 use smtps_tls::TlsInfo;
 
-use crate::callbacks::smtps_abort_reason;
+use crate::callbacks::{smtps_abort_reason, smtps_close_reason};
 use crate::config::{listener_mode, smtps_config, smtps_mode};
 use crate::error::{conn_error, fail, smtps_result};
 use crate::ffi::{
@@ -158,15 +158,11 @@ pub unsafe extern "C" fn smtps_conn_new(
             Ok(acceptor) => acceptor,
             Err(error) => return error,
         };
-        let conn_mode = match mode {
-            ListenerMode::ImplicitTls => Mode::ImplicitTls,
-            ListenerMode::Plain => Mode::Plain,
-            _ => Mode::StartTls,
-        };
-        let inner = match Connection::new(conn_mode, config.session_config(mode), acceptor) {
+        let mut inner = match Connection::new(mode, config.session_config(mode), acceptor, Instant::now()) {
             Ok(inner) => inner,
             Err(error) => return conn_error(error),
         };
+        inner.set_timeouts(config.timeouts());
         let conn = Conn {
             inner,
             text: String::new(),
@@ -215,7 +211,7 @@ pub unsafe extern "C" fn smtps_conn_feed(
         let Some(data) = (unsafe { byte_slice(data, len) }) else {
             return crate::panic::NullParameterOrDefault::value();
         };
-        let taken = match conn.inner.feed(data) {
+        let taken = match conn.inner.feed(Instant::now(), data) {
             Ok(taken) => taken,
             Err(error) => return conn_error(error),
         };
@@ -305,13 +301,13 @@ fn next_event(conn: &mut Conn) -> smtps_event {
             out.kind = smtps_event_kind::Mail;
             out.decision = decision.as_u64();
             awaiting = Some(decision);
-            *text = strip_brackets(from.to_string());
+            *text = from.address();
         }
         Event::Rcpt { decision, to, .. } => {
             out.kind = smtps_event_kind::Rcpt;
             out.decision = decision.as_u64();
             awaiting = Some(decision);
-            *text = strip_brackets(to.to_string());
+            *text = to.address();
         }
         Event::DataStart { decision, chunked } => {
             out.kind = smtps_event_kind::DataStart;
@@ -356,14 +352,6 @@ fn next_event(conn: &mut Conn) -> smtps_event {
     out
 }
 
-/// `<a@b>` → `a@b`, `<>` → ``.
-fn strip_brackets(path: String) -> String {
-    match path.strip_prefix('<').and_then(|p| p.strip_suffix('>')) {
-        Some(inner) => inner.to_owned(),
-        None => path,
-    }
-}
-
 /// Answers a decision. `code` 0 accepts with the default reply; 2xx (3xx for DATA) accepts
 /// with the host's reply; 4xx/5xx refuses (`421` closes). `enhanced` (such as `"2.0.0"`) and
 /// `text` are NULL or NUL-terminated UTF-8, copied.
@@ -394,6 +382,8 @@ pub unsafe extern "C" fn smtps_conn_decide(
         let Some(id) = conn.awaiting.filter(|id| id.as_u64() == decision) else {
             return fail(smtps_result::UnknownDecision, format_args!("decision {decision} is not awaited"));
         };
+        // The idle timer restarts when the answer comes: tell the connection the time.
+        conn.inner.handle_timeout(Instant::now());
         match conn.inner.decide(id, verdict) {
             Ok(()) => {
                 conn.awaiting = None;
@@ -451,7 +441,7 @@ pub unsafe extern "C" fn smtps_conn_close(
             Ok(reply) => reply,
             Err(error) => return error,
         };
-        conn.inner.close(&reply);
+        conn.inner.close(&reply, CloseReason::Refused);
         smtps_result::Ok
     }
 }
@@ -497,8 +487,10 @@ pub unsafe extern "C" fn smtps_conn_take_output(
     }
 }
 
-/// Whether the host should read from the socket and feed the connection (false while input
-/// waits inside it, after the end of stream, and once closed).
+/// Whether the host should read from the socket and feed the connection: false while input
+/// waits inside it, while more than `SMTPS_CONN_OUTPUT_LIMIT` octets of output wait for
+/// `smtps_conn_take_output` (back-pressure on a client that pipelines without reading: send
+/// first), after the end of stream, and once closed. False for NULL.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection.
@@ -570,5 +562,94 @@ pub unsafe extern "C" fn smtps_conn_sni(conn: *mut smtps_conn) -> smtps_str {
     ffi_boundary! {
         let conn = try_ref_from_ptr!(conn);
         smtps_str::opt(conn.inner.tls_info().and_then(|tls| tls.server_name.as_deref()))
+    }
+}
+
+/// The output bound of a connection: while more than this many octets of output wait for
+/// `smtps_conn_take_output`, the connection takes no input (`smtps_conn_feed` takes 0 octets,
+/// `smtps_conn_wants_read` is false) and gives no events. A connection holds at most this,
+/// plus one reply, plus 64 KiB inside the TLS layer, whatever the client sends.
+pub const SMTPS_CONN_OUTPUT_LIMIT: usize = 65536;
+
+/// Milliseconds until `smtps_conn_handle_timeout` should be called (0: now), or -1 when no
+/// timer runs (the connection is over and its output sent or dropped). Use it as the timeout
+/// of the host's `poll()`, and ask again after every call that changes the connection.
+///
+/// The timers are the config's `SMTPS_TIMEOUT_HANDSHAKE`, `_COMMAND`, `_DATA_BLOCK`,
+/// `_SESSION` and `_CLOSE_LINGER`, measured on the library's monotonic clock. -1 for NULL.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_next_timeout_ms(conn: *const smtps_conn) -> i64 {
+    ffi_boundary! {
+        // SAFETY: see `try_ref_from_ptr`; NULL has no timer.
+        let Some(conn) = (unsafe { crate::ffi::try_ref(conn) }) else {
+            return -1;
+        };
+        match conn.inner.poll_timeout() {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Round up: waking a millisecond early would find nothing due yet.
+                i64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i64::MAX)
+            }
+            None => -1,
+        }
+    }
+}
+
+/// Fires the timers that are due: an idle or overlong session is answered `421 4.4.2` and
+/// closes (send the output, then close), a stalled TLS handshake closes, a closing connection
+/// whose client does not read drops its output. Then poll events and output as after a
+/// feed. Calling it early is harmless.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_handle_timeout(conn: *mut smtps_conn) -> smtps_result {
+    ffi_boundary! {
+        try_mut_from_ptr!(conn).inner.handle_timeout(Instant::now());
+        smtps_result::Ok
+    }
+}
+
+/// Octets of output waiting for `smtps_conn_take_output`, as counted against
+/// `SMTPS_CONN_OUTPUT_LIMIT`. 0 for NULL.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_pending_output(conn: *const smtps_conn) -> usize {
+    ffi_boundary! {
+        // SAFETY: see `try_ref_from_ptr`.
+        unsafe { crate::ffi::try_ref(conn) }.map_or(0, |conn| conn.inner.pending_output())
+    }
+}
+
+/// Why the connection closed (`SMTPS_CLOSE_REASON_*`), once `smtps_conn_is_closed` is true:
+/// QUIT, the client left, which kind of timer (`SMTPS_CLOSE_REASON_TIMEOUT`), too many
+/// errors, the host's `421` or `smtps_conn_close` (`REFUSED`), TLS, a socket error.
+/// `SMTPS_CLOSE_REASON_OTHER` while open and for NULL.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_close_reason(conn: *const smtps_conn) -> smtps_close_reason {
+    ffi_boundary! {
+        // SAFETY: see `try_ref_from_ptr`.
+        match unsafe { crate::ffi::try_ref(conn) }.and_then(|conn| conn.inner.close_reason()) {
+            Some(reason) => reason.into(),
+            None => smtps_close_reason::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_c_output_limit_is_the_engines() {
+        assert_eq!(SMTPS_CONN_OUTPUT_LIMIT, ::smtps_conn::OUTPUT_LIMIT);
     }
 }

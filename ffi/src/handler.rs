@@ -532,14 +532,6 @@ impl FfiSession {
     }
 }
 
-/// `<a@b>` → `a@b`, `<>` → ``.
-fn path_text(path: &str) -> String {
-    path.strip_prefix('<')
-        .and_then(|p| p.strip_suffix('>'))
-        .unwrap_or(path)
-        .to_owned()
-}
-
 impl Handler for FfiHandler {
     type Session = FfiSession;
 
@@ -599,7 +591,7 @@ impl Handler for FfiHandler {
             cx,
             Kind::Mail,
             Call::Mail {
-                from: path_text(&from.to_string()),
+                from: from.address(),
             },
         )
     }
@@ -612,14 +604,8 @@ impl Handler for FfiHandler {
         _params: &RcptParameters<'_>,
     ) -> Answer {
         let view = Arc::clone(session.refresh(cx));
-        self.core.decide(
-            &view,
-            cx,
-            Kind::Rcpt,
-            Call::Rcpt {
-                to: path_text(&to.to_string()),
-            },
-        )
+        self.core
+            .decide(&view, cx, Kind::Rcpt, Call::Rcpt { to: to.address() })
     }
 
     fn data_start(&self, session: &mut FfiSession, cx: &mut Context<'_>) -> Answer {

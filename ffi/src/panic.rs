@@ -66,6 +66,20 @@ impl<T> NullParameterOrDefault for *const T {
     }
 }
 
+/// A millisecond count where -1 means "none" (`smtps_conn_next_timeout_ms`): a panic gives
+/// -1, never 0, which would have the host spin.
+impl PanicOrDefault for i64 {
+    fn value() -> Self {
+        -1
+    }
+}
+
+impl PanicOrDefault for crate::callbacks::smtps_close_reason {
+    fn value() -> Self {
+        Self::Other
+    }
+}
+
 impl PanicOrDefault for smtps_result {
     fn value() -> Self {
         smtps_result::Panic

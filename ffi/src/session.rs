@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
 
 use smtps_proto::Reply;
-use smtps_server::{ListenerMode, SessionInfo};
+use smtps_server::{Mode, SessionInfo};
 
 use crate::config::{mode_number, smtps_mode};
 use crate::ffi::{Castable, OwnershipRef, try_ref_from_ptr};
@@ -43,7 +43,7 @@ pub(crate) struct SessionView {
     peer: String,
     local: String,
     listener: usize,
-    mode: ListenerMode,
+    mode: Mode,
     tls: Option<(&'static str, &'static str, Option<String>)>,
     helo: Option<String>,
     /// EHLO rather than HELO: the accepted greeting's, or during `on_helo` the one decided.

@@ -499,6 +499,41 @@ fn conn_server_implicit_and_starttls() {
     }
 }
 
+/// The connection level's timers are the library's (`smtps_conn_next_timeout_ms` as the
+/// `poll()` timeout, `smtps_conn_handle_timeout` when it passes): a client that says nothing
+/// after the banner gets `421` from the configured command timer, and the program then
+/// serves the next client.
+#[test]
+fn conn_server_idle_client_gets_421_from_the_library_timer() {
+    if !tools_present() {
+        return;
+    }
+    let binary = build("conn_server", "static");
+    let program = Program::start(
+        &binary,
+        &["starttls"],
+        "spool-conn-idle",
+        &[("CONN_COMMAND_TIMEOUT_MS", "300")],
+    );
+    let port = program.ports[0];
+    for _ in 0..2 {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut banner = String::new();
+        reader.read_line(&mut banner).unwrap();
+        assert!(banner.starts_with("220 "), "{banner}");
+        let mut rest = String::new();
+        let _ = reader.read_to_string(&mut rest);
+        assert!(
+            // No enhanced status before EHLO (RFC 2034 §3).
+            rest.starts_with("421 conn.test Timeout"),
+            "the idle client got {rest:?}"
+        );
+    }
+    program.stop();
+}
+
 #[test]
 fn misuse_returns_error_codes() {
     if !have("cc", "--version") {

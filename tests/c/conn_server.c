@@ -7,7 +7,9 @@
  * Listens on 127.0.0.1 (ephemeral port), prints "PORT <port>" on stdout, and serves
  * connections one after the other until stdin reaches end of file. Each message is written
  * to SPOOL/<n>.eml (fsync, then rename) before 250 is answered. AUTH accepts any user whose
- * password is "secret". A connection idle for 10 s is closed with 421 4.4.2.
+ * password is "secret". The library's timers close an idle connection with 421 4.4.2: the
+ * poll() timeout is smtps_conn_next_timeout_ms(); CONN_COMMAND_TIMEOUT_MS in the
+ * environment sets SMTPS_TIMEOUT_COMMAND.
  *
  * Left out: fork(), privilege separation, concurrency.
  */
@@ -16,6 +18,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
@@ -25,8 +29,6 @@
 #include <unistd.h>
 
 #include "smtps.h"
-
-#define IDLE_TIMEOUT_MS 10000
 
 static const char *spool;
 static unsigned long messages;
@@ -137,6 +139,7 @@ static void serve(const smtps_config *config, smtps_mode mode, int sock) {
   for (;;) {
     struct pollfd pfd;
     int ready;
+    int64_t timeout;
     /* Feed what was read and not taken yet, answering events in between (back-pressure). */
     while (have > 0) {
       size_t taken = 0;
@@ -162,15 +165,18 @@ static void serve(const smtps_config *config, smtps_mode mode, int sock) {
     }
     pfd.fd = sock;
     pfd.events = smtps_conn_wants_read(conn) && have < sizeof inbuf ? POLLIN : 0;
-    ready = poll(&pfd, 1, IDLE_TIMEOUT_MS);
+    timeout = smtps_conn_next_timeout_ms(conn);
+    ready = poll(&pfd, 1, timeout > INT_MAX ? INT_MAX : (int)timeout);
     if (ready < 0 && errno == EINTR) {
       continue;
     }
-    if (ready <= 0) {
-      smtps_conn_close(conn, 421, "4.4.2", "Idle too long, closing connection");
-      handle_events(conn, &msg);
-      flush_output(conn, sock);
+    if (ready < 0) {
       break;
+    }
+    if (ready == 0) {
+      /* A timer is due: the library answers 421 4.4.2 (or drops a stalled client). */
+      smtps_conn_handle_timeout(conn);
+      continue;
     }
     if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
       ssize_t n = read(sock, inbuf + have, sizeof inbuf - have);
@@ -209,6 +215,12 @@ int main(int argc, char **argv) {
   config = smtps_config_new();
   if (config == NULL || smtps_config_set_hostname(config, "conn.test") != SMTPS_RESULT_OK ||
       smtps_config_set_certificate_files(config, argv[3], argv[4]) != SMTPS_RESULT_OK) {
+    return 1;
+  }
+  if (getenv("CONN_COMMAND_TIMEOUT_MS") != NULL &&
+      smtps_config_set_timeout(config, SMTPS_TIMEOUT_COMMAND,
+                               strtoull(getenv("CONN_COMMAND_TIMEOUT_MS"), NULL, 10)) !=
+          SMTPS_RESULT_OK) {
     return 1;
   }
   /* Load once, before serving: a bad file is reported here, not per connection. */

@@ -111,14 +111,14 @@ impl Connection {
             }
             _ => (Transport::new_plaintext(), Security::Plaintext),
         };
-        let session_config = if mode == Mode::StartTlsRequired && !config.policy.require_tls_for_mail
-        {
-            let mut required = SessionConfig::clone(&config);
-            required.policy.require_tls_for_mail = true;
-            Arc::new(required)
-        } else {
-            config
-        };
+        let session_config =
+            if mode == Mode::StartTlsRequired && !config.policy.require_tls_for_mail {
+                let mut required = SessionConfig::clone(&config);
+                required.policy.require_tls_for_mail = true;
+                Arc::new(required)
+            } else {
+                config
+            };
         let mut conn = Self {
             transport,
             session: None,
@@ -595,7 +595,8 @@ impl Connection {
         let t = &self.timers;
         let timeouts = &t.timeouts;
         if let Some(since) = t.closing_since {
-            return (!self.is_finished()).then(|| (since + timeouts.close_linger, Timer::CloseLinger));
+            return (!self.is_finished())
+                .then(|| (since + timeouts.close_linger, Timer::CloseLinger));
         }
         let mut next = (t.started + timeouts.session, Timer::Session);
         let mut consider = |deadline: Instant, timer: Timer| {
@@ -628,9 +629,10 @@ impl Connection {
             smtps_tls::Error::Tls(failure) => Some(failure.clone()),
             _ => self.transport.failure().cloned(),
         };
-        self.reason.get_or_insert(CloseReason::Tls(failure.unwrap_or_else(|| {
-            TlsError::Session(smtps_tls::rustls::Error::General(error.to_string()))
-        })));
+        self.reason
+            .get_or_insert(CloseReason::Tls(failure.unwrap_or_else(|| {
+                TlsError::Session(smtps_tls::rustls::Error::General(error.to_string()))
+            })));
         self.dead = true;
         self.inbox.clear();
         self.flush();

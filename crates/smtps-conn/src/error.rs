@@ -46,4 +46,3 @@ impl From<smtps_proto::Error> for Error {
         Self::Session(e)
     }
 }
-

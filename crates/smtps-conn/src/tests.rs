@@ -128,8 +128,8 @@ fn end_of_stream_before_the_greeting_closes_the_connection() {
 #[test]
 fn end_of_stream_during_the_implicit_tls_handshake_closes_at_once() {
     let now = Instant::now();
-    let mut conn = Connection::new(Mode::ImplicitTls, config(), Some(acceptor()), now)
-        .expect("implicit");
+    let mut conn =
+        Connection::new(Mode::ImplicitTls, config(), Some(acceptor()), now).expect("implicit");
     // A partial ClientHello record header, then the client goes.
     conn.feed(now, &[0x16, 0x03, 0x01]).expect("partial hello");
     assert!(!conn.is_closed());
@@ -196,7 +196,8 @@ fn quit_and_too_many_errors_and_a_host_421_are_told_apart() {
         .and_then(|e| e.decision())
         .expect("mail decision");
     let busy = Reply::from_parts(421, Some("4.3.2"), "busy").expect("reply");
-    conn.decide(decision, Verdict::Reject(busy)).expect("decide");
+    conn.decide(decision, Verdict::Reject(busy))
+        .expect("decide");
     assert_eq!(conn.close_reason(), Some(&CloseReason::Refused));
     assert!(drain(&mut conn).starts_with("421 4.3.2 busy"));
 }
@@ -246,7 +247,10 @@ fn the_data_block_timer_runs_inside_a_message_rfc5321_4_5_3_2_5() {
     assert_eq!(deadline, start + Duration::from_secs(180));
     conn.handle_timeout(deadline);
     let seen = accept_all(&mut conn);
-    assert!(seen.iter().any(|e| e.contains("MessageAborted")), "{seen:?}");
+    assert!(
+        seen.iter().any(|e| e.contains("MessageAborted")),
+        "{seen:?}"
+    );
     assert_eq!(
         conn.close_reason(),
         Some(&CloseReason::Timeout(Timer::DataBlock))
@@ -297,8 +301,8 @@ fn the_session_timer_bounds_even_a_busy_session() {
 #[test]
 fn the_handshake_timer_closes_a_stalled_handshake() {
     let start = Instant::now();
-    let mut conn = Connection::new(Mode::ImplicitTls, config(), Some(acceptor()), start)
-        .expect("implicit");
+    let mut conn =
+        Connection::new(Mode::ImplicitTls, config(), Some(acceptor()), start).expect("implicit");
     conn.set_timeouts(timeouts());
     assert_eq!(conn.poll_timeout(), Some(start + Duration::from_secs(10)));
     conn.handle_timeout(start + Duration::from_secs(10));

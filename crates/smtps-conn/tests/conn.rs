@@ -69,7 +69,7 @@ impl Host {
             Some(Arc::clone(&fx.acceptor)),
             Instant::now(),
         )
-            .expect("connection");
+        .expect("connection");
         Self {
             conn,
             seen: Vec::new(),
@@ -161,7 +161,10 @@ impl Client {
             }
             let mut moved = false;
             while !self.to_server.is_empty() {
-                let taken = host.conn.feed(Instant::now(), &self.to_server).expect("feed");
+                let taken = host
+                    .conn
+                    .feed(Instant::now(), &self.to_server)
+                    .expect("feed");
                 self.to_server.drain(..taken);
                 host.drain_events();
                 moved |= taken > 0;
@@ -308,7 +311,8 @@ fn replies_queued_before_starttls_go_out_in_plaintext_in_order_even_when_not_dra
     let mut config = SessionConfig::new("mx.test");
     config.limits.junk_commands = 10_000;
     let acceptor = Some(Arc::clone(&fx.acceptor));
-    let conn = Connection::new(Mode::StartTls, Arc::new(config), acceptor, Instant::now()).expect("connection");
+    let conn = Connection::new(Mode::StartTls, Arc::new(config), acceptor, Instant::now())
+        .expect("connection");
     let mut host = Host {
         conn,
         seen: Vec::new(),
@@ -378,7 +382,12 @@ fn a_corrupt_record_fails_the_connection_with_an_alert() {
             .iter()
             .any(|s| matches!(s, Seen::Other(o) if o.contains("Noop")))
     );
-    assert_eq!(host.conn.feed(Instant::now(), b"more").expect("ignored after failure"), 4);
+    assert_eq!(
+        host.conn
+            .feed(Instant::now(), b"more")
+            .expect("ignored after failure"),
+        4
+    );
 }
 
 #[test]

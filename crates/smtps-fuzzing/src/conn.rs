@@ -181,7 +181,8 @@ pub fn run(input: &ConnInput) -> ConnReport {
     }
     let mode = input.mode();
     let acceptor = Some(Arc::clone(&fixture().acceptor));
-    let conn = Connection::new(mode, Arc::new(config), acceptor, Instant::now()).expect("connection");
+    let conn =
+        Connection::new(mode, Arc::new(config), acceptor, Instant::now()).expect("connection");
     let mut h = Harness::new(conn, mode);
     if mode == Mode::ImplicitTls {
         // The server speaks TLS from the first octet, whether or not the client does.
@@ -341,7 +342,8 @@ impl Harness {
             ConnOp::Eof => self.conn.feed_eof(),
             ConnOp::Close => {
                 let reply = Reply::from_parts(421, Some("4.4.2"), "Timeout").expect("valid");
-                self.conn.close(&reply, CloseReason::Timeout(Timer::Command));
+                self.conn
+                    .close(&reply, CloseReason::Timeout(Timer::Command));
             }
             ConnOp::RefuseMessage => {
                 let reply = Reply::from_parts(452, Some("4.3.1"), "Spool full").expect("valid");

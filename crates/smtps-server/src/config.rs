@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use smtps_proto::SessionConfig;
 use smtps_conn::{Mode, Timeouts};
+use smtps_proto::SessionConfig;
 use smtps_tls::TlsAcceptor;
 
 /// One listening address.

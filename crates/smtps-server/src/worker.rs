@@ -269,7 +269,10 @@ impl<H: Handler> Worker<H> {
             slot.conn.handle_timeout(now);
             self.service(index, now);
         }
-        if self.shutdown_deadline().is_some_and(|deadline| now >= deadline) {
+        if self
+            .shutdown_deadline()
+            .is_some_and(|deadline| now >= deadline)
+        {
             for index in 0..self.slots.len() {
                 if let Some(Some(slot)) = self.slots.get_mut(index) {
                     slot.pending = None;
@@ -318,8 +321,7 @@ impl<H: Handler> Worker<H> {
         let _ = socket.set_nodelay(true);
         let mode = shared.config.listeners[listener].mode;
         let session_config = Arc::clone(&shared.session_configs[listener]);
-        let mut conn = match Connection::new(mode, session_config, shared.config.tls.clone(), now)
-        {
+        let mut conn = match Connection::new(mode, session_config, shared.config.tls.clone(), now) {
             Ok(conn) => conn,
             Err(error) => {
                 log::error!("smtps: {peer}: cannot start the connection: {error}");

@@ -165,10 +165,7 @@ fn start(
     let tls = Arc::new(TlsAcceptor::new(TlsSettings::new().default_certificate(source)).unwrap());
     let mut config = ServerConfig::new(SessionConfig::new("mx.test"))
         .listener("127.0.0.1:0".parse().unwrap(), Mode::ImplicitTls)
-        .listener(
-            "127.0.0.1:0".parse().unwrap(),
-            Mode::StartTlsRequired,
-        )
+        .listener("127.0.0.1:0".parse().unwrap(), Mode::StartTlsRequired)
         .tls(tls);
     config.workers = 2;
     configure(&mut config);
@@ -640,8 +637,7 @@ fn plaintext_to_implicit_tls_port_is_refused_and_server_survives() {
 fn port_in_use_is_named_in_the_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let config =
-        ServerConfig::new(SessionConfig::new("mx.test")).listener(addr, Mode::Plain);
+    let config = ServerConfig::new(SessionConfig::new("mx.test")).listener(addr, Mode::Plain);
     let log = Arc::new(Mutex::new(Log::default()));
     let error = Server::bind(
         config,

@@ -1,7 +1,7 @@
 //! The command line: `smtpsd [OPTIONS]`, `smtpsd hash-password`, `--help`, `--version`.
 //!
 //! [`parse`] turns the arguments (without the program name) into a [`Command`]. The result is
-//! plain data: listener modes are named ([`ListenerModeName`]), limits and timeouts left unset
+//! plain data: listener modes are [`Mode`]s, limits and timeouts left unset
 //! are `None`, so the daemon applies the server's defaults. Every error names the flag and the
 //! value at fault. Values follow their flag (`--workers 4`) or are joined to it (`--workers=4`).
 
@@ -12,6 +12,8 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
+
+use smtps_server::Mode;
 
 /// The text `--help` prints.
 pub const HELP: &str = "\
@@ -120,58 +122,7 @@ pub struct Listener {
     /// The address and port to bind.
     pub addr: SocketAddr,
     /// How TLS is used on it.
-    pub mode: ListenerModeName,
-}
-
-/// A listener's TLS mode as named on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ListenerModeName {
-    /// `implicit-tls`: TLS from the first byte (RFC 8314, port 465).
-    ImplicitTls,
-    /// `starttls`: plaintext, STARTTLS offered (RFC 3207, port 25).
-    StartTls,
-    /// `starttls-required`: STARTTLS offered and required before MAIL (port 587).
-    StartTlsRequired,
-    /// `plain`: no TLS at all.
-    Plain,
-}
-
-impl ListenerModeName {
-    /// The name used on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ImplicitTls => "implicit-tls",
-            Self::StartTls => "starttls",
-            Self::StartTlsRequired => "starttls-required",
-            Self::Plain => "plain",
-        }
-    }
-
-    /// Whether the mode needs a certificate.
-    pub fn uses_tls(self) -> bool {
-        !matches!(self, Self::Plain)
-    }
-}
-
-impl FromStr for ListenerModeName {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "implicit-tls" => Ok(Self::ImplicitTls),
-            "starttls" => Ok(Self::StartTls),
-            "starttls-required" => Ok(Self::StartTlsRequired),
-            "plain" => Ok(Self::Plain),
-            _ => Err(()),
-        }
-    }
-}
-
-impl fmt::Display for ListenerModeName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+    pub mode: Mode,
 }
 
 /// One `--cert CHAIN.pem --key KEY.pem` pair.
@@ -584,11 +535,11 @@ impl Builder {
             listeners = vec![
                 Listener {
                     addr: DEV_IMPLICIT_TLS,
-                    mode: ListenerModeName::ImplicitTls,
+                    mode: Mode::ImplicitTls,
                 },
                 Listener {
                     addr: DEV_STARTTLS,
-                    mode: ListenerModeName::StartTlsRequired,
+                    mode: Mode::StartTlsRequired,
                 },
             ];
         }
@@ -661,7 +612,7 @@ fn parse_listener(value: &str) -> Result<Listener, ConfigError> {
             "an IP address and port before `=`, e.g. 127.0.0.1:465 or [::1]:465 (names are not resolved)",
         )
     })?;
-    let mode = ListenerModeName::from_str(mode).map_err(|()| {
+    let mode = Mode::from_str(mode).map_err(|_| {
         invalid(
             "--listen",
             value,
@@ -776,11 +727,11 @@ mod tests {
             vec![
                 Listener {
                     addr: "127.0.0.1:2465".parse().unwrap(),
-                    mode: ListenerModeName::ImplicitTls
+                    mode: Mode::ImplicitTls
                 },
                 Listener {
                     addr: "127.0.0.1:2587".parse().unwrap(),
-                    mode: ListenerModeName::StartTlsRequired
+                    mode: Mode::StartTlsRequired
                 },
             ]
         );
@@ -840,10 +791,10 @@ mod tests {
         assert_eq!(
             modes,
             [
-                ListenerModeName::ImplicitTls,
-                ListenerModeName::StartTlsRequired,
-                ListenerModeName::StartTls,
-                ListenerModeName::Plain
+                Mode::ImplicitTls,
+                Mode::StartTlsRequired,
+                Mode::StartTls,
+                Mode::Plain
             ]
         );
         assert_eq!(o.listeners[1].addr, "[::]:587".parse().unwrap());

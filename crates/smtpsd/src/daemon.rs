@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime};
 
 use smtps_proto::{AbortReason, Reply, SessionConfig};
 use smtps_server::{
-    Answer, CloseReason, Context, Credentials, Handler, ListenerMode, Responder, Server,
-    ServerConfig, ServerHandle,
+    Answer, CloseReason, Context, Credentials, Handler, Responder, Server, ServerConfig,
+    ServerHandle,
 };
 use smtps_tls::{CertificateSource, SessionTickets, TlsAcceptor, TlsSettings};
 
-use crate::config::{ListenerModeName, Options, SpoolOption};
+use crate::config::{Options, SpoolOption};
 use crate::maildir::{Delivery, DeliveryError, Maildir, Spool};
 use crate::received::{Protocol, Received};
 use crate::users::UserFile;
@@ -133,13 +133,7 @@ impl Daemon {
         }
         let mut config = ServerConfig::new(session);
         for listener in &options.listeners {
-            let mode = match listener.mode {
-                ListenerModeName::ImplicitTls => ListenerMode::ImplicitTls,
-                ListenerModeName::StartTls => ListenerMode::StartTls,
-                ListenerModeName::StartTlsRequired => ListenerMode::StartTlsRequired,
-                _ => ListenerMode::Plain,
-            };
-            config = config.listener(listener.addr, mode);
+            config = config.listener(listener.addr, listener.mode);
         }
         if let Some(tls) = &tls {
             config = config.tls(Arc::clone(tls));

@@ -115,13 +115,13 @@ fn print_dev_instructions(
         .listeners
         .iter()
         .zip(addrs)
-        .find(|(l, _)| l.mode == config::ListenerModeName::ImplicitTls)
+        .find(|(l, _)| l.mode == smtps_server::Mode::ImplicitTls)
         .map(|(_, a)| *a);
     let starttls = options
         .listeners
         .iter()
         .zip(addrs)
-        .find(|(l, _)| l.mode.uses_tls() && l.mode != config::ListenerModeName::ImplicitTls)
+        .find(|(l, _)| l.mode.uses_tls() && l.mode != smtps_server::Mode::ImplicitTls)
         .map(|(_, a)| *a);
     println!("smtpsd --dev: mail goes to {maildir}");
     if let Some(cert) = certificate {
