@@ -61,22 +61,44 @@ pub(crate) struct Worker<H: Handler> {
 struct Slot<S> {
     socket: TcpStream,
     conn: Connection,
-    info: SessionInfo,
-    host: Option<S>,
-    /// The decision the host deferred, if any.
-    pending: Option<Pending>,
-    over_limit: bool,
-    /// The socket may hold unread input (edge-triggered: until a read says otherwise).
-    readable: bool,
-    /// The socket may take output.
-    writable: bool,
-    /// The peer shut its side or the socket failed: read to the end whatever the read sizes.
-    hangup: bool,
+    side: HostSide<S>,
+    readiness: Readiness,
     /// On the ready queue.
     queued: bool,
     /// The deadline registered in `Worker::timers`.
     deadline: Option<Instant>,
     started: Instant,
+}
+
+/// The host's side of a connection: what it knows, its state, the decision it deferred.
+struct HostSide<S> {
+    info: SessionInfo,
+    host: Option<S>,
+    /// The decision the host deferred, if any.
+    pending: Option<Pending>,
+    over_limit: bool,
+}
+
+/// What the socket may do, as far as the last events and calls tell (edge-triggered).
+#[derive(Debug, Clone, Copy)]
+struct Readiness {
+    /// The socket may hold unread input, until a read says otherwise.
+    readable: bool,
+    /// The socket may take output, until a write says `WouldBlock`.
+    writable: bool,
+    /// The peer shut its side or the socket failed: read to the end whatever the read sizes.
+    hangup: bool,
+}
+
+/// How a connection's turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Closed and every octet sent: close the socket.
+    Finished,
+    /// Nothing more can move until the next readiness, answer or timer.
+    Waiting,
+    /// The budget ran out with work left: serve it again before the loop sleeps.
+    MoreLeft,
 }
 
 /// A decision the host deferred.
@@ -157,9 +179,10 @@ impl<H: Handler> Worker<H> {
                         let index = i - FIRST_CONNECTION;
                         if let Some(Some(slot)) = self.slots.get_mut(index) {
                             let hangup = event.is_read_closed() || event.is_error();
-                            slot.hangup |= hangup;
-                            slot.readable |= hangup || event.is_readable();
-                            slot.writable |= event.is_writable() || event.is_write_closed();
+                            let readiness = &mut slot.readiness;
+                            readiness.hangup |= hangup;
+                            readiness.readable |= hangup || event.is_readable();
+                            readiness.writable |= event.is_writable() || event.is_write_closed();
                         }
                         self.service(index, now);
                     }
@@ -216,16 +239,16 @@ impl<H: Handler> Worker<H> {
             let Some(Some(slot)) = self.slots.get_mut(index) else {
                 continue;
             };
-            if slot.info.id != completion.session {
+            if slot.side.info.id != completion.session {
                 continue;
             }
-            match &slot.pending {
+            match &slot.side.pending {
                 Some(pending) if pending.decision == completion.decision => {}
                 _ => continue,
             }
             // The engine restarts its idle timer at the latest time it knows: tell it now.
             slot.conn.handle_timeout(now);
-            resolve(slot, completion.verdict);
+            resolve(&mut slot.conn, &mut slot.side, completion.verdict);
             self.service(index, now);
         }
         if !self.shutting_down && self.shared.control.shutdown.load(Ordering::SeqCst) {
@@ -257,14 +280,14 @@ impl<H: Handler> Worker<H> {
                 continue;
             };
             slot.deadline = None;
-            if let Some(pending) = &slot.pending
+            if let Some(pending) = &slot.side.pending
                 && now.duration_since(pending.since) >= self.shared.config.timeouts.decision
             {
                 log::warn!(
                     "smtps: session={} host did not decide in time",
-                    slot.info.id
+                    slot.side.info.id
                 );
-                resolve(slot, temporary_failure());
+                resolve(&mut slot.conn, &mut slot.side, temporary_failure());
             }
             slot.conn.handle_timeout(now);
             self.service(index, now);
@@ -275,7 +298,7 @@ impl<H: Handler> Worker<H> {
         {
             for index in 0..self.slots.len() {
                 if let Some(Some(slot)) = self.slots.get_mut(index) {
-                    slot.pending = None;
+                    slot.side.pending = None;
                     slot.conn.close(&shutdown_reply(), CloseReason::Shutdown);
                     self.service(index, now);
                 }
@@ -354,26 +377,30 @@ impl<H: Handler> Worker<H> {
         self.slots[index] = Some(Slot {
             socket,
             conn,
-            info: SessionInfo {
-                id,
-                peer,
-                local,
-                listener,
-                mode,
-                tls: None,
-                helo: None,
-                extended: false,
-                auth_id: None,
-                mail_from: None,
-                recipients: Vec::new(),
-                messages: 0,
+            side: HostSide {
+                info: SessionInfo {
+                    id,
+                    peer,
+                    local,
+                    listener,
+                    mode,
+                    tls: None,
+                    helo: None,
+                    extended: false,
+                    auth_id: None,
+                    mail_from: None,
+                    recipients: Vec::new(),
+                    messages: 0,
+                },
+                host: None,
+                pending: None,
+                over_limit,
             },
-            host: None,
-            pending: None,
-            over_limit,
-            readable: true,
-            writable: true,
-            hangup: false,
+            readiness: Readiness {
+                readable: true,
+                writable: true,
+                hangup: false,
+            },
             queued: false,
             deadline: None,
             started: now,
@@ -382,73 +409,45 @@ impl<H: Handler> Worker<H> {
         self.service(index, now);
     }
 
-    /// One connection's turn: read, dispatch events, write, as long as anything moves and the
-    /// budget lasts; then schedule its timer, or close it.
+    /// Serves one connection ([`turn`]), then closes it or schedules its timer.
     fn service(&mut self, index: usize, now: Instant) {
         let token = Token(index + FIRST_CONNECTION);
         let Some(Some(slot)) = self.slots.get_mut(index) else {
             return;
         };
         let shared = &*self.shared;
-        let mut budget_left = TURN_BUDGET;
-        loop {
-            let mut progressed = false;
-            if slot.readable && slot.conn.wants_read() {
-                match slot
-                    .conn
-                    .read_from(now, &mut slot.socket, &mut self.read_buf)
-                {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        progressed = true;
-                        // A short read emptied the socket's buffer: the next arrival brings
-                        // a new event, no need to read (and get `WouldBlock`) before it.
-                        slot.readable = n == self.read_buf.len() || slot.hangup;
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        slot.readable = false;
-                    }
-                    // The engine closed itself (with the error kind as its reason).
-                    Err(_) => progressed = true,
+        let mailbox = &self.mailbox;
+        let shutting_down = self.shutting_down;
+        let side = &mut slot.side;
+        let outcome = turn(
+            &mut slot.conn,
+            &mut &slot.socket,
+            &mut NoSigPipe(&slot.socket),
+            &mut slot.readiness,
+            &mut self.read_buf,
+            now,
+            &mut |conn| {
+                let any = dispatch(shared, conn, side, mailbox, token);
+                if shutting_down && !conn.is_closed() {
+                    shutdown_if_idle(conn, side);
                 }
-            }
-            progressed |= dispatch(shared, slot, &self.mailbox, token);
-            if self.shutting_down && !slot.conn.is_closed() {
-                shutdown_if_idle(slot);
-            }
-            while slot.writable && slot.conn.wants_write() {
-                match slot.conn.write_to(&mut NoSigPipe(&slot.socket)) {
-                    Ok(0) => break,
-                    Ok(_) => progressed = true,
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        slot.writable = false;
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => progressed = true,
-                }
-            }
-            if slot.conn.is_finished() {
-                // A closing session may still report an aborted message.
-                dispatch(shared, slot, &self.mailbox, token);
+                any
+            },
+        );
+        match outcome {
+            Turn::Finished => {
                 self.finish(index);
                 return;
             }
-            budget_left -= 1;
-            if !progressed {
-                break;
+            Turn::MoreLeft if !slot.queued => {
+                slot.queued = true;
+                self.ready.push_back(index);
             }
-            if budget_left == 0 {
-                let more = (slot.readable && slot.conn.wants_read())
-                    || (slot.writable && slot.conn.wants_write());
-                if more && !slot.queued {
-                    slot.queued = true;
-                    self.ready.push_back(index);
-                }
-                break;
-            }
+            Turn::MoreLeft | Turn::Waiting => {}
         }
-        capture_tls(slot);
+        capture_tls(&slot.conn, &mut slot.side.info);
         let decision_deadline = slot
+            .side
             .pending
             .as_ref()
             .map(|pending| pending.since + shared.config.timeouts.decision);
@@ -484,22 +483,78 @@ impl<H: Handler> Worker<H> {
             .unwrap_or(CloseReason::ClientClosed);
         log::info!(
             "smtps: session={} event=close reason={reason} messages={} duration_ms={}",
-            slot.info.id,
-            slot.info.messages,
+            slot.side.info.id,
+            slot.side.info.messages,
             slot.started.elapsed().as_millis()
         );
-        if let Some(host) = slot.host.take() {
+        if let Some(host) = slot.side.host.take() {
             let mut cx = Context {
-                info: &slot.info,
+                info: &slot.side.info,
                 defer: None,
                 deferred: false,
             };
             self.shared.handler.disconnect(host, &mut cx, reason);
         }
-        release(&self.shared, slot.info.peer);
+        release(&self.shared, slot.side.info.peer);
         self.free.push(index);
         self.live -= 1;
     }
+}
+
+/// One connection's turn: read, hand events to `host`, write, as long as anything moves and
+/// [`TURN_BUDGET`] lasts. Generic over the socket so that tests can drive it with one that
+/// reads short, says `WouldBlock` or ends at any point.
+fn turn(
+    conn: &mut Connection,
+    reader: &mut dyn io::Read,
+    writer: &mut dyn Write,
+    readiness: &mut Readiness,
+    buf: &mut [u8],
+    now: Instant,
+    host: &mut dyn FnMut(&mut Connection) -> bool,
+) -> Turn {
+    for _ in 0..TURN_BUDGET {
+        let mut progressed = false;
+        if readiness.readable && conn.wants_read() {
+            match conn.read_from(now, reader, buf) {
+                Ok(0) => {}
+                Ok(n) => {
+                    progressed = true;
+                    // A short read emptied the socket's buffer: the next arrival brings a new
+                    // event, no need to read (and get `WouldBlock`) before it.
+                    readiness.readable = n == buf.len() || readiness.hangup;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    readiness.readable = false;
+                }
+                // The engine closed itself (with the error kind as its reason).
+                Err(_) => progressed = true,
+            }
+        }
+        progressed |= host(conn);
+        while readiness.writable && conn.wants_write() {
+            match conn.write_to(writer) {
+                Ok(0) => break,
+                Ok(_) => progressed = true,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    readiness.writable = false;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => progressed = true,
+            }
+        }
+        if conn.is_finished() {
+            // A closing session may still report an aborted message.
+            host(conn);
+            return Turn::Finished;
+        }
+        if !progressed {
+            return Turn::Waiting;
+        }
+    }
+    let more =
+        (readiness.readable && conn.wants_read()) || (readiness.writable && conn.wants_write());
+    if more { Turn::MoreLeft } else { Turn::Waiting }
 }
 
 /// Writes with `MSG_NOSIGNAL`: a client that reset its connection makes the write fail with
@@ -524,23 +579,22 @@ impl Write for NoSigPipe<'_> {
 /// Drains the connection's events, asking the host. Returns whether any came.
 fn dispatch<H: Handler>(
     shared: &Shared<H>,
-    slot: &mut Slot<H::Session>,
+    conn: &mut Connection,
+    side: &mut HostSide<H::Session>,
     mailbox: &Arc<Mailbox>,
     token: Token,
 ) -> bool {
     let mut any = false;
     let handler = &shared.handler;
     // The host sees what TLS negotiated from the first event on.
-    capture_tls(slot);
+    capture_tls(conn, &mut side.info);
     loop {
-        let Slot {
-            conn,
+        let HostSide {
             host,
             info,
             pending,
             over_limit,
-            ..
-        } = &mut *slot;
+        } = &mut *side;
         let Some(event) = conn.poll_event() else {
             break;
         };
@@ -661,15 +715,15 @@ fn dispatch<H: Handler>(
             update,
         });
         match answer.and_then(Answer::into_verdict) {
-            Some(verdict) => resolve(slot, verdict),
+            Some(verdict) => resolve(conn, side, verdict),
             None if deferred => {}
             None => {
                 // `Answer::Deferred` without taking the responder: the host can never answer.
                 log::error!(
                     "smtps: session={} handler deferred without a responder",
-                    slot.info.id
+                    side.info.id
                 );
-                resolve(slot, temporary_failure());
+                resolve(conn, side, temporary_failure());
             }
         }
     }
@@ -677,23 +731,23 @@ fn dispatch<H: Handler>(
 }
 
 /// Applies a verdict to the outstanding decision and records what it changed.
-fn resolve<S>(slot: &mut Slot<S>, verdict: Verdict) {
+fn resolve<S>(conn: &mut Connection, side: &mut HostSide<S>, verdict: Verdict) {
     let Some(Pending {
         decision, update, ..
-    }) = slot.pending.take()
+    }) = side.pending.take()
     else {
         return;
     };
-    let info = &mut slot.info;
+    let info = &mut side.info;
     let accepted = matches!(verdict, Verdict::Accept | Verdict::AcceptWith(_));
     let code = match &verdict {
         Verdict::AcceptWith(reply) | Verdict::Reject(reply) => reply.code().as_u16(),
         _ => 0,
     };
-    if let Err(error) = slot.conn.decide(decision, verdict) {
+    if let Err(error) = conn.decide(decision, verdict) {
         log::warn!("smtps: session={} invalid decision: {error}", info.id);
         // A verdict that does not fit must not leave the client hanging.
-        let _ = slot.conn.decide(decision, temporary_failure());
+        let _ = conn.decide(decision, temporary_failure());
         return;
     }
     log_decision(info.id, &update, accepted, code);
@@ -746,34 +800,33 @@ fn log_decision(id: u64, update: &Update, accepted: bool, code: u16) {
 }
 
 /// Records (and logs) what TLS negotiated, once it has.
-fn capture_tls<S>(slot: &mut Slot<S>) {
-    if slot.info.tls.is_some() {
+fn capture_tls(conn: &Connection, info: &mut SessionInfo) {
+    if info.tls.is_some() {
         return;
     }
-    if let Some(tls) = slot.conn.tls_info() {
+    if let Some(tls) = conn.tls_info() {
         log::info!(
             "smtps: session={} event=tls version={} cipher={} group={} resumed={} sni={}",
-            slot.info.id,
+            info.id,
             tls.version_name(),
             tls.cipher_suite_name(),
             tls.key_exchange_group_name().unwrap_or("-"),
             tls.resumed,
             tls.server_name.as_deref().unwrap_or("-"),
         );
-        slot.info.tls = Some(tls.clone());
+        info.tls = Some(tls.clone());
     }
 }
 
 /// During a shutdown, an idle session is told `421 4.3.2` and closed; one in a transaction may
 /// finish within the grace.
-fn shutdown_if_idle<S>(slot: &mut Slot<S>) {
-    let busy = slot
-        .conn
+fn shutdown_if_idle<S>(conn: &mut Connection, side: &mut HostSide<S>) {
+    let busy = conn
         .session()
         .is_some_and(smtps_proto::ServerSession::in_transaction);
     if !busy {
-        slot.pending = None;
-        slot.conn.close(&shutdown_reply(), CloseReason::Shutdown);
+        side.pending = None;
+        conn.close(&shutdown_reply(), CloseReason::Shutdown);
     }
 }
 
@@ -801,6 +854,267 @@ fn release<H>(shared: &Shared<H>, peer: SocketAddr) {
         *count -= 1;
         if *count == 0 {
             per_ip.remove(&peer.ip());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The read/write loop ([`turn`]) driven by a socket whose octets arrive in random pieces,
+    //! which takes writes in random pieces, says `WouldBlock` and ends at random points, with edge-triggered readiness modelled exactly: a new event
+    //! only when new octets arrive or room frees up. A turn that forgets a connection with work
+    //! left shows up as a session that never finishes.
+
+    use std::io::Read;
+    use std::sync::Arc;
+
+    use smtps_conn::Mode;
+    use smtps_proto::SessionConfig;
+
+    use super::*;
+
+    /// A small deterministic generator (xorshift64*), one per seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            usize::try_from(x % (n.max(1) as u64)).unwrap_or(0)
+        }
+    }
+
+    /// The client's side of the socket: what it sent, how much of it has arrived.
+    struct Incoming<'a> {
+        sent: &'a [u8],
+        arrived: usize,
+        read: usize,
+        /// The client closed after sending everything.
+        closes: bool,
+    }
+
+    impl Read for Incoming<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.read == self.arrived {
+                if self.arrived == self.sent.len() && self.closes {
+                    return Ok(0);
+                }
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            // A stream socket returns what has arrived, up to the buffer: a short read means
+            // the socket is empty (the driver relies on that, as epoll users do). Short reads
+            // come from octets arriving in random pieces.
+            let n = (self.arrived - self.read).min(buf.len());
+            buf[..n].copy_from_slice(&self.sent[self.read..self.read + n]);
+            self.read += n;
+            Ok(n)
+        }
+    }
+
+    /// The socket's send buffer: `room` octets free; the client reads at its own pace.
+    struct Outgoing<'a> {
+        received: Vec<u8>,
+        room: usize,
+        rng: &'a mut Rng,
+    }
+
+    impl Write for Outgoing<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = 1 + self.rng.below(buf.len().min(self.room));
+            self.received.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Outcome {
+        replies: String,
+        body: Vec<u8>,
+        finished: bool,
+    }
+
+    /// Runs one session over the random socket: octets arrive and room frees up in random
+    /// amounts, one readiness event each time, until the connection finishes or nothing more
+    /// can happen.
+    fn run(seed: u64, sent: &[u8], closes: bool) -> Outcome {
+        let mut write_rng = Rng(seed.rotate_left(17) | 1);
+        let mut net_rng = Rng(seed.rotate_left(33) | 1);
+        let now = Instant::now();
+        let mut conn = Connection::new(
+            Mode::Plain,
+            Arc::new(SessionConfig::new("mx.test")),
+            None,
+            now,
+        )
+        .expect("connection");
+        let mut incoming = Incoming {
+            sent,
+            arrived: 0,
+            read: 0,
+            closes,
+        };
+        let mut outgoing = Outgoing {
+            received: Vec::new(),
+            room: 4096,
+            rng: &mut write_rng,
+        };
+        let mut readiness = Readiness {
+            readable: true,
+            writable: true,
+            hangup: false,
+        };
+        let mut body = Vec::new();
+        let mut buf = vec![0u8; 1024];
+        let mut host = |conn: &mut Connection| {
+            let mut any = false;
+            while let Some(event) = conn.poll_event() {
+                any = true;
+                if let Event::BodyChunk(chunk) = &event {
+                    body.extend_from_slice(chunk);
+                }
+                if let Some(decision) = event.decision() {
+                    conn.decide(decision, Verdict::Accept).expect("decide");
+                }
+            }
+            any
+        };
+        let mut finished = false;
+        for _ in 0..200_000 {
+            let mut outcome = turn(
+                &mut conn,
+                &mut incoming,
+                &mut outgoing,
+                &mut readiness,
+                &mut buf,
+                now,
+                &mut host,
+            );
+            // The ready queue: served again before the loop sleeps, without a new event.
+            while outcome == Turn::MoreLeft {
+                outcome = turn(
+                    &mut conn,
+                    &mut incoming,
+                    &mut outgoing,
+                    &mut readiness,
+                    &mut buf,
+                    now,
+                    &mut host,
+                );
+            }
+            if outcome == Turn::Finished {
+                finished = true;
+                break;
+            }
+            // The network: more octets arrive, the client reads some replies. Each is an edge.
+            let mut event = false;
+            if incoming.arrived < sent.len() {
+                // Sometimes a burst: more than one turn's budget of reads.
+                let step = if net_rng.below(4) == 0 {
+                    sent.len()
+                } else {
+                    1 + net_rng.below(3000)
+                };
+                incoming.arrived = (incoming.arrived + step).min(sent.len());
+                readiness.readable = true;
+                event = true;
+            } else if closes && !readiness.hangup {
+                readiness.hangup = true;
+                readiness.readable = true;
+                event = true;
+            }
+            if outgoing.room < 4096 {
+                outgoing.room = 4096;
+                readiness.writable = true;
+                event = true;
+            }
+            if !event {
+                // Nothing will ever wake this connection again.
+                break;
+            }
+        }
+        Outcome {
+            replies: String::from_utf8_lossy(&outgoing.received).into_owned(),
+            body,
+            finished,
+        }
+    }
+
+    fn message() -> (Vec<u8>, Vec<u8>) {
+        let mut body = Vec::new();
+        for i in 0..3000 {
+            if i % 7 == 0 {
+                body.extend_from_slice(b".");
+            }
+            body.extend_from_slice(format!("line {i} of the message body\r\n").as_bytes());
+        }
+        let mut stuffed = Vec::new();
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            if line.starts_with(b".") {
+                stuffed.push(b'.');
+            }
+            stuffed.extend_from_slice(line);
+        }
+        (body, stuffed)
+    }
+
+    #[test]
+    fn turns_deliver_every_message_whatever_the_socket_does() {
+        let (body, stuffed) = message();
+        let mut sent = b"EHLO c.test\r\n".to_vec();
+        for _ in 0..2 {
+            sent.extend_from_slice(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n");
+            sent.extend_from_slice(&stuffed);
+            sent.extend_from_slice(b".\r\n");
+        }
+        sent.extend_from_slice(b"QUIT\r\n");
+        for seed in 1..=60u64 {
+            let closes = seed % 2 == 0;
+            let outcome = run(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), &sent, closes);
+            assert!(
+                outcome.finished,
+                "seed {seed}: the session stalled: {:?}",
+                &outcome.replies[outcome.replies.len().saturating_sub(300)..]
+            );
+            assert_eq!(
+                outcome.replies.matches("250 2.0.0").count(),
+                2,
+                "seed {seed}: {}",
+                outcome.replies
+            );
+            assert!(
+                outcome.replies.ends_with("221 2.0.0 Bye\r\n") || outcome.replies.contains("221 ")
+            );
+            assert_eq!(outcome.body.len(), body.len() * 2, "seed {seed}");
+            assert!(outcome.body.starts_with(&body) && outcome.body.ends_with(&body));
+        }
+    }
+
+    #[test]
+    fn turns_end_a_session_cut_at_any_point_without_acknowledging_it() {
+        let (_, stuffed) = message();
+        let mut sent =
+            b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n".to_vec();
+        sent.extend_from_slice(&stuffed);
+        sent.extend_from_slice(b".\r\n");
+        let mut rng = Rng(7);
+        for seed in 1..=60u64 {
+            let cut = rng.below(sent.len());
+            let outcome = run(seed.wrapping_mul(0x51_7CC1_B727_220A), &sent[..cut], true);
+            assert!(outcome.finished, "seed {seed}: cut at {cut}: not closed");
+            assert!(
+                !outcome.replies.contains("250 2.0.0"),
+                "seed {seed}: a message cut at {cut} of {} was acknowledged",
+                sent.len()
+            );
         }
     }
 }
