@@ -1099,11 +1099,16 @@ void smtps_server_free(struct smtps_server *server);
 smtps_result smtps_server_start(const struct smtps_server *server);
 
 /**
- * Serves from the host's own poll loop. The workers still do the I/O on library threads,
- * but every callback is queued, and runs on the thread that calls `smtps_server_dispatch`.
+ * Serves from the host's own poll loop, on the host's thread: one worker serves every
+ * connection, and it runs only inside `smtps_server_dispatch` (the listeners of further
+ * workers set with `smtps_config_set_workers` are closed). Every callback runs on the thread
+ * calling `smtps_server_dispatch`, inline: nothing is queued or copied (a message body goes
+ * from the socket to `on_body` chunk by chunk, as in the threaded mode).
+ *
  * `*fd_out` receives a file descriptor (owned by the server: do not close or read it) that
- * polls readable (`POLLIN`) whenever callbacks are queued or the server has finished: then
- * call `smtps_server_dispatch`.
+ * polls readable (`POLLIN`) whenever the server has work: a client, a reply given from
+ * another thread, a shutdown. Call `smtps_server_dispatch` then, and also once
+ * `smtps_server_next_timeout_ms` milliseconds have passed (timers).
  *
  * # Safety
  * `server` is NULL or a live server; `fd_out` is NULL or writable.
@@ -1111,12 +1116,13 @@ smtps_result smtps_server_start(const struct smtps_server *server);
 smtps_result smtps_server_start_polled(const struct smtps_server *server, int *fd_out);
 
 /**
- * Runs every queued callback on the calling thread, without blocking, and sets
- * `*dispatched_out` to how many ran. Call it when the descriptor from
- * `smtps_server_start_polled` polls readable (calling it more often is harmless).
+ * Serves what is ready — accepts, reads, callbacks, writes, due timers — on the calling
+ * thread, without blocking, and sets `*dispatched_out` to the number of readiness events
+ * served. Call it when the descriptor from `smtps_server_start_polled` polls readable and
+ * when `smtps_server_next_timeout_ms` has passed (calling it more often is harmless).
  *
- * Returns `SMTPS_RESULT_SERVER_STOPPED` once the server has finished (after a shutdown) and
- * nothing is left to dispatch: the end of the host's loop. `SMTPS_RESULT_WRONG_STATE` if the
+ * Returns `SMTPS_RESULT_SERVER_STOPPED` once the server has finished (after a shutdown,
+ * every session closed): the end of the host's loop. `SMTPS_RESULT_WRONG_STATE` if the
  * server was not started with `smtps_server_start_polled`; `SMTPS_RESULT_IN_CALLBACK` from a
  * callback. Calls from several threads are serialised.
  *
@@ -1124,6 +1130,18 @@ smtps_result smtps_server_start_polled(const struct smtps_server *server, int *f
  * `server` is NULL or a live server; `dispatched_out` is NULL or writable.
  */
 smtps_result smtps_server_dispatch(const struct smtps_server *server, size_t *dispatched_out);
+
+/**
+ * Milliseconds until `smtps_server_dispatch` must be called even if the descriptor from
+ * `smtps_server_start_polled` stays quiet (the next timer: a client's timeout, a host's
+ * decision timeout, the end of a shutdown's grace); 0 when work is left over from the last
+ * dispatch; at most 1000. Use it as the host's `poll()` timeout. -1 if the server is not in
+ * the poll-loop mode (or NULL).
+ *
+ * # Safety
+ * `server` is NULL or a live server.
+ */
+int64_t smtps_server_next_timeout_ms(const struct smtps_server *server);
 
 /**
  * Serves on the calling thread (plus one library thread per further worker) until the

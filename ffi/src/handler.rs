@@ -1,13 +1,10 @@
-//! The Rust `Handler` behind a C server: it calls the C callbacks on the worker threads, or, in
-//! the host-poll-loop mode, queues each event for `smtps_server_dispatch` and defers every
-//! decision so that the host thread can answer it.
+//! The Rust `Handler` behind a C server: it calls the C callbacks inline, on whichever thread
+//! turns the worker — a library worker thread, or in the host-poll-loop mode the host's own
+//! thread inside `smtps_server_dispatch`. Nothing is queued or copied between threads.
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::c_void;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use smtps_proto::{
@@ -89,23 +86,11 @@ pub(crate) enum Pending {
         kind: Kind,
         verdict: Option<Verdict>,
     },
-    /// Deferred: `smtps_server_reply` completes the responder. `seq` tells this decision from
-    /// an older one of the same session still in the dispatch queue.
-    Deferred {
-        kind: Kind,
-        seq: u64,
-        responder: Responder,
-    },
+    /// Deferred: `smtps_server_reply` completes the responder.
+    Deferred { kind: Kind, responder: Responder },
 }
 
-/// An event waiting in the queue for `smtps_server_dispatch`.
-pub(crate) struct Queued {
-    view: Arc<SessionView>,
-    seq: u64,
-    call: Call,
-}
-
-/// An event's arguments, owned (the queue outlives the worker's borrow).
+/// An event's arguments, for `Core::invoke`.
 enum Call {
     Connect,
     Helo {
@@ -123,17 +108,16 @@ enum Call {
         to: String,
     },
     DataStart,
-    Body(Vec<u8>),
     MessageEnd(u64),
     Aborted(smtps_abort_reason),
     Reset,
     Disconnect(smtps_close_reason),
 }
 
-/// The queue of the host-poll-loop mode, and the end-of-server flag (both modes).
+/// The end of a server run on library threads: set by the supervisor, awaited by
+/// `smtps_server_stop`.
 #[derive(Default)]
-pub(crate) struct Queue {
-    pub(crate) items: VecDeque<Queued>,
+pub(crate) struct Finish {
     /// Every worker has stopped.
     pub(crate) finished: bool,
     /// A worker panicked.
@@ -144,40 +128,24 @@ pub(crate) struct Queue {
 pub(crate) struct Core {
     callbacks: smtps_callbacks,
     userdata: UserData,
-    /// Callbacks are queued for `smtps_server_dispatch` rather than run on the workers.
-    pub(crate) polled: AtomicBool,
     pub(crate) registry: Mutex<HashMap<u64, Pending>>,
-    /// Sessions whose `on_body` runs now, with the refusal given during the call. Apart from
-    /// the registry: in the poll-loop mode the worker may already await the end-of-message
-    /// decision of a session whose earlier chunks the host is still being shown.
+    /// Sessions whose `on_body` runs now, with the refusal given during the call.
     pub(crate) in_body: Mutex<HashMap<u64, Option<Verdict>>>,
-    pub(crate) queue: Mutex<Queue>,
-    /// Signalled when the queue gains an item or the server finishes.
-    pub(crate) queue_changed: Condvar,
-    /// Written when the queue gains an item or the server finishes: the host polls the other
-    /// end.
-    signal_write: UnixStream,
-    pub(crate) signal_read: UnixStream,
-    next_seq: AtomicU64,
+    pub(crate) finish: Mutex<Finish>,
+    /// Signalled when the server finishes.
+    pub(crate) finished: Condvar,
 }
 
 impl Core {
-    pub(crate) fn new(callbacks: smtps_callbacks, userdata: UserData) -> std::io::Result<Self> {
-        let (signal_read, signal_write) = UnixStream::pair()?;
-        signal_read.set_nonblocking(true)?;
-        signal_write.set_nonblocking(true)?;
-        Ok(Self {
+    pub(crate) fn new(callbacks: smtps_callbacks, userdata: UserData) -> Self {
+        Self {
             callbacks,
             userdata,
-            polled: AtomicBool::new(false),
             registry: Mutex::new(HashMap::new()),
             in_body: Mutex::new(HashMap::new()),
-            queue: Mutex::new(Queue::default()),
-            queue_changed: Condvar::new(),
-            signal_write,
-            signal_read,
-            next_seq: AtomicU64::new(1),
-        })
+            finish: Mutex::new(Finish::default()),
+            finished: Condvar::new(),
+        }
     }
 
     pub(crate) fn registry(&self) -> MutexGuard<'_, HashMap<u64, Pending>> {
@@ -188,113 +156,18 @@ impl Core {
         self.in_body.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn finish_state(&self) -> MutexGuard<'_, Finish> {
+        self.finish.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Wakes whoever waits for the queue: a `smtps_server_stop` on the condition variable, the
-    /// host's poll loop on the socket.
-    pub(crate) fn notify(&self) {
-        self.queue_changed.notify_all();
-        // A full socket is readable already; any other failure leaves the condvar path.
-        let _ = (&self.signal_write).write(&[1]);
-    }
-
-    /// Empties the signalling socket (the host read its readiness).
-    pub(crate) fn drain_signal(&self) {
-        let mut buf = [0u8; 256];
-        while matches!((&self.signal_read).read(&mut buf), Ok(n) if n > 0) {}
-    }
-
-    /// Marks the server finished (every worker stopped).
+    /// Marks a server run on library threads finished (every worker stopped).
     pub(crate) fn finish(&self, panicked: bool) {
         {
-            let mut queue = self.queue();
-            queue.finished = true;
-            queue.panicked |= panicked;
+            let mut finish = self.finish_state();
+            finish.finished = true;
+            finish.panicked |= panicked;
         }
-        self.notify();
-    }
-
-    fn push(&self, item: Queued) {
-        self.queue().items.push_back(item);
-        self.notify();
-    }
-
-    /// Runs one queued event's callback on the calling (host) thread, and answers its decision
-    /// unless the host deferred it.
-    pub(crate) fn dispatch(&self, item: Queued) {
-        let Queued { view, seq, call } = item;
-        let id = view.id;
-        let kind = match &call {
-            Call::Connect => Kind::Connect,
-            Call::Helo { .. } => Kind::Helo,
-            Call::Auth { .. } => Kind::Auth,
-            Call::Mail { .. } => Kind::Mail,
-            Call::Rcpt { .. } => Kind::Rcpt,
-            Call::DataStart => Kind::Data,
-            Call::MessageEnd(_) => Kind::MessageEnd,
-            Call::Body(chunk) => {
-                if view
-                    .shared
-                    .refusal
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .is_some()
-                {
-                    return;
-                }
-                if let Some(reply) = self.body_in_callback(&view, chunk) {
-                    *view
-                        .shared
-                        .refusal
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(reply);
-                }
-                return;
-            }
-            Call::Aborted(_) | Call::Reset | Call::Disconnect(_) => {
-                clear_refusal(&view);
-                self.invoke(&view, &call);
-                return;
-            }
-        };
-        if matches!(kind, Kind::Data) {
-            clear_refusal(&view);
-        }
-        let refused = if matches!(kind, Kind::MessageEnd) {
-            view.shared
-                .refusal
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-        } else {
-            None
-        };
-        let answer = match refused {
-            Some(reply) => Some(Verdict::Reject(reply)),
-            None => {
-                let ret = self.invoke(&view, &call);
-                (ret != SMTPS_ANSWER_DEFER).then(|| verdict_for(kind, ret))
-            }
-        };
-        let Some(verdict) = answer else { return };
-        let responder = {
-            let mut registry = self.registry();
-            match registry.get(&id) {
-                Some(Pending::Deferred { seq: pending, .. }) if *pending == seq => {
-                    match registry.remove(&id) {
-                        Some(Pending::Deferred { responder, .. }) => Some(responder),
-                        _ => None,
-                    }
-                }
-                // Answered during the callback by `smtps_server_reply`, or the session closed.
-                _ => None,
-            }
-        };
-        if let Some(responder) = responder {
-            responder.respond(verdict);
-        }
+        self.finished.notify_all();
     }
 
     /// Calls the C callback for `call`, marking the thread as inside a callback.
@@ -338,9 +211,6 @@ impl Core {
                 Call::DataStart => callbacks
                     .on_data_start
                     .map_or(SMTPS_ANSWER_ACCEPT, |f| f(ud, session)),
-                Call::Body(chunk) => callbacks.on_body.map_or(SMTPS_ANSWER_ACCEPT, |f| {
-                    f(ud, session, smtps_bytes::new(chunk))
-                }),
                 Call::MessageEnd(size) => callbacks
                     .on_message_end
                     .map_or(crate::callbacks::SMTPS_ANSWER_REJECT, |f| {
@@ -395,36 +265,9 @@ impl Core {
         unsafe { f(self.userdata.0, session, smtps_bytes::new(chunk)) }
     }
 
-    /// A decision event on a worker: calls the host now, or queues it (host-poll-loop mode).
-    fn decide(
-        &self,
-        view: &Arc<SessionView>,
-        cx: &mut Context<'_>,
-        kind: Kind,
-        call: Call,
-    ) -> Answer {
+    /// A decision event: calls the host now, on the thread turning the worker.
+    fn decide(&self, view: &SessionView, cx: &mut Context<'_>, kind: Kind, call: &Call) -> Answer {
         let id = view.id;
-        if self.polled.load(Ordering::Acquire) {
-            let Some(responder) = cx.defer() else {
-                return Answer::Reject(fixed(451, "4.3.0", "Temporary failure, try again later"));
-            };
-            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            // Registered before it is queued, so that a reply during the callback finds it.
-            self.registry().insert(
-                id,
-                Pending::Deferred {
-                    kind,
-                    seq,
-                    responder,
-                },
-            );
-            self.push(Queued {
-                view: Arc::clone(view),
-                seq,
-                call,
-            });
-            return Answer::Deferred;
-        }
         self.registry().insert(
             id,
             Pending::InCallback {
@@ -432,7 +275,7 @@ impl Core {
                 verdict: None,
             },
         );
-        let ret = self.invoke(view, &call);
+        let ret = self.invoke(view, call);
         let mut registry = self.registry();
         let given = match registry.remove(&id) {
             Some(Pending::InCallback { verdict, .. }) => verdict,
@@ -446,41 +289,12 @@ impl Core {
         }
         match cx.defer() {
             Some(responder) => {
-                let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-                registry.insert(
-                    id,
-                    Pending::Deferred {
-                        kind,
-                        seq,
-                        responder,
-                    },
-                );
+                registry.insert(id, Pending::Deferred { kind, responder });
                 Answer::Deferred
             }
             None => Answer::Reject(fixed(451, "4.3.0", "Temporary failure, try again later")),
         }
     }
-
-    /// A notice (no decision) on a worker: calls the host now, or queues it.
-    fn notify_host(&self, view: &Arc<SessionView>, call: Call) {
-        if self.polled.load(Ordering::Acquire) {
-            self.push(Queued {
-                view: Arc::clone(view),
-                seq: 0,
-                call,
-            });
-        } else {
-            self.invoke(view, &call);
-        }
-    }
-}
-
-fn clear_refusal(view: &SessionView) {
-    *view
-        .shared
-        .refusal
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = None;
 }
 
 /// The verdict for a callback's return value.
@@ -541,7 +355,7 @@ impl Handler for FfiHandler {
         };
         let answer = self
             .core
-            .decide(&session.view, cx, Kind::Connect, Call::Connect);
+            .decide(&session.view, cx, Kind::Connect, &Call::Connect);
         (session, answer)
     }
 
@@ -556,11 +370,10 @@ impl Handler for FfiHandler {
         if session.view.extended != extended {
             Arc::make_mut(&mut session.view).extended = extended;
         }
-        let view = Arc::clone(&session.view);
         let call = Call::Helo {
             name: name.to_string(),
         };
-        self.core.decide(&view, cx, Kind::Helo, call)
+        self.core.decide(&session.view, cx, Kind::Helo, &call)
     }
 
     fn auth(
@@ -569,13 +382,13 @@ impl Handler for FfiHandler {
         cx: &mut Context<'_>,
         credentials: &Credentials<'_>,
     ) -> Answer {
-        let view = Arc::clone(session.refresh(cx));
+        let view = session.refresh(cx);
         let call = Call::Auth {
             user: credentials.authentication_id.to_owned(),
             password: credentials.password.to_owned(),
             authzid: credentials.authorization_id.to_owned(),
         };
-        self.core.decide(&view, cx, Kind::Auth, call)
+        self.core.decide(view, cx, Kind::Auth, &call)
     }
 
     fn mail(
@@ -585,12 +398,12 @@ impl Handler for FfiHandler {
         from: &ReversePath<'_>,
         _params: &MailParameters<'_>,
     ) -> Answer {
-        let view = Arc::clone(session.refresh(cx));
+        let view = session.refresh(cx);
         self.core.decide(
-            &view,
+            view,
             cx,
             Kind::Mail,
-            Call::Mail {
+            &Call::Mail {
                 from: from.address(),
             },
         )
@@ -603,14 +416,14 @@ impl Handler for FfiHandler {
         to: &ForwardPath<'_>,
         _params: &RcptParameters<'_>,
     ) -> Answer {
-        let view = Arc::clone(session.refresh(cx));
+        let view = session.refresh(cx);
         self.core
-            .decide(&view, cx, Kind::Rcpt, Call::Rcpt { to: to.address() })
+            .decide(view, cx, Kind::Rcpt, &Call::Rcpt { to: to.address() })
     }
 
     fn data_start(&self, session: &mut FfiSession, cx: &mut Context<'_>) -> Answer {
-        let view = Arc::clone(session.refresh(cx));
-        self.core.decide(&view, cx, Kind::Data, Call::DataStart)
+        let view = session.refresh(cx);
+        self.core.decide(view, cx, Kind::Data, &Call::DataStart)
     }
 
     fn body_chunk(
@@ -619,52 +432,34 @@ impl Handler for FfiHandler {
         cx: &mut Context<'_>,
         chunk: &[u8],
     ) -> Result<(), Reply> {
-        let view = Arc::clone(session.refresh(cx));
-        if self.core.polled.load(Ordering::Acquire) {
-            let refused = view
-                .shared
-                .refusal
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            if let Some(reply) = refused {
-                return Err(reply);
-            }
-            self.core.push(Queued {
-                view,
-                seq: 0,
-                call: Call::Body(chunk.to_vec()),
-            });
-            return Ok(());
-        }
-        match self.core.body_in_callback(&view, chunk) {
+        let view = session.refresh(cx);
+        match self.core.body_in_callback(view, chunk) {
             Some(reply) => Err(reply),
             None => Ok(()),
         }
     }
 
     fn message_end(&self, session: &mut FfiSession, cx: &mut Context<'_>, size: u64) -> Answer {
-        let view = Arc::clone(session.refresh(cx));
+        let view = session.refresh(cx);
         self.core
-            .decide(&view, cx, Kind::MessageEnd, Call::MessageEnd(size))
+            .decide(view, cx, Kind::MessageEnd, &Call::MessageEnd(size))
     }
 
     fn message_aborted(&self, session: &mut FfiSession, cx: &mut Context<'_>, reason: AbortReason) {
-        let view = Arc::clone(session.refresh(cx));
-        self.core.notify_host(&view, Call::Aborted(reason.into()));
+        let view = session.refresh(cx);
+        self.core.invoke(view, &Call::Aborted(reason.into()));
     }
 
     fn reset(&self, session: &mut FfiSession, cx: &mut Context<'_>) {
-        let view = Arc::clone(session.refresh(cx));
-        self.core.notify_host(&view, Call::Reset);
+        let view = session.refresh(cx);
+        self.core.invoke(view, &Call::Reset);
     }
 
     fn disconnect(&self, mut session: FfiSession, cx: &mut Context<'_>, reason: CloseReason) {
-        let view = Arc::clone(session.refresh(cx));
+        let view = session.refresh(cx);
         // A decision still registered can no longer be answered.
         let stale = self.core.registry().remove(&view.id);
         drop(stale);
-        self.core
-            .notify_host(&view, Call::Disconnect((&reason).into()));
+        self.core.invoke(view, &Call::Disconnect((&reason).into()));
     }
 }

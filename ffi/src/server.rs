@@ -1,16 +1,15 @@
 //! `smtps_server`: listeners bound, callbacks registered; run on library threads
 //! (`smtps_server_start`), on the calling thread (`smtps_server_run`), or from the host's own
-//! poll loop (`smtps_server_start_polled` + `smtps_server_dispatch`).
+//! poll loop (`smtps_server_start_polled` + `smtps_server_dispatch`, which turns the worker on
+//! the host's thread: no queue, no copies).
 
 use std::ffi::{c_char, c_int, c_void};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ::smtps_server::{RunningServer, Server, ServerHandle};
+use ::smtps_server::{PolledServer, RunningServer, Server, ServerHandle};
 use smtps_tls::TlsAcceptor;
 
 use crate::callbacks::smtps_callbacks;
@@ -44,8 +43,9 @@ pub(crate) struct FfiServer {
     local_addrs: Vec<SocketAddr>,
     tls: Option<Arc<TlsAcceptor>>,
     state: Mutex<State>,
-    /// Serialises `smtps_server_dispatch` (callbacks of the poll-loop mode run one at a time).
-    dispatching: Mutex<()>,
+    /// The worker of the poll-loop mode, turned by `smtps_server_dispatch` (one caller at a
+    /// time). Apart from `state`, which callbacks may need while a turn holds this.
+    polled: Mutex<Option<PolledServer<FfiHandler>>>,
 }
 
 enum State {
@@ -55,6 +55,8 @@ enum State {
     Threads(Option<JoinHandle<()>>),
     /// Serving from `smtps_server_run` on a host thread.
     Caller,
+    /// Serving from the host's poll loop (`smtps_server_dispatch`).
+    Polled,
     /// A shutdown was requested (`smtps_server_shutdown`).
     ShuttingDown(Option<JoinHandle<()>>),
     /// `smtps_server_stop` is waiting for the end.
@@ -68,18 +70,58 @@ impl FfiServer {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts the workers on library threads, with a supervisor thread that marks the end.
-    fn start(&self, polled: bool) -> smtps_result {
+    fn polled(&self) -> MutexGuard<'_, Option<PolledServer<FfiHandler>>> {
+        self.polled.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the bound server, if the server is still in that phase.
+    fn take_bound(&self, next: State) -> Result<Box<Server<FfiHandler>>, smtps_result> {
         let mut state = self.state();
-        let server = match std::mem::replace(&mut *state, State::Stopped) {
-            State::Bound(server) => server,
+        match std::mem::replace(&mut *state, next) {
+            State::Bound(server) => Ok(server),
             other => {
                 let result = phase_error(&other);
                 *state = other;
-                return result;
+                Err(result)
             }
+        }
+    }
+
+    /// Serves from the host's poll loop: returns the descriptor to poll.
+    fn start_polled(&self) -> Result<std::os::fd::RawFd, smtps_result> {
+        let server = self.take_bound(State::Polled)?;
+        let polled = server.into_polled();
+        let fd = polled.fd();
+        *self.polled() = Some(polled);
+        Ok(fd)
+    }
+
+    /// One turn of the poll-loop mode's worker, waiting at most `timeout`. Returns the
+    /// readiness events served, or `None` once the server has finished.
+    fn turn(&self, timeout: Duration) -> Result<Option<usize>, smtps_result> {
+        let mut polled = self.polled();
+        let Some(server) = polled.as_mut() else {
+            return Err(fail(
+                smtps_result::WrongState,
+                "the server was not started with smtps_server_start_polled",
+            ));
         };
-        self.core.polled.store(polled, Ordering::Release);
+        if server.is_finished() {
+            return Ok(None);
+        }
+        match server.turn(timeout) {
+            Ok(served) => Ok(Some(served)),
+            Err(error) => Err(server_error(&error)),
+        }
+    }
+
+    /// Starts the workers on library threads, with a supervisor thread that marks the end.
+    fn start(&self) -> smtps_result {
+        let server = match self.take_bound(State::Stopped) {
+            Ok(server) => server,
+            Err(error) => return error,
+        };
+        let mut state = self.state();
         let running = match server.start() {
             Ok(running) => running,
             Err(error) => {
@@ -128,7 +170,7 @@ impl FfiServer {
                     Ok(None)
                 }
             }
-            State::Caller => {
+            State::Caller | State::Polled => {
                 self.handle.shutdown(grace);
                 *state = if waiting {
                     State::Stopping
@@ -151,42 +193,31 @@ impl FfiServer {
         }
     }
 
-    /// Waits for every worker to stop; in the poll-loop mode runs the remaining callbacks on
-    /// the calling thread meanwhile.
+    /// Waits for every worker to stop; in the poll-loop mode turns the worker on the calling
+    /// thread meanwhile (the remaining callbacks run there). Returns whether a worker panicked.
     fn wait_finished(&self) -> bool {
-        let polled = self.core.polled.load(Ordering::Acquire);
-        loop {
-            if polled {
-                self.dispatch_all();
+        if self.polled().is_some() {
+            loop {
+                let timeout = self
+                    .polled()
+                    .as_ref()
+                    .map_or(Duration::ZERO, PolledServer::next_timeout);
+                match self.turn(timeout.min(Duration::from_millis(100))) {
+                    Ok(Some(_)) => {}
+                    // Finished; or a poll failure, which leaves nothing to wait for.
+                    Ok(None) | Err(_) => return false,
+                }
             }
-            let queue = self.core.queue();
-            if queue.finished && queue.items.is_empty() {
-                return queue.panicked;
-            }
-            if polled && !queue.items.is_empty() {
-                continue;
-            }
-            let _unused = self
+        }
+        let mut finish = self.core.finish_state();
+        while !finish.finished {
+            finish = self
                 .core
-                .queue_changed
-                .wait_timeout(queue, Duration::from_millis(100))
+                .finished
+                .wait(finish)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-    }
-
-    /// Runs every queued callback. Returns how many ran.
-    fn dispatch_all(&self) -> usize {
-        let _serial = self
-            .dispatching
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.core.drain_signal();
-        let items = std::mem::take(&mut self.core.queue().items);
-        let count = items.len();
-        for item in items {
-            self.core.dispatch(item);
-        }
-        count
+        finish.panicked
     }
 
     fn stop(&self, grace: Duration) -> smtps_result {
@@ -262,10 +293,7 @@ pub unsafe extern "C" fn smtps_server_new(
             Err(error) => return error,
         };
         let tls = server_config.tls.clone();
-        let core = match Core::new(callbacks, UserData(userdata)) {
-            Ok(core) => Arc::new(core),
-            Err(error) => return io_error("creating the dispatch socket pair", &error),
-        };
+        let core = Arc::new(Core::new(callbacks, UserData(userdata)));
         let handler = FfiHandler { core: Arc::clone(&core) };
         let server = match Server::bind(server_config, handler) {
             Ok(server) => server,
@@ -277,7 +305,7 @@ pub unsafe extern "C" fn smtps_server_new(
             local_addrs: server.local_addrs().to_vec(),
             tls,
             state: Mutex::new(State::Bound(Box::new(server))),
-            dispatching: Mutex::new(()),
+            polled: Mutex::new(None),
         };
         // SAFETY: checked non-NULL above; writable by contract.
         unsafe { write_out(server_out, to_boxed_ptr::<smtps_server>(value)) };
@@ -317,14 +345,19 @@ pub unsafe extern "C" fn smtps_server_free(server: *mut smtps_server) {
 /// `server` is NULL or a live server.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smtps_server_start(server: *const smtps_server) -> smtps_result {
-    ffi_boundary! { try_ref_from_ptr!(server).start(false) }
+    ffi_boundary! { try_ref_from_ptr!(server).start() }
 }
 
-/// Serves from the host's own poll loop. The workers still do the I/O on library threads,
-/// but every callback is queued, and runs on the thread that calls `smtps_server_dispatch`.
+/// Serves from the host's own poll loop, on the host's thread: one worker serves every
+/// connection, and it runs only inside `smtps_server_dispatch` (the listeners of further
+/// workers set with `smtps_config_set_workers` are closed). Every callback runs on the thread
+/// calling `smtps_server_dispatch`, inline: nothing is queued or copied (a message body goes
+/// from the socket to `on_body` chunk by chunk, as in the threaded mode).
+///
 /// `*fd_out` receives a file descriptor (owned by the server: do not close or read it) that
-/// polls readable (`POLLIN`) whenever callbacks are queued or the server has finished: then
-/// call `smtps_server_dispatch`.
+/// polls readable (`POLLIN`) whenever the server has work: a client, a reply given from
+/// another thread, a shutdown. Call `smtps_server_dispatch` then, and also once
+/// `smtps_server_next_timeout_ms` milliseconds have passed (timers).
 ///
 /// # Safety
 /// `server` is NULL or a live server; `fd_out` is NULL or writable.
@@ -336,21 +369,24 @@ pub unsafe extern "C" fn smtps_server_start_polled(
     ffi_boundary! {
         let server = try_ref_from_ptr!(server);
         check_out!(fd_out);
-        let result = server.start(true);
-        if result == smtps_result::Ok {
-            // SAFETY: checked non-NULL above; writable by contract.
-            unsafe { write_out(fd_out, server.core.signal_read.as_raw_fd()) };
+        match server.start_polled() {
+            Ok(fd) => {
+                // SAFETY: checked non-NULL above; writable by contract.
+                unsafe { write_out(fd_out, fd) };
+                smtps_result::Ok
+            }
+            Err(error) => error,
         }
-        result
     }
 }
 
-/// Runs every queued callback on the calling thread, without blocking, and sets
-/// `*dispatched_out` to how many ran. Call it when the descriptor from
-/// `smtps_server_start_polled` polls readable (calling it more often is harmless).
+/// Serves what is ready — accepts, reads, callbacks, writes, due timers — on the calling
+/// thread, without blocking, and sets `*dispatched_out` to the number of readiness events
+/// served. Call it when the descriptor from `smtps_server_start_polled` polls readable and
+/// when `smtps_server_next_timeout_ms` has passed (calling it more often is harmless).
 ///
-/// Returns `SMTPS_RESULT_SERVER_STOPPED` once the server has finished (after a shutdown) and
-/// nothing is left to dispatch: the end of the host's loop. `SMTPS_RESULT_WRONG_STATE` if the
+/// Returns `SMTPS_RESULT_SERVER_STOPPED` once the server has finished (after a shutdown,
+/// every session closed): the end of the host's loop. `SMTPS_RESULT_WRONG_STATE` if the
 /// server was not started with `smtps_server_start_polled`; `SMTPS_RESULT_IN_CALLBACK` from a
 /// callback. Calls from several threads are serialised.
 ///
@@ -367,19 +403,41 @@ pub unsafe extern "C" fn smtps_server_dispatch(
         if in_callback() {
             return fail(smtps_result::InCallback, "smtps_server_dispatch called from a callback");
         }
-        if matches!(*server.state(), State::Bound(_)) || !server.core.polled.load(Ordering::Acquire) {
-            return fail(smtps_result::WrongState, "the server was not started with smtps_server_start_polled");
-        }
-        let dispatched = server.dispatch_all();
-        if dispatched == 0 {
-            let queue = server.core.queue();
-            if queue.finished && queue.items.is_empty() {
-                return fail(smtps_result::ServerStopped, "the server has finished");
+        match server.turn(Duration::ZERO) {
+            Ok(Some(served)) => {
+                // SAFETY: checked non-NULL above; writable by contract.
+                unsafe { write_out(dispatched_out, served) };
+                smtps_result::Ok
             }
+            Ok(None) => fail(smtps_result::ServerStopped, "the server has finished"),
+            Err(error) => error,
         }
-        // SAFETY: checked non-NULL above; writable by contract.
-        unsafe { write_out(dispatched_out, dispatched) };
-        smtps_result::Ok
+    }
+}
+
+/// Milliseconds until `smtps_server_dispatch` must be called even if the descriptor from
+/// `smtps_server_start_polled` stays quiet (the next timer: a client's timeout, a host's
+/// decision timeout, the end of a shutdown's grace); 0 when work is left over from the last
+/// dispatch; at most 1000. Use it as the host's `poll()` timeout. -1 if the server is not in
+/// the poll-loop mode (or NULL).
+///
+/// # Safety
+/// `server` is NULL or a live server.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_next_timeout_ms(server: *const smtps_server) -> i64 {
+    ffi_boundary! {
+        // SAFETY: see `try_ref_from_ptr`; NULL has no timer.
+        let Some(server) = (unsafe { crate::ffi::try_ref(server) }) else {
+            return -1;
+        };
+        match server.polled().as_ref() {
+            Some(polled) => {
+                let left = polled.next_timeout();
+                // Round up: waking a millisecond early would find nothing due yet.
+                i64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i64::MAX)
+            }
+            None => -1,
+        }
     }
 }
 
@@ -405,7 +463,6 @@ pub unsafe extern "C" fn smtps_server_run(server: *const smtps_server) -> smtps_
                 }
             }
         };
-        server.core.polled.store(false, Ordering::Release);
         let result = bound.run();
         server.core.finish(matches!(result, Err(::smtps_server::Error::WorkerPanicked)));
         {

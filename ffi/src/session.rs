@@ -2,10 +2,9 @@
 //! duration of the call.
 
 use std::ffi::c_void;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Arc, Mutex};
 
-use smtps_proto::Reply;
 use smtps_server::{Mode, SessionInfo};
 
 use crate::config::{mode_number, smtps_mode};
@@ -31,9 +30,6 @@ impl Castable for smtps_session {
 pub(crate) struct SessionShared {
     /// The host's per-session pointer.
     pub(crate) userdata: AtomicPtr<c_void>,
-    /// In the host-poll-loop mode: the reply refusing the message in progress, set by the host
-    /// thread from the body callback, read by the worker at the next chunk or message end.
-    pub(crate) refusal: Mutex<Option<Reply>>,
 }
 
 /// The Rust value behind `smtps_session`: a copy of the session's information as of the event.
@@ -70,7 +66,6 @@ impl SessionView {
             recipients: Vec::new(),
             shared: Arc::new(SessionShared {
                 userdata: AtomicPtr::new(std::ptr::null_mut()),
-                refusal: Mutex::new(None),
             }),
         };
         view.update(info);

@@ -534,6 +534,51 @@ fn conn_server_idle_client_gets_421_from_the_library_timer() {
     program.stop();
 }
 
+/// The poll-loop mode turns the worker on the host's thread and calls `on_body` inline: a
+/// 64 MiB message to a host whose spool is slow is never held in memory (before, every chunk
+/// was copied into an unbounded queue for `smtps_server_dispatch`). The host's peak resident
+/// memory stays far below the message's size, and the message is stored byte-exact.
+#[test]
+fn host_polled_holds_no_message_in_memory_with_a_slow_spool() {
+    if !tools_present() {
+        return;
+    }
+    let host = build("host", "static");
+    let program = Program::start(
+        &host,
+        &["polled"],
+        "spool-polled-big",
+        &[("HOST_BODY_DELAY_US", "100")],
+    );
+    let line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ab\r\n";
+    let mut body = b"Subject: 64 MiB\r\n\r\n".to_vec();
+    while body.len() < 64 << 20 {
+        body.extend_from_slice(line);
+    }
+    send_smtplib("implicit", program.ports[0], "alice", "wonderland", &body);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", program.child.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    eprintln!(
+        "host peak resident memory: {peak_kib} KiB for a {} KiB message",
+        body.len() >> 10
+    );
+    let spooled = program.spooled();
+    program.stop();
+    assert_eq!(spooled.len(), 1);
+    assert!(
+        spooled[0] == body,
+        "the stored message differs from the one sent"
+    );
+    assert!(
+        peak_kib < 32 * 1024,
+        "the host peaked at {peak_kib} KiB resident for a 64 MiB message"
+    );
+}
+
 #[test]
 fn misuse_returns_error_codes() {
     if !have("cc", "--version") {

@@ -10,7 +10,9 @@
  * <starttls>" on stdout, and serves until stdin reaches end of file; then it stops the
  * server (2 s grace) and exits 0.
  *
- * AUTH (required before MAIL) checks a small user table. Each message body is streamed into
+ * HOST_BODY_DELAY_US in the environment makes on_body sleep that long per chunk (a slow spool).
+ *
+ * Messages may be up to 100 MiB. AUTH (required before MAIL) checks a small user table. Each message body is streamed into
  * SPOOL/tmp/; at its end a commit thread fsyncs the file, renames it into SPOOL/new/ and
  * fsyncs the directory, and only then answers 250 through the deferred reply.
  *
@@ -22,10 +24,12 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "smtps.h"
@@ -153,10 +157,16 @@ static smtps_answer on_data_start(void *ud, const smtps_session *session) {
   return SMTPS_ANSWER_ACCEPT;
 }
 
+/* How long on_body takes per chunk: HOST_BODY_DELAY_US in the environment (a slow disk). */
+static struct timespec body_delay;
+
 static smtps_answer on_body(void *ud, const smtps_session *session, smtps_bytes chunk) {
   struct session *s = state_of(session);
   size_t done = 0;
   (void)ud;
+  if (body_delay.tv_nsec > 0) {
+    nanosleep(&body_delay, NULL); /* a slow spool (HOST_BODY_DELAY_US) */
+  }
   while (done < chunk.len) {
     ssize_t n = write(s->fd, chunk.data + done, chunk.len - done);
     if (n < 0 && errno == EINTR) {
@@ -295,6 +305,9 @@ int main(int argc, char **argv) {
     return 2;
   }
   polled = strcmp(argv[1], "polled") == 0;
+  if (getenv("HOST_BODY_DELAY_US") != NULL) {
+    body_delay.tv_nsec = (long)(strtoul(getenv("HOST_BODY_DELAY_US"), NULL, 10) % 1000000) * 1000;
+  }
   memset(&host, 0, sizeof host);
   host.spool = argv[2];
   pthread_mutex_init(&host.lock, NULL);
@@ -316,7 +329,9 @@ int main(int argc, char **argv) {
       (result = smtps_config_set_certificate_files(config, argv[3], argv[4])) !=
           SMTPS_RESULT_OK ||
       (result = smtps_config_set_require_auth(config, true)) != SMTPS_RESULT_OK ||
-      (result = smtps_config_set_workers(config, 2)) != SMTPS_RESULT_OK) {
+      (result = smtps_config_set_workers(config, 2)) != SMTPS_RESULT_OK ||
+      (result = smtps_config_set_limit(config, SMTPS_LIMIT_MESSAGE_SIZE, 100 << 20)) !=
+          SMTPS_RESULT_OK) {
     die("configuration", result);
   }
 
@@ -364,10 +379,13 @@ int main(int argc, char **argv) {
       fds[0].events = POLLIN;
       fds[1].fd = STDIN_FILENO;
       fds[1].events = POLLIN;
-      if (poll(fds, 2, 1000) < 0 && errno != EINTR) {
+      /* The library's next timer bounds the wait; dispatching early is harmless. */
+      int64_t timeout = smtps_server_next_timeout_ms(host.server);
+      int ready = poll(fds, 2, timeout < 0 || timeout > 1000 ? 1000 : (int)timeout);
+      if (ready < 0 && errno != EINTR) {
         break;
       }
-      if (fds[0].revents & POLLIN) {
+      if (ready == 0 || (ready > 0 && (fds[0].revents & POLLIN))) {
         result = smtps_server_dispatch(host.server, &dispatched);
         if (result != SMTPS_RESULT_OK) {
           die("smtps_server_dispatch", result);

@@ -62,5 +62,5 @@ mod worker;
 pub use config::{ConnectionLimits, ListenerConfig, ServerConfig};
 pub use error::Error;
 pub use handler::{Answer, Context, Credentials, Handler, Responder, SessionInfo};
-pub use server::{RunningServer, Server, ServerHandle};
+pub use server::{PolledServer, RunningServer, Server, ServerHandle};
 pub use smtps_conn::{CloseReason, Mode, Timeouts, Timer};

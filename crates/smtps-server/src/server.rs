@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
-use mio::{Poll, Waker};
+use mio::{Events, Poll, Waker};
 use smtps_proto::SessionConfig;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -49,6 +49,14 @@ pub(crate) struct Control {
 #[derive(Clone)]
 pub struct ServerHandle {
     control: Arc<Control>,
+}
+
+/// A server served from the host's own poll loop, on the host's thread ([`Server::into_polled`]):
+/// one worker, whose every handler call runs inside [`PolledServer::turn`].
+pub struct PolledServer<H: Handler> {
+    worker: Worker<H>,
+    events: Events,
+    handle: ServerHandle,
 }
 
 /// A server running on its own threads ([`Server::start`]).
@@ -194,6 +202,25 @@ impl<H: Handler> Server<H> {
         }
     }
 
+    /// Serves from the host's own poll loop, on the host's thread: poll [`PolledServer::fd`]
+    /// (with [`PolledServer::next_timeout`]) and call [`PolledServer::turn`]. One worker
+    /// serves every connection (the listeners of the others are closed), so every handler
+    /// call runs on the thread that turns it, one at a time.
+    #[must_use]
+    pub fn into_polled(self) -> PolledServer<H> {
+        let handle = self.handle();
+        let mut workers = self.workers.into_iter();
+        // `bind` makes at least one worker.
+        let Some(worker) = workers.next() else {
+            unreachable!("a bound server has a worker")
+        };
+        PolledServer {
+            worker,
+            events: Events::with_capacity(1024),
+            handle,
+        }
+    }
+
     /// Serves on new threads and returns at once.
     ///
     /// # Errors
@@ -202,6 +229,51 @@ impl<H: Handler> Server<H> {
         let handle = self.handle();
         let threads = spawn_all(self.workers.into_iter())?;
         Ok(RunningServer { handle, threads })
+    }
+}
+
+impl<H: Handler> PolledServer<H> {
+    /// The descriptor to poll for readability (`POLLIN`): it is readable whenever a turn has
+    /// work (a client's socket, an answer from another thread, a shutdown request). Owned by
+    /// the server: do not read or close it.
+    #[must_use]
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.worker.fd()
+    }
+
+    /// Serves whatever is ready — accepts, reads, handler calls, writes, due timers — waiting
+    /// at most `timeout` for something to become ready (`Duration::ZERO`: not at all). Returns
+    /// how many readiness events were served.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if polling fails.
+    pub fn turn(&mut self, timeout: Duration) -> Result<usize, Error> {
+        self.worker
+            .turn(&mut self.events, timeout)
+            .map_err(|source| Error::Io {
+                context: "polling",
+                source,
+            })
+    }
+
+    /// How long the host may wait for [`PolledServer::fd`] before calling
+    /// [`PolledServer::turn`] anyway (a timer is due then); zero when work is left over.
+    #[must_use]
+    pub fn next_timeout(&self) -> Duration {
+        self.worker.sleep_time(Instant::now())
+    }
+
+    /// Whether the server has finished: shut down (see [`ServerHandle::shutdown`]) and every
+    /// session closed.
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.worker.is_finished()
+    }
+
+    /// The handle.
+    #[must_use]
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
     }
 }
 

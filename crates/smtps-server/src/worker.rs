@@ -160,53 +160,77 @@ impl<H: Handler> Worker<H> {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.sleep_time(Instant::now());
-            if let Err(error) = self.poll.poll(&mut events, Some(timeout))
-                && error.kind() != io::ErrorKind::Interrupted
-            {
+            if let Err(error) = self.turn(&mut events, timeout) {
                 log::error!("smtps: worker {} poll failed: {error}", self.index);
                 break;
             }
-            let now = Instant::now();
-            if events.is_empty() {
-                // Answers posted while a wake-up failed are picked up here.
-                self.wake(now);
-            }
-            for event in &events {
-                match event.token() {
-                    WAKER => self.wake(now),
-                    Token(i) if i < FIRST_CONNECTION => self.accept(i, now),
-                    Token(i) => {
-                        let index = i - FIRST_CONNECTION;
-                        if let Some(Some(slot)) = self.slots.get_mut(index) {
-                            let hangup = event.is_read_closed() || event.is_error();
-                            let readiness = &mut slot.readiness;
-                            readiness.hangup |= hangup;
-                            readiness.readable |= hangup || event.is_readable();
-                            readiness.writable |= event.is_writable() || event.is_write_closed();
-                        }
-                        self.service(index, now);
-                    }
-                }
-            }
-            for _ in 0..self.ready.len() {
-                if let Some(index) = self.ready.pop_front() {
-                    if let Some(Some(slot)) = self.slots.get_mut(index) {
-                        slot.queued = false;
-                    }
-                    self.service(index, now);
-                }
-            }
-            self.fire_timers(now);
-            if self.shutting_down && self.live == 0 {
+            if self.is_finished() {
                 break;
             }
         }
         log::debug!("smtps: worker {} stopped", self.index);
     }
 
+    /// One pass of the loop: waits up to `timeout` for readiness, then serves what is ready,
+    /// the ready queue and the timers that are due. Returns how many readiness events came.
+    ///
+    /// # Errors
+    /// The poll's own failure (not `EINTR`).
+    pub(crate) fn turn(&mut self, events: &mut Events, timeout: Duration) -> io::Result<usize> {
+        if let Err(error) = self.poll.poll(events, Some(timeout))
+            && error.kind() != io::ErrorKind::Interrupted
+        {
+            return Err(error);
+        }
+        let now = Instant::now();
+        if events.is_empty() {
+            // Answers posted while a wake-up failed are picked up here.
+            self.wake(now);
+        }
+        for event in &*events {
+            match event.token() {
+                WAKER => self.wake(now),
+                Token(i) if i < FIRST_CONNECTION => self.accept(i, now),
+                Token(i) => {
+                    let index = i - FIRST_CONNECTION;
+                    if let Some(Some(slot)) = self.slots.get_mut(index) {
+                        let hangup = event.is_read_closed() || event.is_error();
+                        let readiness = &mut slot.readiness;
+                        readiness.hangup |= hangup;
+                        readiness.readable |= hangup || event.is_readable();
+                        readiness.writable |= event.is_writable() || event.is_write_closed();
+                    }
+                    self.service(index, now);
+                }
+            }
+        }
+        for _ in 0..self.ready.len() {
+            if let Some(index) = self.ready.pop_front() {
+                if let Some(Some(slot)) = self.slots.get_mut(index) {
+                    slot.queued = false;
+                }
+                self.service(index, now);
+            }
+        }
+        self.fire_timers(now);
+        Ok(events.iter().count())
+    }
+
+    /// Whether the worker is done: shut down, and every connection closed.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.shutting_down && self.live == 0
+    }
+
+    /// The poll's descriptor: readable whenever the worker has something to do (a socket, an
+    /// answer from another thread, a shutdown request).
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.poll.as_raw_fd()
+    }
+
     /// How long the loop may sleep: not at all with connections ready, else until the next
     /// deadline (a connection's, or the shutdown's), at most [`MAX_SLEEP`].
-    fn sleep_time(&self, now: Instant) -> Duration {
+    pub(crate) fn sleep_time(&self, now: Instant) -> Duration {
         if !self.ready.is_empty() {
             return Duration::ZERO;
         }
@@ -535,12 +559,12 @@ fn turn(
         while readiness.writable && conn.wants_write() {
             match conn.write_to(writer) {
                 Ok(0) => break,
-                Ok(_) => progressed = true,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     readiness.writable = false;
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => progressed = true,
+                // Octets went out, or the engine closed itself on the error.
+                Ok(_) | Err(_) => progressed = true,
             }
         }
         if conn.is_finished() {
