@@ -492,6 +492,15 @@ impl Connection {
                 .map_or(0, ServerSession::pending_output)
     }
 
+    /// Whether a mail transaction is under way or a decision is outstanding: the connection is
+    /// not idle, and a graceful shutdown should let it finish. False before the session began.
+    #[must_use]
+    pub fn in_transaction(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(ServerSession::in_transaction)
+    }
+
     /// What TLS negotiated, once a handshake (implicit or after STARTTLS) completed.
     #[must_use]
     pub fn tls_info(&self) -> Option<&TlsInfo> {

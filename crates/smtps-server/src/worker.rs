@@ -845,10 +845,7 @@ fn capture_tls(conn: &Connection, info: &mut SessionInfo) {
 /// During a shutdown, an idle session is told `421 4.3.2` and closed; one in a transaction may
 /// finish within the grace.
 fn shutdown_if_idle<S>(conn: &mut Connection, side: &mut HostSide<S>) {
-    let busy = conn
-        .session()
-        .is_some_and(smtps_proto::ServerSession::in_transaction);
-    if !busy {
+    if !conn.in_transaction() {
         side.pending = None;
         conn.close(&shutdown_reply(), CloseReason::Shutdown);
     }
