@@ -10,7 +10,11 @@
 #     (ECDHE, or TLS 1.3);
 #   - testssl.sh reports no vulnerability (its "VULNERABLE" findings and any finding of
 #     severity MEDIUM, HIGH or CRITICAL outside the certificate checks: a self-signed test
-#     certificate is untrusted by design and is reported separately).
+#     certificate is untrusted by design and is reported separately);
+#   - after each scan the server holds nothing for the scanner: within 2 s no socket of the
+#     port is left in CLOSE-WAIT (`ss`), the daemon's descriptors are back to where they were,
+#     and a fresh connection from the same address gets `220` — with the default limit of 50
+#     connections per address, which a scanner that leaked slots would exhaust.
 # Reports go to OUT (default: a temp dir, printed), as testssl JSON/log and sslscan XML/text.
 #   scripts/tls-scan.sh [--rsa] [--out DIR]
 set -euo pipefail
@@ -58,7 +62,7 @@ openssl req -x509 "${NEWKEY[@]}" -nodes -days 2 -keyout "$WORK/key.pem" -out "$W
     -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2> /dev/null
 "$SMTPSD" --listen 127.0.0.1:0=implicit-tls --listen 127.0.0.1:0=starttls-required \
     --cert "$WORK/cert.pem" --key "$WORK/key.pem" --maildir "$WORK/mail" --hostname localhost \
-    --timeout-handshake 10 --timeout-command 30 --max-connections-per-ip 500 \
+    --timeout-handshake 10 --timeout-command 30 \
     2> "$WORK/smtpsd.log" &
 DAEMON_PID=$!
 for _ in $(seq 100); do
@@ -71,6 +75,35 @@ echo "==> smtpsd ($KEY certificate): implicit TLS 127.0.0.1:$IMPLICIT, STARTTLS 
 
 FAIL=0
 fail() { echo "FAIL: $*"; FAIL=1; }
+fds() { find "/proc/$DAEMON_PID/fd" -mindepth 1 -maxdepth 1 2> /dev/null | wc -l; }
+close_wait() { ss -tanH state close-wait "( sport = :$1 )" 2> /dev/null | wc -l; }
+# After a scan: no CLOSE-WAIT on `port` and descriptors back at the baseline within 2 s, and a
+# new client gets the banner (through STARTTLS for that listener).
+released() {
+    local target=$1 port=$2 baseline=$3 waits=-1 open=-1
+    for _ in $(seq 40); do
+        waits=$(close_wait "$port") open=$(fds)
+        [ "$waits" -eq 0 ] && [ "$open" -le "$baseline" ] && break
+        sleep 0.05
+    done
+    echo "  after the scan: $waits CLOSE-WAIT sockets on $port, $open descriptors (baseline $baseline)"
+    [ "$waits" -eq 0 ] || fail "$target: $waits sockets left in CLOSE-WAIT after the scan"
+    [ "$open" -le "$baseline" ] || fail "$target: $open descriptors open after the scan, $baseline before"
+    python3 - "$target" "$port" << 'PY' || fail "$target: a fresh connection after the scan got no 220"
+import socket, ssl, sys
+target, port = sys.argv[1], int(sys.argv[2])
+sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+if target == "implicit":
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    sock = context.wrap_socket(sock)
+banner = sock.recv(512).decode(errors="replace")
+print(f"  fresh connection: {banner.strip()}")
+sys.exit(0 if banner.startswith("220 ") else 1)
+PY
+}
+BASELINE=$(fds)
 
 for target in implicit starttls; do
     port=$IMPLICIT extra=() sslextra=()
@@ -80,10 +113,12 @@ for target in implicit starttls; do
     timeout 900 testssl --quiet --color 0 --warnings batch --ip one --sneaky \
         --jsonfile "$OUT/testssl-$target.json" --logfile "$OUT/testssl-$target.log" \
         "${extra[@]}" "127.0.0.1:$port" > /dev/null 2>&1 || true
+    released "$target" "$port" "$BASELINE"
     [ -s "$OUT/testssl-$target.json" ] || { fail "testssl.sh produced no report for $target"; continue; }
     echo "==> sslscan ${sslextra[*]} 127.0.0.1:$port"
     timeout 300 sslscan --no-colour --show-sigs "${sslextra[@]}" --xml="$OUT/sslscan-$target.xml" \
         "127.0.0.1:$port" > "$OUT/sslscan-$target.txt" 2>&1 || fail "sslscan failed on $target"
+    released "$target" "$port" "$BASELINE"
 
     python3 - "$target" "$OUT/testssl-$target.json" "$OUT/sslscan-$target.xml" << 'PY' || FAIL=1
 import json, re, sys

@@ -292,7 +292,7 @@ impl Core {
                 registry.insert(id, Pending::Deferred { kind, responder });
                 Answer::Deferred
             }
-            None => Answer::Reject(fixed(451, "4.3.0", "Temporary failure, try again later")),
+            None => Answer::Reject(::smtps_conn::replies::temporary_failure()),
         }
     }
 }

@@ -5,15 +5,13 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use smtps_proto::{
-    DecisionId, EnhancedStatus, Event, Reply, ReplyCode, Security, ServerSession, SessionConfig,
-    Verdict,
-};
+use smtps_proto::{DecisionId, Event, Reply, Security, ServerSession, SessionConfig, Verdict};
 use smtps_tls::{TlsAcceptor, TlsError, TlsInfo, Transport};
 
 use crate::close::CloseReason;
 use crate::error::Error;
 use crate::mode::Mode;
+use crate::replies;
 use crate::timeouts::{Timeouts, Timer};
 
 /// The output bound: once this many octets of replies wait for the client (beyond the
@@ -355,14 +353,7 @@ impl Connection {
                 self.abandon_output();
             }
             Timer::Command | Timer::DataBlock | Timer::Session => {
-                let reply = Reply::new(
-                    ReplyCode::SERVICE_UNAVAILABLE,
-                    EnhancedStatus::new(4, 4, 2),
-                    format!(
-                        "{} Timeout, closing connection",
-                        self.session_config.hostname
-                    ),
-                );
+                let reply = replies::timeout(&self.session_config.hostname);
                 self.close(&reply, CloseReason::Timeout(timer));
             }
         }
@@ -732,10 +723,6 @@ impl Connection {
         }
         log::error!("smtps: STARTTLS upgrade failed; closing with 421");
         self.reason.get_or_insert(CloseReason::Refused);
-        session.close(&Reply::new(
-            ReplyCode::SERVICE_UNAVAILABLE,
-            EnhancedStatus::new(4, 7, 0),
-            "TLS not available",
-        ));
+        session.close(&replies::tls_not_available());
     }
 }

@@ -54,6 +54,7 @@ mod close;
 mod connection;
 mod error;
 mod mode;
+pub mod replies;
 mod timeouts;
 
 pub use close::CloseReason;

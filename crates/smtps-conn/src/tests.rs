@@ -5,26 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smtps_proto::{Event, Reply, SessionConfig, Verdict};
-use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings};
+use smtps_testkit::acceptor;
 
 use super::*;
 
 fn config() -> Arc<SessionConfig> {
     Arc::new(SessionConfig::new("mx.test"))
-}
-
-fn acceptor() -> Arc<TlsAcceptor> {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-        .expect("self-signed certificate");
-    Arc::new(
-        TlsSettings::new()
-            .default_certificate(CertificateSource::pem(
-                certified.cert.pem(),
-                certified.signing_key.serialize_pem(),
-            ))
-            .build()
-            .expect("acceptor"),
-    )
 }
 
 fn timeouts() -> Timeouts {

@@ -325,9 +325,5 @@ impl std::fmt::Debug for Responder {
 
 /// The answer for a decision the host could not give: `451 4.3.0`, so that the client retries.
 pub(crate) fn temporary_failure() -> Verdict {
-    Verdict::Reject(Reply::new(
-        ReplyCode::LOCAL_ERROR,
-        smtps_proto::EnhancedStatus::new(4, 3, 0),
-        "Temporary failure, try again later",
-    ))
+    Verdict::Reject(smtps_conn::replies::temporary_failure())
 }

@@ -54,9 +54,11 @@
 #![deny(missing_docs)]
 
 mod config;
+mod dispatch;
 mod error;
 mod handler;
 mod server;
+mod turn;
 mod worker;
 
 pub use config::{ConnectionLimits, ListenerConfig, ServerConfig};

@@ -1,0 +1,282 @@
+//! The host's side of a connection: events become [`Handler`] calls, answers (now or
+//! deferred) become decisions, and what they change is recorded in [`SessionInfo`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::Token;
+use smtps_conn::{CloseReason, Connection, replies};
+use smtps_proto::{DecisionId, Event, Verdict};
+
+use crate::handler::{
+    Answer, Context, Credentials, DeferSlot, Handler, Mailbox, SessionInfo, temporary_failure,
+};
+use crate::server::Shared;
+
+/// The host's side of a connection: what it knows, its state, the decision it deferred.
+pub(crate) struct HostSide<S> {
+    pub(crate) info: SessionInfo,
+    pub(crate) host: Option<S>,
+    /// The decision the host deferred, if any.
+    pub(crate) pending: Option<Pending>,
+    pub(crate) over_limit: bool,
+}
+
+/// A decision the host deferred.
+pub(crate) struct Pending {
+    pub(crate) decision: DecisionId,
+    pub(crate) since: Instant,
+    update: Update,
+}
+
+/// What a decision changes in [`SessionInfo`] once accepted.
+pub(crate) enum Update {
+    None,
+    Helo(String, bool),
+    Auth(String),
+    Mail(String),
+    Rcpt(String),
+    MessageEnd,
+}
+
+/// Drains the connection's events, asking the host. Returns whether any came.
+pub(crate) fn dispatch<H: Handler>(
+    shared: &Shared<H>,
+    conn: &mut Connection,
+    side: &mut HostSide<H::Session>,
+    mailbox: &Arc<Mailbox>,
+    token: Token,
+) -> bool {
+    let mut any = false;
+    let handler = &shared.handler;
+    // The host sees what TLS negotiated from the first event on.
+    capture_tls(conn, &mut side.info);
+    loop {
+        let HostSide {
+            host,
+            info,
+            pending,
+            over_limit,
+        } = &mut *side;
+        let Some(event) = conn.poll_event() else {
+            break;
+        };
+        any = true;
+        let decision = event.decision();
+        let mut cx = Context {
+            info,
+            defer: decision.map(|decision| DeferSlot {
+                mailbox: Arc::clone(mailbox),
+                token,
+                session: info.id,
+                decision,
+            }),
+            deferred: false,
+        };
+        let mut update = Update::None;
+        let mut refusal = None;
+        let answer = match event {
+            Event::Connect { .. } if *over_limit => {
+                conn.close(&replies::too_many_connections(), CloseReason::Limit);
+                continue;
+            }
+            Event::Connect { .. } => {
+                let (state, answer) = handler.connect(&mut cx);
+                *host = Some(state);
+                Some(answer)
+            }
+            Event::Helo { extended, name, .. } => {
+                update = Update::Helo(name.to_string(), extended);
+                host.as_mut()
+                    .map(|h| handler.helo(h, &mut cx, &name, extended))
+            }
+            Event::Auth {
+                mechanism,
+                authorization_id,
+                authentication_id,
+                password,
+                ..
+            } => {
+                update = Update::Auth(authentication_id.to_owned());
+                let credentials = Credentials {
+                    mechanism,
+                    authorization_id,
+                    authentication_id,
+                    password,
+                };
+                host.as_mut()
+                    .map(|h| handler.auth(h, &mut cx, &credentials))
+            }
+            Event::Mail { from, params, .. } => {
+                update = Update::Mail(from.address());
+                host.as_mut()
+                    .map(|h| handler.mail(h, &mut cx, &from, &params))
+            }
+            Event::Rcpt { to, params, .. } => {
+                update = Update::Rcpt(to.address());
+                host.as_mut()
+                    .map(|h| handler.rcpt(h, &mut cx, &to, &params))
+            }
+            Event::DataStart { .. } => host.as_mut().map(|h| handler.data_start(h, &mut cx)),
+            Event::BodyChunk(chunk) => {
+                if let Some(h) = host.as_mut() {
+                    refusal = handler.body_chunk(h, &mut cx, chunk).err();
+                }
+                None
+            }
+            Event::MessageEnd { size, .. } => {
+                update = Update::MessageEnd;
+                log::info!("smtps: session={} event=message size={size}", cx.info.id);
+                host.as_mut().map(|h| handler.message_end(h, &mut cx, size))
+            }
+            Event::MessageAborted { reason } => {
+                log::info!(
+                    "smtps: session={} event=aborted reason={reason:?}",
+                    cx.info.id
+                );
+                if let Some(h) = host.as_mut() {
+                    handler.message_aborted(h, &mut cx, reason);
+                }
+                None
+            }
+            Event::Reset => {
+                if let Some(h) = host.as_mut() {
+                    handler.reset(h, &mut cx);
+                }
+                None
+            }
+            Event::StartTls { discarded } => {
+                if discarded > 0 {
+                    log::warn!(
+                        "smtps: session={} event=starttls discarded={discarded} (pipelined after STARTTLS, CVE-2011-0411)",
+                        cx.info.id
+                    );
+                }
+                None
+            }
+            Event::BareLineEnding { in_body, rejected } => {
+                log::info!(
+                    "smtps: session={} event=bare_line_ending in_body={in_body} rejected={rejected}",
+                    cx.info.id
+                );
+                None
+            }
+            Event::TooManyErrors => {
+                log::info!("smtps: session={} event=too_many_errors", cx.info.id);
+                None
+            }
+            _ => None,
+        };
+        let deferred = cx.deferred;
+        if let Some(reply) = refusal {
+            conn.refuse_message(reply);
+        }
+        let Some(decision) = decision else { continue };
+        *pending = Some(Pending {
+            decision,
+            since: Instant::now(),
+            update,
+        });
+        match answer.and_then(Answer::into_verdict) {
+            Some(verdict) => resolve(conn, side, verdict),
+            None if deferred => {}
+            None => {
+                // `Answer::Deferred` without taking the responder: the host can never answer.
+                log::error!(
+                    "smtps: session={} handler deferred without a responder",
+                    side.info.id
+                );
+                resolve(conn, side, temporary_failure());
+            }
+        }
+    }
+    any
+}
+
+/// Applies a verdict to the outstanding decision and records what it changed.
+pub(crate) fn resolve<S>(conn: &mut Connection, side: &mut HostSide<S>, verdict: Verdict) {
+    let Some(Pending {
+        decision, update, ..
+    }) = side.pending.take()
+    else {
+        return;
+    };
+    let info = &mut side.info;
+    let accepted = matches!(verdict, Verdict::Accept | Verdict::AcceptWith(_));
+    let code = match &verdict {
+        Verdict::AcceptWith(reply) | Verdict::Reject(reply) => reply.code().as_u16(),
+        _ => 0,
+    };
+    if let Err(error) = conn.decide(decision, verdict) {
+        log::warn!("smtps: session={} invalid decision: {error}", info.id);
+        // A verdict that does not fit must not leave the client hanging.
+        let _ = conn.decide(decision, temporary_failure());
+        return;
+    }
+    log_decision(info.id, &update, accepted, code);
+    match update {
+        Update::Helo(name, extended) if accepted => {
+            info.helo = Some(name);
+            info.extended = extended;
+            info.mail_from = None;
+            info.recipients.clear();
+        }
+        Update::Auth(user) if accepted => info.auth_id = Some(user),
+        Update::Mail(from) if accepted => {
+            info.mail_from = Some(from);
+            info.recipients.clear();
+        }
+        Update::Rcpt(to) if accepted => info.recipients.push(to),
+        Update::MessageEnd => {
+            if accepted {
+                info.messages += 1;
+            }
+            info.mail_from = None;
+            info.recipients.clear();
+        }
+        _ => {}
+    }
+}
+
+/// One log line per decided step (`code=0` is the session's default reply).
+fn log_decision(id: u64, update: &Update, accepted: bool, code: u16) {
+    let outcome = if accepted { "accepted" } else { "refused" };
+    match update {
+        Update::None => {}
+        Update::Helo(name, extended) => log::info!(
+            "smtps: session={id} event={} name={name:?} {outcome} code={code}",
+            if *extended { "ehlo" } else { "helo" }
+        ),
+        Update::Auth(user) => {
+            log::info!("smtps: session={id} event=auth user={user:?} {outcome} code={code}");
+        }
+        Update::Mail(from) => {
+            log::info!("smtps: session={id} event=mail from=<{from}> {outcome} code={code}");
+        }
+        Update::Rcpt(to) => {
+            log::info!("smtps: session={id} event=rcpt to=<{to}> {outcome} code={code}");
+        }
+        Update::MessageEnd => {
+            log::info!("smtps: session={id} event=message_end {outcome} code={code}");
+        }
+    }
+}
+
+/// Records (and logs) what TLS negotiated, once it has.
+pub(crate) fn capture_tls(conn: &Connection, info: &mut SessionInfo) {
+    if info.tls.is_some() {
+        return;
+    }
+    if let Some(tls) = conn.tls_info() {
+        log::info!(
+            "smtps: session={} event=tls version={} cipher={} group={} resumed={} sni={}",
+            info.id,
+            tls.version_name(),
+            tls.cipher_suite_name(),
+            tls.key_exchange_group_name().unwrap_or("-"),
+            tls.resumed,
+            tls.server_name.as_deref().unwrap_or("-"),
+        );
+        info.tls = Some(tls.clone());
+    }
+}
