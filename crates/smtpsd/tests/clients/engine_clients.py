@@ -9,7 +9,8 @@ Subcommands (output is `key=value` lines; any surprise exits non-zero with a tra
             250. Each message is determined by its tag (seed and size), so `check` can rebuild
             it; the tags go into a ledger (JSON lines).
   check     every message of the ledgers is in the maildir's new/ exactly once and, apart from
-            the Received: header smtpsd prepends, byte-exact; no other file is there.
+            the Received: header smtpsd prepends, byte-exact (its length and SHA-256 as sent;
+            a message that differs is rebuilt to show where); no other file is there.
   abandon   one abandoned connection of one --stage (see STAGES), repeated --repeat times.
   banner    a new connection gets a `220` greeting (after the TLS handshake on implicit TLS).
   pipelined-starttls
@@ -21,6 +22,7 @@ Every socket has a timeout (10 s, `bulk` 120 s) and every loop a deadline or a c
 """
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -138,7 +140,14 @@ def cmd_bulk(args):
             if code != 250:
                 raise AssertionError(f"{tag}: {code} {text!r} after the final dot")
             with lock:
-                acked.append({"tag": tag, "size": args.size, "len": len(message)})
+                acked.append(
+                    {
+                        "tag": tag,
+                        "size": args.size,
+                        "len": len(message),
+                        "sha256": hashlib.sha256(message).hexdigest(),
+                    }
+                )
         code, text = client.quit()
         assert code == 221, (code, text)
 
@@ -150,7 +159,9 @@ def cmd_bulk(args):
                 errors.append(f"session {index}: {e!r}")
 
     started = time.monotonic()
-    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(args.sessions)]
+    threads = [
+        threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(args.sessions)
+    ]
     for thread in threads:
         thread.start()
     # Each message may take a socket timeout per step; the count of steps bounds the wait.
@@ -189,15 +200,22 @@ def cmd_check(args):
         if entry is None:
             violations.append(f"{name}: {tag} is not in the ledger")
             continue
+        if len(body) == entry["len"] and hashlib.sha256(body).hexdigest() == entry["sha256"]:
+            continue
+        # Rebuilt only to show where it differs.
         sent = make_message(tag, entry["size"])
         if body != sent:
             at = next(
-                (i for i, (a, b) in enumerate(zip(body, sent)) if a != b), min(len(body), len(sent))
+                (i for i, (a, b) in enumerate(zip(body, sent)) if a != b),
+                min(len(body), len(sent)),
             )
+            around = slice(max(0, at - 20), at + 20)
             violations.append(
                 f"{name}: {tag} differs at octet {at} ({len(body)} stored, {len(sent)} sent): "
-                f"stored {body[max(0, at - 20) : at + 20]!r}, sent {sent[max(0, at - 20) : at + 20]!r}"
+                f"stored {body[around]!r}, sent {sent[around]!r}"
             )
+        else:
+            violations.append(f"{name}: {tag} matches its rebuild but not the ledger's digest")
     for tag in expected:
         if seen.get(tag, 0) != 1:
             violations.append(f"{tag}: acknowledged, stored {seen.get(tag, 0)} times")

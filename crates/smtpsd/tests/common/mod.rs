@@ -450,3 +450,42 @@ pub(crate) fn replace_pem_files(cert_path: &Path, key_path: &Path, cert_pem: &st
         fs::rename(&aside, path).expect("rename replacement");
     }
 }
+
+// --- outside tools ---------------------------------------------------------------------------
+
+/// Whether every tool runs (`(program, argument)`, e.g. `("openssl", "version")`). A missing
+/// one fails the test when `SMTPS_C_TESTS_REQUIRED` is set (as CI does), and otherwise skips
+/// it with a message on standard error.
+pub(crate) fn tools_present(test: &str, tools: &[(&str, &str)]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(program, argument)| {
+            let mut command = Command::new(program);
+            command
+                .arg(argument)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let Ok(child) = command.spawn() else {
+                return true;
+            };
+            let what = format!("{command:?}");
+            let mut guard = ChildGuard { child, what };
+            guard.wait_deadline(Duration::from_secs(10)).is_none()
+        })
+        .map(|(program, _)| *program)
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SMTPS_C_TESTS_REQUIRED").is_none(),
+        "{test}: {} not found on the PATH, and SMTPS_C_TESTS_REQUIRED is set",
+        missing.join(", ")
+    );
+    eprintln!(
+        "skipped {test}: {} not found on the PATH",
+        missing.join(", ")
+    );
+    false
+}
