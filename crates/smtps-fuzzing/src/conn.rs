@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
 use smtps_conn::{CloseReason, Connection, Mode, Timer};
@@ -47,6 +47,9 @@ pub enum ConnOp {
     Flip(u8),
     /// Answer a decision already answered: must be refused.
     Stale,
+    /// Time passes: 8 s per unit, then the host calls `handle_timeout` (the command, data,
+    /// handshake, session and linger timers).
+    Wait(u8),
 }
 
 /// What the `conn` target reads: a header octet and operations.
@@ -60,7 +63,7 @@ pub struct ConnInput {
     pub ops: Vec<ConnOp>,
 }
 
-const OP_COUNT: u8 = 12;
+const OP_COUNT: u8 = 13;
 const REJECT_CODES: [u16; 6] = [421, 450, 451, 550, 554, 535];
 /// Total octets one input may put on the wire, so a run stays fast.
 const WIRE_BUDGET: usize = 128 * 1024;
@@ -83,7 +86,8 @@ impl<'a> Arbitrary<'a> for ConnInput {
                 8 => ConnOp::Close,
                 9 => ConnOp::RefuseMessage,
                 10 => ConnOp::Flip(u.arbitrary()?),
-                _ => ConnOp::Stale,
+                11 => ConnOp::Stale,
+                _ => ConnOp::Wait(u.arbitrary()?),
             });
         }
         Ok(Self { header, ops })
@@ -116,6 +120,7 @@ impl ConnInput {
                 ConnOp::RefuseMessage => (9, None, None),
                 ConnOp::Flip(n) => (10, Some(*n), None),
                 ConnOp::Stale => (11, None, None),
+                ConnOp::Wait(n) => (12, Some(*n), None),
             };
             out.push(code);
             out.extend(arg);
@@ -151,7 +156,9 @@ impl ConnInput {
 ///   HELO/EHLO, QUIT or AUTH-free commands' replies after it until a new HELO/EHLO — pre-TLS
 ///   octets (an injection pipelined after `STARTTLS`) are never acted on;
 /// - at most one decision is outstanding; body octets come only after an accepted DATA/BDAT
-///   and before the end of that message; a stale decision is refused.
+///   and before the end of that message; a stale decision is refused;
+/// - time: after `handle_timeout(now)` no timer is still due, and a finished connection has
+///   none.
 ///
 /// # Panics
 /// When a check fails.
@@ -169,6 +176,8 @@ pub struct ConnReport {
     pub events: Vec<&'static str>,
     /// The codes of the replies the client read, in order.
     pub codes: Vec<u16>,
+    /// The connection was closed when the operations ran out.
+    pub closed: bool,
 }
 
 /// Runs one input (also used by the seed writer's self-check).
@@ -195,6 +204,7 @@ pub fn run(input: &ConnInput) -> ConnReport {
         h.apply(op);
     }
     h.exchange(0);
+    h.report.closed = h.conn.is_closed();
     h.finish();
     h.report
 }
@@ -364,6 +374,21 @@ impl Harness {
                         "an answered decision was accepted again"
                     );
                 }
+            }
+            ConnOp::Wait(units) => {
+                self.now += Duration::from_secs(8 * u64::from(*units));
+                self.conn.handle_timeout(self.now);
+                // A timer that is still due right after handling would have a driver spin.
+                if let Some(deadline) = self.conn.poll_timeout() {
+                    assert!(
+                        deadline > self.now,
+                        "a timer is due again after handle_timeout"
+                    );
+                }
+                assert!(
+                    !self.conn.is_finished() || self.conn.poll_timeout().is_none(),
+                    "a finished connection still has a timer"
+                );
             }
         }
         self.drain_events();
@@ -644,6 +669,27 @@ mod tests {
         let report = seed("starttls-message");
         assert!(report.events.contains(&"StartTls"));
         assert!(report.events.contains(&"MessageEnd"), "{report:?}");
+    }
+
+    #[test]
+    fn idle_seed_gets_421_from_the_command_timer() {
+        let report = seed("idle-command-timeout");
+        assert_eq!(report.codes.last(), Some(&421), "{report:?}");
+    }
+
+    #[test]
+    fn stalled_body_seed_aborts_the_message_on_the_data_timer() {
+        let report = seed("stalled-body-timeout");
+        assert!(report.events.contains(&"MessageAborted"), "{report:?}");
+        assert!(!report.events.contains(&"MessageEnd"), "{report:?}");
+        assert_eq!(report.codes.last(), Some(&421), "{report:?}");
+    }
+
+    #[test]
+    fn stalled_starttls_handshake_seed_closes_on_the_handshake_timer() {
+        let report = seed("stalled-starttls-handshake");
+        assert_eq!(report.codes.last(), Some(&220), "{report:?}");
+        assert!(report.closed, "{report:?}");
     }
 
     #[test]

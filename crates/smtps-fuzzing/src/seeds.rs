@@ -607,7 +607,7 @@ fn tokens(words: &[&str]) -> Vec<u8> {
 fn conn_seeds(seeds: &mut Vec<Seed>) {
     use ConnOp::{
         Accept, AutoAccept, Close, Eof, Exchange, Flip, RefuseMessage, Reject, Send, SendRaw,
-        Stale, StartTls,
+        Stale, StartTls, Wait,
     };
     const IMPLICIT: u8 = 1;
     const STARTTLS: u8 = 0;
@@ -782,6 +782,47 @@ fn conn_seeds(seeds: &mut Vec<Seed>) {
             Send(tokens(&["Subject: hello\r\n"])),
             Exchange(0),
             Eof,
+            Exchange(0),
+        ],
+    );
+    // 40 × 8 s = 320 s idle: past the 300 s command timer (421 4.4.2); the close linger then
+    // ends a client that does not read.
+    seed(
+        "idle-command-timeout",
+        PLAIN,
+        vec![
+            AutoAccept(255),
+            ehlo(),
+            Exchange(0),
+            Wait(40),
+            Exchange(0),
+            Wait(1),
+        ],
+    );
+    // 25 × 8 s = 200 s without body octets: past the 180 s data-block timer, mid-message.
+    seed(
+        "stalled-body-timeout",
+        IMPLICIT,
+        vec![
+            AutoAccept(255),
+            ehlo(),
+            envelope(),
+            Send(tokens(&["Subject: hello\r\n"])),
+            Exchange(0),
+            Wait(25),
+            Exchange(0),
+        ],
+    );
+    // A client that never finishes its handshake after STARTTLS: the 30 s handshake timer.
+    seed(
+        "stalled-starttls-handshake",
+        STARTTLS,
+        vec![
+            AutoAccept(255),
+            ehlo(),
+            Send(tokens(&["STARTTLS\r\n"])),
+            Exchange(0),
+            Wait(4),
             Exchange(0),
         ],
     );
