@@ -3,41 +3,13 @@
 //! a corrupt record, and back-pressure.
 #![allow(missing_docs)]
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
 use smtps_conn::{Connection, Error, Mode};
 use smtps_proto::{Event, SessionConfig, Verdict};
-use smtps_tls::rustls::pki_types::ServerName;
-use smtps_tls::rustls::{ClientConfig, ClientConnection, RootCertStore};
-use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings};
-
-struct Fixture {
-    acceptor: Arc<TlsAcceptor>,
-    client: Arc<ClientConfig>,
-}
-
-fn fixture() -> Fixture {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-        .expect("self-signed certificate");
-    let acceptor = TlsSettings::new()
-        .default_certificate(CertificateSource::pem(
-            certified.cert.pem(),
-            certified.signing_key.serialize_pem(),
-        ))
-        .build()
-        .expect("acceptor");
-    let mut roots = RootCertStore::empty();
-    roots.add(certified.cert.der().clone()).expect("root");
-    let client = ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Fixture {
-        acceptor: Arc::new(acceptor),
-        client: Arc::new(client),
-    }
-}
+use smtps_testkit::{MemoryClient, acceptor, client_config};
 
 /// An event without its borrows, as the host saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,16 +32,11 @@ struct Host {
 }
 
 impl Host {
-    fn new(fx: &Fixture, mode: Mode) -> Self {
+    fn new(mode: Mode) -> Self {
         let mut config = SessionConfig::new("mx.test");
         config.policy.require_tls_for_mail = mode == Mode::StartTls;
-        let conn = Connection::new(
-            mode,
-            Arc::new(config),
-            Some(Arc::clone(&fx.acceptor)),
-            Instant::now(),
-        )
-        .expect("connection");
+        let conn = Connection::new(mode, Arc::new(config), Some(acceptor()), Instant::now())
+            .expect("connection");
         Self {
             conn,
             seen: Vec::new(),
@@ -78,31 +45,13 @@ impl Host {
 
     /// Takes every event, accepting each decision.
     fn drain_events(&mut self) {
-        for _ in 0..10_000 {
-            let Some(event) = self.conn.poll_event() else {
-                return;
-            };
-            let (seen, decision) = match event {
-                Event::Connect { decision } => (Seen::Connect, Some(decision)),
-                Event::Helo { decision, name, .. } => {
-                    (Seen::Helo(name.to_string()), Some(decision))
-                }
-                Event::Mail { decision, from, .. } => {
-                    (Seen::Mail(from.to_string()), Some(decision))
-                }
-                Event::Rcpt { decision, to, .. } => (Seen::Rcpt(to.to_string()), Some(decision)),
-                Event::DataStart { decision, .. } => (Seen::DataStart, Some(decision)),
-                Event::BodyChunk(chunk) => (Seen::Body(chunk.to_vec()), None),
-                Event::MessageEnd { decision, size } => (Seen::End(size), Some(decision)),
-                Event::StartTls { discarded } => (Seen::StartTls(discarded), None),
-                other => (Seen::Other(format!("{other:?}")), None),
-            };
-            self.seen.push(seen);
-            if let Some(decision) = decision {
-                self.conn.decide(decision, Verdict::Accept).expect("decide");
-            }
-        }
-        panic!("events never ran out");
+        drain_events(&mut self.conn, &mut self.seen);
+    }
+
+    /// Lets `client` and the connection exchange octets, taking every event on the way.
+    fn exchange(&mut self, client: &mut MemoryClient) {
+        let seen = &mut self.seen;
+        client.exchange(&mut self.conn, |conn| drain_events(conn, seen));
     }
 
     fn body(&self) -> Vec<u8> {
@@ -117,104 +66,34 @@ impl Host {
     }
 }
 
-/// A client that speaks plaintext until [`Client::start_tls`], then TLS through rustls.
-struct Client {
-    tls: Option<ClientConnection>,
-    config: Arc<ClientConfig>,
-    /// Plaintext received from the server (decrypted once TLS runs).
-    received: Vec<u8>,
-    /// Octets on their way to the server.
-    to_server: Vec<u8>,
-}
-
-impl Client {
-    fn new(fx: &Fixture) -> Self {
-        Self {
-            tls: None,
-            config: Arc::clone(&fx.client),
-            received: Vec::new(),
-            to_server: Vec::new(),
+/// Takes every event of `conn` into `seen`, accepting each decision.
+fn drain_events(conn: &mut Connection, seen: &mut Vec<Seen>) {
+    for _ in 0..10_000 {
+        let Some(event) = conn.poll_event() else {
+            return;
+        };
+        let (event_seen, decision) = match event {
+            Event::Connect { decision } => (Seen::Connect, Some(decision)),
+            Event::Helo { decision, name, .. } => (Seen::Helo(name.to_string()), Some(decision)),
+            Event::Mail { decision, from, .. } => (Seen::Mail(from.to_string()), Some(decision)),
+            Event::Rcpt { decision, to, .. } => (Seen::Rcpt(to.to_string()), Some(decision)),
+            Event::DataStart { decision, .. } => (Seen::DataStart, Some(decision)),
+            Event::BodyChunk(chunk) => (Seen::Body(chunk.to_vec()), None),
+            Event::MessageEnd { decision, size } => (Seen::End(size), Some(decision)),
+            Event::StartTls { discarded } => (Seen::StartTls(discarded), None),
+            other => (Seen::Other(format!("{other:?}")), None),
+        };
+        seen.push(event_seen);
+        if let Some(decision) = decision {
+            conn.decide(decision, Verdict::Accept).expect("decide");
         }
     }
-
-    fn start_tls(&mut self) {
-        let name = ServerName::try_from("localhost").expect("name");
-        let tls = ClientConnection::new(Arc::clone(&self.config), name).expect("client");
-        self.tls = Some(tls);
-    }
-
-    fn send(&mut self, text: &[u8]) {
-        match &mut self.tls {
-            Some(tls) => tls.writer().write_all(text).expect("client write"),
-            None => self.to_server.extend_from_slice(text),
-        }
-    }
-
-    /// Moves octets both ways until neither side has more, answering every decision.
-    fn exchange(&mut self, host: &mut Host) {
-        for _ in 0..1_000 {
-            if let Some(tls) = &mut self.tls {
-                while tls.wants_write() {
-                    tls.write_tls(&mut self.to_server)
-                        .expect("client write_tls");
-                }
-            }
-            let mut moved = false;
-            while !self.to_server.is_empty() {
-                let taken = host
-                    .conn
-                    .feed(Instant::now(), &self.to_server)
-                    .expect("feed");
-                self.to_server.drain(..taken);
-                host.drain_events();
-                moved |= taken > 0;
-                if taken == 0 {
-                    break;
-                }
-            }
-            host.drain_events();
-            let out = host.conn.output().to_vec();
-            host.conn.consume_output(out.len());
-            if !out.is_empty() {
-                moved = true;
-                self.receive(&out);
-            }
-            let client_pending = self.tls.as_ref().is_some_and(|tls| tls.wants_write());
-            if !moved && !client_pending {
-                return;
-            }
-        }
-        panic!("the exchange never settled");
-    }
-
-    fn receive(&mut self, mut wire: &[u8]) {
-        match &mut self.tls {
-            Some(tls) => {
-                while !wire.is_empty() {
-                    tls.read_tls(&mut wire).expect("client read_tls");
-                    tls.process_new_packets().expect("client sees valid TLS");
-                }
-                let mut buf = Vec::new();
-                match tls.reader().read_to_end(&mut buf) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => panic!("client read: {e}"),
-                }
-                self.received.extend_from_slice(&buf);
-            }
-            None => self.received.extend_from_slice(wire),
-        }
-    }
-
-    fn take_received(&mut self) -> String {
-        String::from_utf8(std::mem::take(&mut self.received)).expect("replies are UTF-8")
-    }
+    panic!("events never ran out");
 }
 
 #[test]
 fn implicit_tls_session_starts_after_the_handshake_and_delivers_the_message() {
-    let fx = fixture();
-    let mut host = Host::new(&fx, Mode::ImplicitTls);
+    let mut host = Host::new(Mode::ImplicitTls);
     host.drain_events();
     assert!(
         host.seen.is_empty(),
@@ -226,18 +105,18 @@ fn implicit_tls_session_starts_after_the_handshake_and_delivers_the_message() {
         "output before the ClientHello"
     );
 
-    let mut client = Client::new(&fx);
+    let mut client = MemoryClient::new(&client_config());
     client.start_tls();
-    client.exchange(&mut host);
+    host.exchange(&mut client);
     assert_eq!(host.seen, [Seen::Connect]);
     let info = host.conn.tls_info().expect("TLS info after the handshake");
     assert_eq!(info.version_name(), "TLSv1.3");
     assert!(client.take_received().starts_with("220 mx.test"));
 
     client.send(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n");
-    client.exchange(&mut host);
+    host.exchange(&mut client);
     client.send(b"Subject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
-    client.exchange(&mut host);
+    host.exchange(&mut client);
     assert_eq!(host.body(), b"Subject: hi\r\n\r\n.dot\r\n");
     assert!(host.seen.contains(&Seen::End(21)), "{:?}", host.seen);
     let replies = client.take_received();
@@ -245,7 +124,7 @@ fn implicit_tls_session_starts_after_the_handshake_and_delivers_the_message() {
     assert!(replies.ends_with("221 2.0.0 Bye\r\n"), "{replies}");
     assert!(host.conn.is_closed());
     assert!(!host.conn.wants_write(), "close_notify not sent");
-    let tls = client.tls.as_mut().expect("tls");
+    let tls = client.tls_mut().expect("tls");
     let mut rest = Vec::new();
     let eof = tls.reader().read_to_end(&mut rest);
     assert!(eof.is_ok(), "no close_notify from the server: {eof:?}");
@@ -253,19 +132,18 @@ fn implicit_tls_session_starts_after_the_handshake_and_delivers_the_message() {
 
 #[test]
 fn starttls_upgrades_at_the_boundary_and_drops_injected_plaintext() {
-    let fx = fixture();
-    let mut host = Host::new(&fx, Mode::StartTls);
-    let mut client = Client::new(&fx);
-    client.exchange(&mut host);
+    let mut host = Host::new(Mode::StartTls);
+    let mut client = MemoryClient::new(&client_config());
+    host.exchange(&mut client);
     client.send(b"EHLO c.test\r\n");
-    client.exchange(&mut host);
+    host.exchange(&mut client);
     assert!(client.take_received().contains("250-STARTTLS"));
 
     // CVE-2011-0411: commands pipelined after STARTTLS in the same packet.
     let injected = b"MAIL FROM:<evil@inject.test>\r\n";
     client.send(b"STARTTLS\r\n");
     client.send(injected);
-    client.exchange(&mut host);
+    host.exchange(&mut client);
     assert_eq!(client.take_received(), "220 2.0.0 Ready to start TLS\r\n");
     assert!(
         host.seen.contains(&Seen::StartTls(injected.len())),
@@ -274,7 +152,7 @@ fn starttls_upgrades_at_the_boundary_and_drops_injected_plaintext() {
     );
 
     client.start_tls();
-    client.exchange(&mut host);
+    host.exchange(&mut client);
     assert!(host.conn.tls_info().is_some(), "handshake not complete");
     assert_eq!(
         client.take_received(),
@@ -289,7 +167,7 @@ fn starttls_upgrades_at_the_boundary_and_drops_injected_plaintext() {
 
     // The session starts afresh under TLS: EHLO again, then MAIL is allowed.
     client.send(b"EHLO c.test\r\nMAIL FROM:<good@c.test>\r\n");
-    client.exchange(&mut host);
+    host.exchange(&mut client);
     let replies = client.take_received();
     assert!(
         !replies.contains("STARTTLS"),
@@ -307,10 +185,9 @@ fn starttls_upgrades_at_the_boundary_and_drops_injected_plaintext() {
 
 #[test]
 fn replies_queued_before_starttls_go_out_in_plaintext_in_order_even_when_not_drained() {
-    let fx = fixture();
     let mut config = SessionConfig::new("mx.test");
     config.limits.junk_commands = 10_000;
-    let acceptor = Some(Arc::clone(&fx.acceptor));
+    let acceptor = Some(acceptor());
     let conn = Connection::new(Mode::StartTls, Arc::new(config), acceptor, Instant::now())
         .expect("connection");
     let mut host = Host {
@@ -358,14 +235,13 @@ fn replies_queued_before_starttls_go_out_in_plaintext_in_order_even_when_not_dra
 
 #[test]
 fn a_corrupt_record_fails_the_connection_with_an_alert() {
-    let fx = fixture();
-    let mut host = Host::new(&fx, Mode::ImplicitTls);
-    let mut client = Client::new(&fx);
+    let mut host = Host::new(Mode::ImplicitTls);
+    let mut client = MemoryClient::new(&client_config());
     client.start_tls();
-    client.exchange(&mut host);
+    host.exchange(&mut client);
     client.take_received();
     client.send(b"NOOP\r\n");
-    let tls = client.tls.as_mut().expect("tls");
+    let tls = client.tls_mut().expect("tls");
     let mut record = Vec::new();
     tls.write_tls(&mut record).expect("record");
     let last = record.len() - 1;
@@ -392,11 +268,10 @@ fn a_corrupt_record_fails_the_connection_with_an_alert() {
 
 #[test]
 fn client_leaving_mid_message_aborts_it_and_closes() {
-    let fx = fixture();
-    let mut host = Host::new(&fx, Mode::Plain);
-    let mut client = Client::new(&fx);
+    let mut host = Host::new(Mode::Plain);
+    let mut client = MemoryClient::new(&client_config());
     client.send(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\npartial body");
-    client.exchange(&mut host);
+    host.exchange(&mut client);
     host.conn.feed_eof();
     host.drain_events();
     assert!(

@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
 use smtps_tls::rustls::pki_types::ServerName;
-use smtps_tls::rustls::{ClientConfig, ClientConnection, RootCertStore};
-use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings, Transport};
+use smtps_tls::rustls::{ClientConfig, ClientConnection};
+use smtps_tls::{TlsAcceptor, Transport};
 
 use crate::wire::show;
 
@@ -126,30 +126,13 @@ pub(crate) struct Fixture {
     pub(crate) client: Arc<ClientConfig>,
 }
 
-/// The certificate, acceptor and client configuration, made once per process.
+/// The acceptor and client configuration (the test kit's `localhost` certificate), made once
+/// per process.
 pub(crate) fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-            .expect("rcgen makes a self-signed certificate");
-        let acceptor = TlsSettings::new()
-            .default_certificate(CertificateSource::pem(
-                certified.cert.pem(),
-                certified.signing_key.serialize_pem(),
-            ))
-            .build()
-            .expect("the generated certificate makes an acceptor");
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(certified.cert.der().clone())
-            .expect("the generated certificate is a valid root");
-        let client = ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Fixture {
-            acceptor: Arc::new(acceptor),
-            client: Arc::new(client),
-        }
+    FIXTURE.get_or_init(|| Fixture {
+        acceptor: smtps_testkit::acceptor(),
+        client: smtps_testkit::client_config(),
     })
 }
 

@@ -2,22 +2,19 @@
 //! timers, limits, shutdown. Every blocking call has a timeout.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use smtps_proto::{AbortReason, Reply, SessionConfig};
 use smtps_server::{
     Answer, CloseReason, Context, Handler, Mode, Responder, RunningServer, Server, ServerConfig,
     Timer,
 };
-use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings};
-
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+use smtps_testkit::{IO_TIMEOUT, SmtpClient, acceptor, client_config};
+use smtps_tls::rustls::ClientConfig;
 
 /// What the test host saw.
 #[derive(Default)]
@@ -143,30 +140,14 @@ impl Drop for Fixture {
     }
 }
 
-fn certificate() -> (CertificateSource, RootCertStore) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    (
-        CertificateSource::pem(cert.pem(), key.serialize_pem()),
-        roots,
-    )
-}
-
 fn start(
     configure: impl FnOnce(&mut ServerConfig),
     defer_to: Option<mpsc::Sender<Responder>>,
 ) -> Fixture {
-    let (source, roots) = certificate();
-    let tls = Arc::new(TlsAcceptor::new(TlsSettings::new().default_certificate(source)).unwrap());
     let mut config = ServerConfig::new(SessionConfig::new("mx.test"))
         .listener("127.0.0.1:0".parse().unwrap(), Mode::ImplicitTls)
         .listener("127.0.0.1:0".parse().unwrap(), Mode::StartTlsRequired)
-        .tls(tls);
+        .tls(acceptor());
     config.workers = 2;
     configure(&mut config);
     let log = Arc::new(Mutex::new(Log::default()));
@@ -179,145 +160,16 @@ fn start(
     )
     .unwrap();
     let addrs = server.local_addrs().to_vec();
-    let client_config = Arc::new(
-        ClientConfig::builder_with_provider(
-            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-        )
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    );
     Fixture {
         server: Some(server.start().unwrap()),
         implicit: addrs[0],
         starttls: addrs[1],
         log,
-        client_config,
+        client_config: client_config(),
     }
 }
 
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-    Upgrading,
-}
-
-/// A minimal SMTP client: enough to drive the server byte for byte.
-struct Client {
-    stream: Stream,
-    buf: Vec<u8>,
-    config: Arc<ClientConfig>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr, config: &Arc<ClientConfig>, tls: bool) -> Self {
-        let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
-        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut client = Self {
-            stream: Stream::Plain(tcp),
-            buf: Vec::new(),
-            config: Arc::clone(config),
-        };
-        if tls {
-            client.upgrade();
-        }
-        client
-    }
-
-    fn upgrade(&mut self) {
-        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
-            panic!("already TLS")
-        };
-        let name = ServerName::try_from("localhost").unwrap();
-        let conn = ClientConnection::new(Arc::clone(&self.config), name).unwrap();
-        self.stream = Stream::Tls(Box::new(StreamOwned::new(conn, tcp)));
-    }
-
-    fn send(&mut self, data: &[u8]) {
-        match &mut self.stream {
-            Stream::Plain(s) => s.write_all(data).unwrap(),
-            Stream::Tls(s) => {
-                s.write_all(data).unwrap();
-                s.flush().unwrap();
-            }
-            Stream::Upgrading => unreachable!(),
-        }
-    }
-
-    fn read_some(&mut self) -> usize {
-        let mut chunk = [0u8; 4096];
-        let n = match &mut self.stream {
-            Stream::Plain(s) => s.read(&mut chunk),
-            Stream::Tls(s) => s.read(&mut chunk),
-            Stream::Upgrading => unreachable!(),
-        };
-        let n = n.unwrap_or(0);
-        self.buf.extend_from_slice(&chunk[..n]);
-        n
-    }
-
-    /// One whole reply (all its lines).
-    fn reply(&mut self) -> String {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            let mut start = 0;
-            while let Some(end) = self.buf[start..].windows(2).position(|w| w == b"\r\n") {
-                let line = &self.buf[start..start + end];
-                if line.len() >= 4 && line[3] == b' ' || line.len() == 3 {
-                    let reply = String::from_utf8(self.buf[..start + end + 2].to_vec()).unwrap();
-                    self.buf.drain(..start + end + 2);
-                    return reply;
-                }
-                start += end + 2;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no reply; have {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
-            if self.read_some() == 0 {
-                return String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned();
-            }
-        }
-    }
-
-    fn command(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes());
-        self.reply()
-    }
-
-    /// Whether the server closed the connection (EOF, or a reset) within the timeout; whatever
-    /// else arrives first (a TLS alert, a last reply) is skipped.
-    fn closed(&mut self) -> bool {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        let mut chunk = [0u8; 4096];
-        while Instant::now() < deadline {
-            let result = match &mut self.stream {
-                Stream::Plain(s) => s.read(&mut chunk),
-                Stream::Tls(s) => s.read(&mut chunk),
-                Stream::Upgrading => unreachable!(),
-            };
-            match result {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return false;
-                }
-                Err(_) => return true,
-            }
-        }
-        false
-    }
-}
-
-fn send_message(client: &mut Client, from: &str, to: &str, body: &str) -> String {
+fn send_message(client: &mut SmtpClient, from: &str, to: &str, body: &str) -> String {
     assert!(
         client
             .command(&format!("MAIL FROM:<{from}>"))
@@ -334,8 +186,8 @@ fn send_message(client: &mut Client, from: &str, to: &str, body: &str) -> String
 }
 
 /// A client over implicit TLS that has sent DATA and got its 354.
-fn client_in_data(fx: &Fixture) -> Client {
-    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+fn client_in_data(fx: &Fixture) -> SmtpClient {
+    let mut client = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
     assert!(client.reply().starts_with("220"));
     client.command("EHLO busy.test");
     assert!(client.command("MAIL FROM:<a@x.test>").starts_with("250"));
@@ -355,7 +207,7 @@ fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 #[test]
 fn message_over_implicit_tls_rfc8314() {
     let fx = start(|_| {}, None);
-    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    let mut client = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
     assert!(client.reply().starts_with("220 mx.test"));
     let ehlo = client.command("EHLO client.test");
     assert!(
@@ -383,7 +235,7 @@ fn message_over_implicit_tls_rfc8314() {
 #[test]
 fn starttls_required_then_message_rfc3207() {
     let fx = start(|_| {}, None);
-    let mut client = Client::connect(fx.starttls, &fx.client_config, false);
+    let mut client = SmtpClient::connect(fx.starttls, &fx.client_config);
     assert!(client.reply().starts_with("220"));
     let ehlo = client.command("EHLO client.test");
     assert!(
@@ -409,7 +261,7 @@ fn starttls_required_then_message_rfc3207() {
 #[test]
 fn starttls_injection_is_discarded_cve_2011_0411() {
     let fx = start(|_| {}, None);
-    let mut client = Client::connect(fx.starttls, &fx.client_config, false);
+    let mut client = SmtpClient::connect(fx.starttls, &fx.client_config);
     client.reply();
     client.command("EHLO attacker.test");
     // The injected commands travel in the same packet as STARTTLS, in plaintext.
@@ -432,7 +284,7 @@ fn starttls_injection_is_discarded_cve_2011_0411() {
 #[test]
 fn smuggling_lf_dot_lf_does_not_end_the_message() {
     let fx = start(|_| {}, None);
-    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    let mut client = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
     client.reply();
     client.command("EHLO c.test");
     assert!(client.command("MAIL FROM:<a@x.test>").starts_with("250"));
@@ -468,7 +320,7 @@ fn deferred_answers_from_another_thread_keep_order() {
         }
         answered
     });
-    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    let mut client = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
     client.reply();
     client.command("EHLO c.test");
     client.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<nobody@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n");
@@ -490,7 +342,7 @@ fn dropped_responder_answers_451() {
         let responder = receiver.recv_timeout(IO_TIMEOUT).unwrap();
         drop(responder);
     });
-    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    let mut client = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
     client.reply();
     client.command("EHLO c.test");
     client.command("MAIL FROM:<a@x.test>");
@@ -505,7 +357,7 @@ fn dropped_responder_answers_451() {
 #[test]
 fn command_timeout_answers_421_rfc5321_4_5_3_2() {
     let fx = start(|c| c.timeouts.command = Duration::from_millis(300), None);
-    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    let mut client = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
     client.reply();
     client.command("EHLO c.test");
     let reply = client.reply();
@@ -524,12 +376,12 @@ fn command_timeout_answers_421_rfc5321_4_5_3_2() {
 fn handshake_timeout_closes_a_stalled_client() {
     let fx = start(|c| c.timeouts.handshake = Duration::from_millis(300), None);
     // Connects but never sends a ClientHello.
-    let mut client = Client::connect(fx.implicit, &fx.client_config, false);
+    let mut client = SmtpClient::connect(fx.implicit, &fx.client_config);
     let started = Instant::now();
     assert!(client.closed());
     assert!(started.elapsed() < IO_TIMEOUT);
     // And the server still serves.
-    let mut good = Client::connect(fx.implicit, &fx.client_config, true);
+    let mut good = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
     assert!(good.reply().starts_with("220"));
 }
 
@@ -537,7 +389,7 @@ fn handshake_timeout_closes_a_stalled_client() {
 fn client_vanishing_mid_data_delivers_nothing() {
     let fx = start(|_| {}, None);
     {
-        let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+        let mut client = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
         client.reply();
         client.command("EHLO c.test");
         client.command("MAIL FROM:<a@x.test>");
@@ -553,7 +405,7 @@ fn client_vanishing_mid_data_delivers_nothing() {
             .contains(&AbortReason::ClientLeft)
     });
     assert!(fx.log.lock().unwrap().messages.is_empty());
-    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    let mut client = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
     assert!(
         client.reply().starts_with("220"),
         "the server goes on serving"
@@ -563,17 +415,17 @@ fn client_vanishing_mid_data_delivers_nothing() {
 #[test]
 fn per_ip_limit_answers_421_4_7_0() {
     let fx = start(|c| c.limits.connections_per_ip = 2, None);
-    let mut first = Client::connect(fx.starttls, &fx.client_config, false);
-    let mut second = Client::connect(fx.starttls, &fx.client_config, false);
+    let mut first = SmtpClient::connect(fx.starttls, &fx.client_config);
+    let mut second = SmtpClient::connect(fx.starttls, &fx.client_config);
     assert!(first.reply().starts_with("220"));
     assert!(second.reply().starts_with("220"));
-    let mut third = Client::connect(fx.starttls, &fx.client_config, false);
+    let mut third = SmtpClient::connect(fx.starttls, &fx.client_config);
     let reply = third.reply();
     assert!(reply.starts_with("421 4.7.0"), "{reply:?}");
     assert!(third.closed());
     drop(first);
     wait_for("slot freed", || {
-        let mut again = Client::connect(fx.starttls, &fx.client_config, false);
+        let mut again = SmtpClient::connect(fx.starttls, &fx.client_config);
         again.reply().starts_with("220")
     });
 }
@@ -581,7 +433,7 @@ fn per_ip_limit_answers_421_4_7_0() {
 #[test]
 fn graceful_shutdown_finishes_transactions_and_closes_idle_sessions() {
     let mut fx = start(|_| {}, None);
-    let mut idle = Client::connect(fx.implicit, &fx.client_config, true);
+    let mut idle = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
     idle.reply();
     idle.command("EHLO idle.test");
     let mut busy = client_in_data(&fx);
@@ -626,10 +478,10 @@ fn shutdown_deadline_aborts_unfinished_messages() {
 #[test]
 fn plaintext_to_implicit_tls_port_is_refused_and_server_survives() {
     let fx = start(|_| {}, None);
-    let mut client = Client::connect(fx.implicit, &fx.client_config, false);
+    let mut client = SmtpClient::connect(fx.implicit, &fx.client_config);
     client.send(b"EHLO plaintext.test\r\n");
     assert!(client.closed());
-    let mut good = Client::connect(fx.implicit, &fx.client_config, true);
+    let mut good = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
     assert!(good.reply().starts_with("220"));
 }
 
@@ -716,7 +568,7 @@ fn client_that_never_reads_replies_is_not_read_either_write_backpressure() {
 #[test]
 fn noop_flood_ends_at_the_junk_command_limit() {
     let fx = start(|c| c.session.limits.junk_commands = 5, None);
-    let mut client = Client::connect(fx.implicit, &fx.client_config, true);
+    let mut client = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
     client.reply();
     client.command("EHLO c.test");
     for _ in 0..5 {
@@ -735,7 +587,7 @@ fn noop_flood_ends_at_the_junk_command_limit() {
 #[test]
 fn stalled_starttls_handshake_times_out() {
     let fx = start(|c| c.timeouts.handshake = Duration::from_millis(300), None);
-    let mut client = Client::connect(fx.starttls, &fx.client_config, false);
+    let mut client = SmtpClient::connect(fx.starttls, &fx.client_config);
     client.reply();
     client.command("EHLO c.test");
     assert!(client.command("STARTTLS").starts_with("220"));
@@ -755,7 +607,7 @@ fn stalled_starttls_handshake_times_out() {
 #[test]
 fn starttls_behind_a_backlog_of_unread_replies_never_loses_or_reorders_them() {
     let fx = start(|c| c.session.limits.junk_commands = u64::MAX, None);
-    let mut client = Client::connect(fx.starttls, &fx.client_config, false);
+    let mut client = SmtpClient::connect(fx.starttls, &fx.client_config);
     client.reply();
     client.command("EHLO c.test");
     // 9,000 NOOPs (over 100 KiB of replies) and STARTTLS, written before reading anything.

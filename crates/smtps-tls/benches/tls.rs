@@ -10,11 +10,13 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rustls::client::Resumption;
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
-use smtps_tls::{CertificateSource, SessionTickets, TlsAcceptor, TlsSettings, Transport};
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+use smtps_testkit::{TestCertificate, client_connection};
+use smtps_tls::{SessionTickets, TlsAcceptor, TlsSettings, Transport};
 
 const BULK: usize = 64 * 1024;
+/// The name the server's certificate is for.
+const SERVER: &str = "mx.example.org";
 
 struct Fixture {
     acceptor: TlsAcceptor,
@@ -23,21 +25,16 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let ck = rcgen::generate_simple_self_signed(vec!["mx.example.org".to_owned()]).unwrap();
+    let cert = TestCertificate::generate(&[SERVER]);
     let acceptor = TlsSettings::new()
-        .default_certificate(CertificateSource::pem(
-            ck.cert.pem(),
-            ck.signing_key.serialize_pem(),
-        ))
+        .default_certificate(cert.source())
         .session_tickets(SessionTickets::Off)
         .session_cache(0)
         .build()
         .unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
     let mut client_config =
         ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-            .with_root_certificates(roots)
+            .with_root_certificates(cert.roots())
             .with_no_client_auth();
     client_config.resumption = Resumption::disabled();
     Fixture {
@@ -48,11 +45,7 @@ fn fixture() -> Fixture {
 }
 
 fn new_client(f: &Fixture) -> ClientConnection {
-    ClientConnection::new(
-        Arc::clone(&f.client_config),
-        ServerName::try_from("mx.example.org").unwrap(),
-    )
-    .unwrap()
+    client_connection(&f.client_config, SERVER)
 }
 
 /// Moves the client's pending bytes into `wire` (cleared first).

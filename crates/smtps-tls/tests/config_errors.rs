@@ -5,7 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{Pki, temp_dir};
+use common::Pki;
+use smtps_testkit::TempDir;
 use smtps_tls::{
     CaBundle, CertificateSource, ClientAuth, ConfigError, Error, PemOrigin, TlsSettings, TlsVersion,
 };
@@ -26,7 +27,7 @@ fn config_error(result: Result<smtps_tls::TlsAcceptor, Error>) -> ConfigError {
 
 #[test]
 fn missing_certificate_file_is_named() {
-    let dir = temp_dir("missing");
+    let dir = TempDir::new("missing");
     let chain = dir.join("nope.pem");
     let err = config_error(
         TlsSettings::new()
@@ -50,7 +51,7 @@ fn missing_certificate_file_is_named() {
 fn unreadable_key_file_is_named() {
     let pki = Pki::new();
     let leaf = pki.issue(&["mx.example.org"], None);
-    let dir = temp_dir("unreadable");
+    let dir = TempDir::new("unreadable");
     let chain = write(&dir, "cert.pem", &leaf.cert_pem);
     // A directory cannot be read as a file, even by root.
     let key = dir.join("key-is-a-dir");
@@ -67,7 +68,7 @@ fn unreadable_key_file_is_named() {
 fn file_without_certificate_is_named() {
     let pki = Pki::new();
     let leaf = pki.issue(&["mx.example.org"], None);
-    let dir = temp_dir("nocert");
+    let dir = TempDir::new("nocert");
     let chain = write(&dir, "only-key.pem", &leaf.key_pem);
     let key = write(&dir, "key.pem", &leaf.key_pem);
     let err = config_error(TlsSettings::new().certificate_files(&chain, &key).build());
@@ -84,7 +85,7 @@ fn file_without_certificate_is_named() {
 fn file_without_key_is_named() {
     let pki = Pki::new();
     let leaf = pki.issue(&["mx.example.org"], None);
-    let dir = temp_dir("nokey");
+    let dir = TempDir::new("nokey");
     let chain = write(&dir, "cert.pem", &leaf.cert_pem);
     let key = write(&dir, "also-cert.pem", &leaf.cert_pem);
     let err = config_error(TlsSettings::new().certificate_files(&chain, &key).build());
@@ -98,7 +99,7 @@ fn file_without_key_is_named() {
 fn combined_pem_file_with_chain_and_key_loads() {
     let pki = Pki::new();
     let leaf = pki.issue(&["mx.example.org"], None);
-    let dir = temp_dir("combined");
+    let dir = TempDir::new("combined");
     let both = write(
         &dir,
         "both.pem",
@@ -115,7 +116,7 @@ fn combined_pem_file_with_chain_and_key_loads() {
 fn encrypted_pkcs8_key_is_named_and_explained() {
     let pki = Pki::new();
     let leaf = pki.issue(&["mx.example.org"], None);
-    let dir = temp_dir("encrypted");
+    let dir = TempDir::new("encrypted");
     let chain = write(&dir, "cert.pem", &leaf.cert_pem);
     let key = write(
         &dir,
@@ -156,7 +157,7 @@ fn mismatched_key_is_refused_at_load() {
     let pki = Pki::new();
     let a = pki.issue(&["mx.example.org"], None);
     let b = pki.issue(&["mx.example.org"], None);
-    let dir = temp_dir("mismatch");
+    let dir = TempDir::new("mismatch");
     let chain = write(&dir, "a.crt", &a.cert_pem);
     let key = write(&dir, "b.key", &b.key_pem);
     let err = config_error(TlsSettings::new().certificate_files(&chain, &key).build());
@@ -284,7 +285,7 @@ fn invalid_sni_name_is_refused() {
 fn client_ca_bundle_without_certificates_is_named() {
     let pki = Pki::new();
     let leaf = pki.issue(&["mx.example.org"], None);
-    let dir = temp_dir("ca");
+    let dir = TempDir::new("ca");
     let bundle = write(&dir, "ca.pem", "# empty\n");
     let err = config_error(
         TlsSettings::new()

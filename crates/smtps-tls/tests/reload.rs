@@ -5,7 +5,8 @@ mod common;
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use common::{Pair, Pki, client, temp_dir, tls13};
+use common::{Pair, Pki, client, tls13};
+use smtps_testkit::TempDir;
 use smtps_tls::{CertificateSource, ConfigError, Error, TlsSettings, Transport};
 
 #[test]
@@ -13,7 +14,7 @@ fn reload_from_files_serves_new_certificate_to_new_sessions() {
     let pki = Pki::new();
     let old = pki.issue(&["mx.example.org"], Some((2030, 1, 1)));
     let new = pki.issue(&["mx.example.org"], Some((2031, 1, 1)));
-    let dir = temp_dir("reload");
+    let dir = TempDir::new("reload");
     let (chain, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&chain, &old.cert_pem).unwrap();
     std::fs::write(&key, &old.key_pem).unwrap();
@@ -71,7 +72,7 @@ fn failed_reload_keeps_the_old_certificate_and_returns_the_error() {
     let pki = Pki::new();
     let old = pki.issue(&["mx.example.org"], None);
     let other = pki.issue(&["mx.example.org"], None);
-    let dir = temp_dir("badreload");
+    let dir = TempDir::new("badreload");
     let (chain, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&chain, &old.cert_pem).unwrap();
     std::fs::write(&key, &old.key_pem).unwrap();

@@ -1,20 +1,24 @@
 //! Shared test fixtures: an rcgen PKI (ECDSA P-256), real rustls clients, and an in-memory
-//! pump between a client and a server `Transport` (quinn's `Pair`/`drive` pattern).
+//! pump between a client and a server `Transport` (quinn's `Pair`/`drive` pattern). What is
+//! not specific to TLS tests (the client connection, temporary directories) comes from
+//! `smtps-testkit`.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, missing_docs)]
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
     KeyUsagePurpose,
 };
 use rustls::client::ClientConnection;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
 use smtps_tls::{CertificateSource, Transport};
+
+/// A rustls client for `name` with `config`: the kit's, under the name these tests use.
+#[allow(unused_imports)] // Not every test binary makes clients.
+pub use smtps_testkit::client_connection as client;
 
 /// A test CA and what it issued.
 pub struct Pki {
@@ -128,14 +132,6 @@ pub fn tls12() -> &'static [&'static SupportedProtocolVersion] {
     &TLS12_ONLY
 }
 
-pub fn client(config: &Arc<ClientConfig>, name: &str) -> ClientConnection {
-    ClientConnection::new(
-        Arc::clone(config),
-        ServerName::try_from(name.to_owned()).unwrap(),
-    )
-    .unwrap()
-}
-
 /// What went wrong in a pump.
 #[derive(Debug)]
 pub enum PumpError {
@@ -244,16 +240,4 @@ impl Pair {
             .clone()
             .into_owned()
     }
-}
-
-/// A fresh directory under the target's tmp dir.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "smtps-tls-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
