@@ -234,8 +234,10 @@ impl Connection {
     }
 
     /// The client closed its side (a socket read returned 0). Noticed at every stage: during
-    /// a handshake the connection just closes; in a session a message in progress is aborted
-    /// ([`Event::MessageAborted`]) and the session closes once its output is sent.
+    /// a handshake the connection just closes; in a session, what the client pipelined before
+    /// is still processed and answered (it may be reading: a half-close), a decision being made
+    /// is awaited, then a message in progress is aborted ([`Event::MessageAborted`]) and the
+    /// session closes once its output is sent.
     pub fn feed_eof(&mut self) {
         if !self.eof {
             self.eof = true;
@@ -249,8 +251,8 @@ impl Connection {
     pub fn socket_failed(&mut self, kind: io::ErrorKind) {
         self.reason.get_or_insert(CloseReason::Io(kind));
         self.abandon_output();
-        self.feed_eof();
         self.dead = true;
+        self.feed_eof();
     }
 
     /// The next event, or `None` (send the output, read more input, or answer the awaited
@@ -262,9 +264,21 @@ impl Connection {
     /// out in plaintext, the rest in TLS, and plaintext the client pipelined after the
     /// command is dropped, CVE-2011-0411).
     pub fn poll_event(&mut self) -> Option<Event<'_>> {
-        self.advance();
-        if self.backlogged() && !self.is_closed() {
-            return None;
+        // The session may consume input without an event (the rest of a refused body is read
+        // and dropped): then it gets what the transport holds, until an event comes or nothing
+        // moves. `None` thus always means the socket, the client or the host must act.
+        loop {
+            self.advance();
+            if self.backlogged() && !self.is_closed() {
+                return None;
+            }
+            let session = self.session.as_mut()?;
+            if session.has_event() {
+                break;
+            }
+            if !self.move_input() {
+                return None;
+            }
         }
         let session = self.session.as_mut()?;
         let event = session.poll_event()?;
@@ -517,16 +531,7 @@ impl Connection {
     /// Every `&mut` entry point calls it first, so an upgrade happens before any later octet
     /// is read or written, whether or not the host has polled [`Event::StartTls`] yet.
     fn advance(&mut self) {
-        if !self.inbox.is_empty() && !self.is_closed() && !self.eof {
-            match self.transport.handle_received(&self.inbox) {
-                Ok(taken) => {
-                    self.inbox.drain(..taken);
-                }
-                Err(error) => {
-                    self.tls_failed(error);
-                }
-            }
-        }
+        self.move_input();
         if self.session.is_none() && !self.transport.is_handshaking() && !self.dead {
             self.session = Some(ServerSession::new(
                 Arc::clone(&self.session_config),
@@ -551,19 +556,18 @@ impl Connection {
         if self.eof {
             self.inbox.clear();
         }
+        self.move_input();
         if let Some(session) = self.session.as_mut() {
-            loop {
-                let plaintext = self.transport.received_plaintext();
-                if plaintext.is_empty() {
-                    break;
-                }
-                let taken = session.handle_input(plaintext);
-                if taken == 0 {
-                    break;
-                }
-                self.transport.consume_plaintext(taken);
-            }
-            if self.eof && !self.eof_delivered && self.transport.received_plaintext().is_empty() {
+            // A client that closed its side (FIN, or `close_notify`) may still read: what it
+            // pipelined before is processed and answered first, and a decision the host is
+            // making (a message being committed) is not cut short. The end of stream reaches
+            // the session once it is idle — or at once if the socket failed: nobody can read
+            // a reply then.
+            if self.eof
+                && !self.eof_delivered
+                && self.transport.received_plaintext().is_empty()
+                && (self.dead || !session.awaiting_decision() && !session.has_event())
+            {
                 self.eof_delivered = true;
                 if !session.is_closed() {
                     self.reason.get_or_insert(CloseReason::ClientClosed);
@@ -582,6 +586,45 @@ impl Connection {
                 self.inbox = Vec::new();
             }
             self.flush_into_transport();
+        }
+    }
+
+    /// Moves received input along — octets read but not taken into the transport, plaintext
+    /// into the session — as far as each takes; whether anything moved.
+    fn move_input(&mut self) -> bool {
+        let mut moved = false;
+        loop {
+            let mut step = false;
+            if !self.inbox.is_empty() && !self.is_closed() && !self.eof {
+                match self.transport.handle_received(&self.inbox) {
+                    Ok(taken) => {
+                        self.inbox.drain(..taken);
+                        step |= taken > 0;
+                    }
+                    Err(error) => {
+                        self.tls_failed(error);
+                        return true;
+                    }
+                }
+            }
+            if let Some(session) = self.session.as_mut() {
+                loop {
+                    let plaintext = self.transport.received_plaintext();
+                    if plaintext.is_empty() {
+                        break;
+                    }
+                    let taken = session.handle_input(plaintext);
+                    if taken == 0 {
+                        break;
+                    }
+                    self.transport.consume_plaintext(taken);
+                    step = true;
+                }
+            }
+            if !step {
+                return moved;
+            }
+            moved = true;
         }
     }
 

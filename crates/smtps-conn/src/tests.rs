@@ -100,10 +100,16 @@ fn starttls_required_mode_refuses_mail_before_tls_rfc8314_3_1() {
 }
 
 #[test]
-fn end_of_stream_before_the_greeting_closes_the_connection() {
+fn end_of_stream_before_the_greeting_closes_the_connection_once_the_host_decided() {
     let now = Instant::now();
     let mut conn = plain(now);
     conn.feed_eof();
+    let connect = conn
+        .poll_event()
+        .and_then(|e| e.decision())
+        .expect("connect decision");
+    assert!(!conn.is_closed(), "the host's decision is still awaited");
+    conn.decide(connect, Verdict::Accept).expect("decide");
     while conn.poll_event().is_some() {}
     assert!(conn.is_closed());
     assert_eq!(conn.close_reason(), Some(&CloseReason::ClientClosed));
@@ -144,6 +150,106 @@ fn end_of_stream_mid_message_aborts_it_and_closes() {
     drain(&mut conn);
     assert!(conn.is_finished());
     assert_eq!(conn.close_reason(), Some(&CloseReason::ClientClosed));
+}
+
+#[test]
+fn a_client_that_half_closes_after_pipelining_gets_every_reply() {
+    let now = Instant::now();
+    let mut conn = ready(now);
+    conn.feed(
+        now,
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nbody\r\n.\r\nQUIT\r\n",
+    )
+    .expect("feed");
+    conn.feed_eof();
+    let seen = accept_all(&mut conn);
+    assert!(seen.iter().any(|e| e.contains("MessageEnd")), "{seen:?}");
+    assert!(
+        !seen.iter().any(|e| e.contains("MessageAborted")),
+        "{seen:?}"
+    );
+    let out = drain(&mut conn);
+    assert!(
+        out.contains("250 2.0.0") && out.ends_with("221 2.0.0 Bye\r\n"),
+        "{out}"
+    );
+    assert_eq!(conn.close_reason(), Some(&CloseReason::Quit));
+}
+
+#[test]
+fn end_of_stream_while_the_host_commits_a_message_waits_for_its_answer() {
+    let now = Instant::now();
+    let mut conn = ready(now);
+    conn.feed(
+        now,
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nbody\r\n.\r\n",
+    )
+    .expect("feed");
+    let mut end = None;
+    for _ in 0..100 {
+        let Some(event) = conn.poll_event() else {
+            break;
+        };
+        match event {
+            Event::MessageEnd { decision, .. } => end = Some(decision),
+            other => {
+                if let Some(decision) = other.decision() {
+                    conn.decide(decision, Verdict::Accept).expect("decide");
+                }
+            }
+        }
+    }
+    let end = end.expect("the message ended");
+    conn.feed_eof();
+    assert!(conn.poll_event().is_none());
+    assert!(!conn.is_closed(), "closed while the host commits");
+    conn.decide(end, Verdict::Accept)
+        .expect("the commit is still awaited");
+    let seen = accept_all(&mut conn);
+    assert!(
+        !seen.iter().any(|e| e.contains("MessageAborted")),
+        "{seen:?}"
+    );
+    assert!(drain(&mut conn).contains("250 2.0.0"));
+    assert!(conn.is_closed());
+    assert_eq!(conn.close_reason(), Some(&CloseReason::ClientClosed));
+}
+
+#[test]
+fn a_reset_mid_message_aborts_it_at_once() {
+    let now = Instant::now();
+    let mut conn = ready(now);
+    conn.feed(
+        now,
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nbody\r\n.\r\n",
+    )
+    .expect("feed");
+    let mut end = None;
+    for _ in 0..100 {
+        let Some(event) = conn.poll_event() else {
+            break;
+        };
+        match event {
+            Event::MessageEnd { decision, .. } => end = Some(decision),
+            other => {
+                if let Some(decision) = other.decision() {
+                    conn.decide(decision, Verdict::Accept).expect("decide");
+                }
+            }
+        }
+    }
+    let end = end.expect("the message ended");
+    conn.socket_failed(std::io::ErrorKind::ConnectionReset);
+    let seen = accept_all(&mut conn);
+    assert!(
+        seen.iter().any(|e| e.contains("MessageAborted")),
+        "{seen:?}"
+    );
+    assert!(
+        conn.decide(end, Verdict::Accept).is_err(),
+        "nobody to answer"
+    );
+    assert!(conn.is_finished());
 }
 
 #[test]

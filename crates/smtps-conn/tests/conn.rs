@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use smtps_conn::{Connection, Error, Mode};
-use smtps_proto::{Event, SessionConfig, Verdict};
+use smtps_proto::{Event, Reply, SessionConfig, Verdict};
 use smtps_testkit::{MemoryClient, acceptor, client_config};
 
 /// An event without its borrows, as the host saw it.
@@ -284,4 +284,80 @@ fn client_leaving_mid_message_aborts_it_and_closes() {
     assert!(!host.seen.iter().any(|s| matches!(s, Seen::End(_))));
     assert!(host.conn.is_closed());
     assert!(!host.conn.wants_read());
+}
+
+/// The engine's promise to drivers: when `poll_event` says `None`, the connection either wants
+/// the socket, or waits for the host (a decision), the client (output backed up) or nothing
+/// (closed). Found broken by the disk-full test: the rest of a refused body was read and
+/// dropped without an event, with ciphertext still held inside, and nothing asked for more.
+#[test]
+fn a_refused_body_over_tls_is_read_to_its_end_in_64_kib_reads() {
+    let now = Instant::now();
+    let config = Arc::new(SessionConfig::new("mx.test"));
+    let mut conn =
+        Connection::new(Mode::ImplicitTls, config, Some(acceptor()), now).expect("implicit");
+    let mut client = MemoryClient::new(&client_config());
+    client.start_tls();
+    let accept = |conn: &mut Connection| {
+        while let Some(event) = conn.poll_event() {
+            if let Some(decision) = event.decision() {
+                conn.decide(decision, Verdict::Accept).expect("decide");
+            }
+        }
+    };
+    client.send(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n");
+    client.exchange(&mut conn, accept);
+    assert!(client.take_received().contains("354 "));
+    let mut body = Vec::new();
+    while body.len() < 400_000 {
+        body.extend_from_slice(b"a line of a message that the host cannot store\r\n");
+    }
+    body.extend_from_slice(b".\r\nQUIT\r\n");
+    // The client's TLS buffers a bounded amount: encrypt piece by piece onto the "socket".
+    let mut wire = Vec::new();
+    let tls = client.tls_mut().expect("tls");
+    for piece in body.chunks(8 * 1024) {
+        std::io::Write::write_all(&mut tls.writer(), piece).expect("client write");
+        while tls.wants_write() {
+            tls.write_tls(&mut wire).expect("write_tls");
+        }
+    }
+    let mut socket = std::io::Cursor::new(wire);
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut replies = Vec::new();
+    for _ in 0..10_000 {
+        if conn.wants_read() {
+            conn.read_from(now, &mut socket, &mut scratch)
+                .expect("read");
+        }
+        while let Some(event) = conn.poll_event() {
+            let refuse = matches!(event, Event::BodyChunk(_));
+            let decision = event.decision();
+            if refuse {
+                let full = Reply::from_parts(452, Some("4.3.1"), "Spool full").expect("reply");
+                conn.refuse_message(full);
+            }
+            if let Some(decision) = decision {
+                conn.decide(decision, Verdict::Accept).expect("decide");
+            }
+        }
+        let waits_for_host = conn
+            .session()
+            .is_some_and(smtps_proto::ServerSession::awaiting_decision);
+        assert!(
+            conn.wants_read() || conn.is_closed() || waits_for_host,
+            "no event, yet the connection wants no input and waits for nobody: {conn:?}"
+        );
+        replies.extend_from_slice(conn.output());
+        let n = conn.output().len();
+        conn.consume_output(n);
+        if conn.is_finished() {
+            break;
+        }
+    }
+    assert!(conn.is_finished(), "the session never ended");
+    client.receive(&replies);
+    let text = client.take_received();
+    assert!(text.contains("452 4.3.1 Spool full"), "{text}");
+    assert!(text.contains("221 "), "{text}");
 }

@@ -48,7 +48,8 @@ pub(crate) fn turn(
 ) -> Turn {
     for _ in 0..TURN_BUDGET {
         let mut progressed = false;
-        if readiness.readable && conn.wants_read() {
+        let read_now = readiness.readable && conn.wants_read();
+        if read_now {
             match conn.read_from(now, reader, buf) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -65,6 +66,9 @@ pub(crate) fn turn(
             }
         }
         progressed |= host(conn);
+        // The engine may take in what it held without raising an event (the rest of a refused
+        // body is read and dropped), and then want the socket again: that is progress too.
+        progressed |= !read_now && readiness.readable && conn.wants_read();
         while readiness.writable && conn.wants_write() {
             match conn.write_to(writer) {
                 Ok(0) => break,
@@ -120,7 +124,7 @@ mod tests {
     use std::sync::Arc;
 
     use smtps_conn::Mode;
-    use smtps_proto::{Event, SessionConfig, Verdict};
+    use smtps_proto::{Event, Reply, SessionConfig, Verdict};
 
     use super::*;
 
@@ -196,7 +200,7 @@ mod tests {
     /// Runs one session over the random socket: octets arrive and room frees up in random
     /// amounts, one readiness event each time, until the connection finishes or nothing more
     /// can happen.
-    fn run(seed: u64, sent: &[u8], closes: bool) -> Outcome {
+    fn run(seed: u64, sent: &[u8], closes: bool, refuse_bodies: bool) -> Outcome {
         let mut write_rng = Rng(seed.rotate_left(17) | 1);
         let mut net_rng = Rng(seed.rotate_left(33) | 1);
         let now = Instant::now();
@@ -229,10 +233,18 @@ mod tests {
             let mut any = false;
             while let Some(event) = conn.poll_event() {
                 any = true;
+                let mut spool_full = false;
                 if let Event::BodyChunk(chunk) = &event {
                     body.extend_from_slice(chunk);
+                    spool_full = refuse_bodies;
                 }
-                if let Some(decision) = event.decision() {
+                let decision = event.decision();
+                if spool_full {
+                    conn.refuse_message(
+                        Reply::from_parts(452, Some("4.3.1"), "Spool full").expect("reply"),
+                    );
+                }
+                if let Some(decision) = decision {
                     conn.decide(decision, Verdict::Accept).expect("decide");
                 }
             }
@@ -329,7 +341,12 @@ mod tests {
         sent.extend_from_slice(b"QUIT\r\n");
         for seed in 1..=60u64 {
             let closes = seed % 2 == 0;
-            let outcome = run(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), &sent, closes);
+            let outcome = run(
+                seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                &sent,
+                closes,
+                false,
+            );
             assert!(
                 outcome.finished,
                 "seed {seed}: the session stalled: {:?}",
@@ -359,13 +376,48 @@ mod tests {
         let mut rng = Rng(7);
         for seed in 1..=60u64 {
             let cut = rng.below(sent.len());
-            let outcome = run(seed.wrapping_mul(0x51_7CC1_B727_220A), &sent[..cut], true);
+            let outcome = run(
+                seed.wrapping_mul(0x51_7CC1_B727_220A),
+                &sent[..cut],
+                true,
+                false,
+            );
             assert!(outcome.finished, "seed {seed}: cut at {cut}: not closed");
             assert!(
                 !outcome.replies.contains("250 2.0.0"),
                 "seed {seed}: a message cut at {cut} of {} was acknowledged",
                 sent.len()
             );
+        }
+    }
+
+    /// A host that cannot take a message (its spool is full) refuses it at the first chunk:
+    /// the rest of the body is read and dropped without an event, which must not leave the
+    /// connection waiting with input in its socket (a stall found by the disk-full test).
+    #[test]
+    fn turns_read_a_refused_body_to_its_end_whatever_the_socket_does() {
+        let (_, stuffed) = message();
+        let mut sent = b"EHLO c.test\r\n".to_vec();
+        for _ in 0..2 {
+            sent.extend_from_slice(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n");
+            sent.extend_from_slice(&stuffed);
+            sent.extend_from_slice(b".\r\n");
+        }
+        sent.extend_from_slice(b"QUIT\r\n");
+        for seed in 1..=60u64 {
+            let outcome = run(
+                seed.wrapping_mul(0x2545_F491_4F6C_DD1D),
+                &sent,
+                seed % 2 == 0,
+                true,
+            );
+            assert!(outcome.finished, "seed {seed}: the session stalled");
+            assert_eq!(
+                outcome.replies.matches("452 4.3.1").count(),
+                2,
+                "seed {seed}"
+            );
+            assert!(outcome.replies.contains("221 "), "seed {seed}");
         }
     }
 }

@@ -330,7 +330,9 @@ impl ServerSession {
     }
 
     /// The client closed its side of the connection. A message in progress is aborted
-    /// ([`AbortReason::ClientLeft`]) and the session closes.
+    /// ([`AbortReason::ClientLeft`]) and the session closes; input not yet processed is
+    /// dropped (call it once [`ServerSession::has_event`] is false and no decision is awaited
+    /// to answer what the client pipelined before it closed).
     pub fn handle_eof(&mut self) {
         self.shut(AbortReason::ClientLeft, None);
     }
@@ -443,6 +445,14 @@ impl ServerSession {
         }
         let ready = self.ready.pop_front()?;
         Some(self.event_for(ready))
+    }
+
+    /// Processes buffered input as far as it goes without the host, and says whether an event
+    /// is ready for [`ServerSession::poll_event`]. False means the session needs more input or
+    /// awaits a decision: a transport uses it to tell a client that half-closed after
+    /// pipelining (whose commands are still answered) from one that left mid-command.
+    pub fn has_event(&mut self) -> bool {
+        !self.ready.is_empty() || self.step()
     }
 
     /// Appends the reply octets ready to send to `out` and returns how many. Replies to
