@@ -12,7 +12,8 @@
 # whatever else the machine is doing.
 #
 # Environment: WORK [/tmp/smtps-profile], CARGO_TARGET_DIR [target], SESSIONS [300],
-# MESSAGES [3000], LARGE_MESSAGES [300].
+# MESSAGES [3000], LARGE_MESSAGES [300], SMTPSD [the release build here: set it to another
+# build's binary to compare two revisions instruction for instruction].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/smtps-profile}
@@ -21,6 +22,7 @@ SESSIONS=${SESSIONS:-300}
 MESSAGES=${MESSAGES:-3000}
 LARGE_MESSAGES=${LARGE_MESSAGES:-300}
 BIN=$CARGO_TARGET_DIR/release
+SMTPSD=${SMTPSD:-$BIN/smtpsd}
 IMPLICIT=36465 STARTTLS=36587
 
 command -v valgrind >/dev/null || { echo "profile.sh: valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
@@ -41,7 +43,7 @@ for port in $IMPLICIT $STARTTLS; do
 done
 
 valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
-    "$BIN/smtpsd" --sink --workers 1 --listen "127.0.0.1:$IMPLICIT=implicit-tls" \
+    "$SMTPSD" --sink --workers 1 --listen "127.0.0.1:$IMPLICIT=implicit-tls" \
     --listen "127.0.0.1:$STARTTLS=starttls" --cert "$WORK/cert.pem" --key "$WORK/key.pem" \
     --hostname mx.test --log-level warn --no-resumption --timeout-handshake 60 --timeout-command 60 \
     2>"$WORK/valgrind.log" &
@@ -85,7 +87,7 @@ kill $VG 2>/dev/null
 wait $VG 2>/dev/null || true
 PERF_OK=0
 if command -v perf >/dev/null; then
-    "$BIN/smtpsd" --sink --workers 1 --listen "127.0.0.1:$IMPLICIT=implicit-tls" \
+    "$SMTPSD" --sink --workers 1 --listen "127.0.0.1:$IMPLICIT=implicit-tls" \
         --cert "$WORK/cert.pem" --key "$WORK/key.pem" --hostname mx.test --log-level warn --no-resumption \
         2>"$WORK/native.log" &
     NATIVE=$!

@@ -40,6 +40,9 @@ pub struct Connection {
     inbox: Vec<u8>,
     /// The client closed its side (end of stream, `close_notify`, or a socket error).
     eof: bool,
+    /// The transport was told of the end of stream (once every octet read before it was
+    /// taken in).
+    transport_eof: bool,
     eof_delivered: bool,
     /// Over without the session's say: TLS failed, the client left before the session began,
     /// a timer expired during a handshake.
@@ -129,6 +132,7 @@ impl Connection {
             wire_pos: 0,
             inbox: Vec::new(),
             eof: false,
+            transport_eof: false,
             eof_delivered: false,
             dead: false,
             closed_transport: false,
@@ -239,10 +243,7 @@ impl Connection {
     /// is awaited, then a message in progress is aborted ([`Event::MessageAborted`]) and the
     /// session closes once its output is sent.
     pub fn feed_eof(&mut self) {
-        if !self.eof {
-            self.eof = true;
-            self.transport.handle_eof();
-        }
+        self.eof = true;
         self.advance();
     }
 
@@ -251,6 +252,7 @@ impl Connection {
     pub fn socket_failed(&mut self, kind: io::ErrorKind) {
         self.reason.get_or_insert(CloseReason::Io(kind));
         self.abandon_output();
+        self.inbox = Vec::new();
         self.dead = true;
         self.feed_eof();
     }
@@ -553,17 +555,20 @@ impl Connection {
         if !self.eof && self.transport.is_tls() && self.transport.peer_closed() {
             self.eof = true;
         }
-        if self.eof {
-            self.inbox.clear();
-        }
         self.move_input();
+        // The transport hears of the end of stream after every octet read before it.
+        if self.eof && !self.transport_eof && (self.inbox.is_empty() || self.dead) {
+            self.transport_eof = true;
+            self.transport.handle_eof();
+            self.move_input();
+        }
         if let Some(session) = self.session.as_mut() {
             // A client that closed its side (FIN, or `close_notify`) may still read: what it
             // pipelined before is processed and answered first, and a decision the host is
             // making (a message being committed) is not cut short. The end of stream reaches
             // the session once it is idle — or at once if the socket failed: nobody can read
             // a reply then.
-            if self.eof
+            if self.transport_eof
                 && !self.eof_delivered
                 && self.transport.received_plaintext().is_empty()
                 && (self.dead || !session.awaiting_decision() && !session.has_event())
@@ -574,7 +579,7 @@ impl Connection {
                 }
                 session.handle_eof();
             }
-        } else if self.eof && !self.dead {
+        } else if self.transport_eof && !self.dead {
             // The client left during the implicit-TLS handshake: nobody is left to tell.
             self.reason.get_or_insert(CloseReason::ClientClosed);
             self.dead = true;
@@ -595,7 +600,7 @@ impl Connection {
         let mut moved = false;
         loop {
             let mut step = false;
-            if !self.inbox.is_empty() && !self.is_closed() && !self.eof {
+            if !self.inbox.is_empty() && !self.is_closed() {
                 match self.transport.handle_received(&self.inbox) {
                     Ok(taken) => {
                         self.inbox.drain(..taken);

@@ -61,6 +61,28 @@ fn ready(now: Instant) -> Connection {
     conn
 }
 
+/// Sends a whole message, accepting every step, and stops at its end: the host is
+/// committing it. Returns that decision.
+fn message_awaiting_commit(conn: &mut Connection, now: Instant) -> smtps_proto::DecisionId {
+    conn.feed(
+        now,
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nbody\r\n.\r\n",
+    )
+    .expect("feed");
+    for _ in 0..100 {
+        let event = conn
+            .poll_event()
+            .expect("an event before the message's end");
+        if let Event::MessageEnd { decision, .. } = event {
+            return decision;
+        }
+        if let Some(decision) = event.decision() {
+            conn.decide(decision, Verdict::Accept).expect("decide");
+        }
+    }
+    panic!("the message never ended");
+}
+
 #[test]
 fn tls_mode_without_acceptor_is_refused() {
     let now = Instant::now();
@@ -180,26 +202,7 @@ fn a_client_that_half_closes_after_pipelining_gets_every_reply() {
 fn end_of_stream_while_the_host_commits_a_message_waits_for_its_answer() {
     let now = Instant::now();
     let mut conn = ready(now);
-    conn.feed(
-        now,
-        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nbody\r\n.\r\n",
-    )
-    .expect("feed");
-    let mut end = None;
-    for _ in 0..100 {
-        let Some(event) = conn.poll_event() else {
-            break;
-        };
-        match event {
-            Event::MessageEnd { decision, .. } => end = Some(decision),
-            other => {
-                if let Some(decision) = other.decision() {
-                    conn.decide(decision, Verdict::Accept).expect("decide");
-                }
-            }
-        }
-    }
-    let end = end.expect("the message ended");
+    let end = message_awaiting_commit(&mut conn, now);
     conn.feed_eof();
     assert!(conn.poll_event().is_none());
     assert!(!conn.is_closed(), "closed while the host commits");
@@ -219,26 +222,7 @@ fn end_of_stream_while_the_host_commits_a_message_waits_for_its_answer() {
 fn a_reset_mid_message_aborts_it_at_once() {
     let now = Instant::now();
     let mut conn = ready(now);
-    conn.feed(
-        now,
-        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nbody\r\n.\r\n",
-    )
-    .expect("feed");
-    let mut end = None;
-    for _ in 0..100 {
-        let Some(event) = conn.poll_event() else {
-            break;
-        };
-        match event {
-            Event::MessageEnd { decision, .. } => end = Some(decision),
-            other => {
-                if let Some(decision) = other.decision() {
-                    conn.decide(decision, Verdict::Accept).expect("decide");
-                }
-            }
-        }
-    }
-    let end = end.expect("the message ended");
+    let end = message_awaiting_commit(&mut conn, now);
     conn.socket_failed(std::io::ErrorKind::ConnectionReset);
     let seen = accept_all(&mut conn);
     assert!(
@@ -457,4 +441,35 @@ fn pipelined_input_with_nothing_drained_stays_within_the_output_bound() {
         }
     }
     assert_eq!(answered, input.len() / 13);
+}
+
+#[test]
+fn input_read_before_the_end_of_stream_is_all_answered() {
+    let now = Instant::now();
+    let mut conn = ready(now);
+    let mut sent = b"EHLO c.test\r\n".repeat(15_000);
+    sent.extend_from_slice(b"QUIT\r\n");
+    // One read larger than the transport takes: the rest stays inside the connection.
+    let mut scratch = vec![0u8; sent.len()];
+    let read = conn
+        .read_from(now, &mut std::io::Cursor::new(&sent), &mut scratch)
+        .expect("read");
+    assert_eq!(read, sent.len());
+    conn.feed_eof();
+    let mut out = String::new();
+    for _ in 0..100_000 {
+        accept_all(&mut conn);
+        out.push_str(&drain(&mut conn));
+        if conn.is_finished() {
+            break;
+        }
+    }
+    assert!(conn.is_finished());
+    assert_eq!(out.matches("250 LIMITS").count(), 15_000);
+    assert!(
+        out.ends_with("221 2.0.0 Bye\r\n"),
+        "{}",
+        &out[out.len() - 100..]
+    );
+    assert_eq!(conn.close_reason(), Some(&CloseReason::Quit));
 }

@@ -329,16 +329,22 @@ mod tests {
         (body, stuffed)
     }
 
-    #[test]
-    fn turns_deliver_every_message_whatever_the_socket_does() {
-        let (body, stuffed) = message();
+    /// A session sending the message twice, then QUIT.
+    fn two_messages_then_quit(stuffed: &[u8]) -> Vec<u8> {
         let mut sent = b"EHLO c.test\r\n".to_vec();
         for _ in 0..2 {
             sent.extend_from_slice(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n");
-            sent.extend_from_slice(&stuffed);
+            sent.extend_from_slice(stuffed);
             sent.extend_from_slice(b".\r\n");
         }
         sent.extend_from_slice(b"QUIT\r\n");
+        sent
+    }
+
+    #[test]
+    fn turns_deliver_every_message_whatever_the_socket_does() {
+        let (body, stuffed) = message();
+        let sent = two_messages_then_quit(&stuffed);
         for seed in 1..=60u64 {
             let closes = seed % 2 == 0;
             let outcome = run(
@@ -359,7 +365,8 @@ mod tests {
                 outcome.replies
             );
             assert!(
-                outcome.replies.ends_with("221 2.0.0 Bye\r\n") || outcome.replies.contains("221 ")
+                outcome.replies.ends_with("221 2.0.0 Bye\r\n"),
+                "seed {seed}"
             );
             assert_eq!(outcome.body.len(), body.len() * 2, "seed {seed}");
             assert!(outcome.body.starts_with(&body) && outcome.body.ends_with(&body));
@@ -392,18 +399,13 @@ mod tests {
     }
 
     /// A host that cannot take a message (its spool is full) refuses it at the first chunk:
-    /// the rest of the body is read and dropped without an event, which must not leave the
-    /// connection waiting with input in its socket (a stall found by the disk-full test).
+    /// the rest of the body is read and dropped without an event, and the turn must still
+    /// read the socket to the end (the engine's side of this, over TLS, is in smtps-conn's
+    /// `a_refused_body_over_tls_is_read_to_its_end_in_64_kib_reads`).
     #[test]
     fn turns_read_a_refused_body_to_its_end_whatever_the_socket_does() {
         let (_, stuffed) = message();
-        let mut sent = b"EHLO c.test\r\n".to_vec();
-        for _ in 0..2 {
-            sent.extend_from_slice(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n");
-            sent.extend_from_slice(&stuffed);
-            sent.extend_from_slice(b".\r\n");
-        }
-        sent.extend_from_slice(b"QUIT\r\n");
+        let sent = two_messages_then_quit(&stuffed);
         for seed in 1..=60u64 {
             let outcome = run(
                 seed.wrapping_mul(0x2545_F491_4F6C_DD1D),

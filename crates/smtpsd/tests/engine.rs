@@ -25,7 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    ChildGuard, ClientRun, Daemon, SMTPSD, TempDir, TestCert, read_all, run, spawn_smtpsd,
+    Background, ChildGuard, ClientRun, Daemon, SMTPSD, TempDir, TestCert, run, spawn_smtpsd,
     tools_present,
 };
 
@@ -94,7 +94,10 @@ fn messages_of_5_and_50_mib_get_250_and_arrive_byte_exact_while_every_core_is_bu
             .collect();
         for (tls, client) in clients {
             // Each message's steps have the client's 120 s socket timeout; this is a backstop.
-            let run = client.finish(Duration::from_secs(600), &daemon);
+            let run = client.finish(
+                Duration::from_secs(600),
+                &format!("smtpsd log (tail):\n{}", tail(&daemon.log(), 40)),
+            );
             println!("{label} over {tls}: {}", run.summary());
             assert_eq!(
                 run.value("acked"),
@@ -475,48 +478,6 @@ impl EngineClients for Daemon {
             self.log()
         );
         ClientRun::parse(&output.stdout)
-    }
-}
-
-/// A client process running in the background.
-struct Background {
-    guard: ChildGuard,
-    stdout: thread::JoinHandle<String>,
-    stderr: thread::JoinHandle<String>,
-}
-
-impl Background {
-    fn spawn(mut command: Command) -> Self {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut guard = ChildGuard::spawn(command);
-        let stdout = read_all(guard.child.stdout.take().expect("stdout"));
-        let stderr = read_all(guard.child.stderr.take().expect("stderr"));
-        Self {
-            guard,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Waits for a successful exit; panics past `timeout` (killing it) or on a failure.
-    fn finish(mut self, timeout: Duration, daemon: &Daemon) -> ClientRun {
-        let status = self.guard.wait_deadline(timeout);
-        if status.is_none() {
-            self.guard.kill();
-        }
-        let stdout = self.stdout.join().unwrap_or_default();
-        let stderr = self.stderr.join().unwrap_or_default();
-        match status {
-            Some(status) if status.success() => ClientRun::parse(&stdout),
-            other => panic!(
-                "{} ended {other:?}\nstdout:\n{stdout}\nstderr:\n{stderr}\nsmtpsd log (tail):\n{}",
-                self.guard.what,
-                tail(&daemon.log(), 40)
-            ),
-        }
     }
 }
 

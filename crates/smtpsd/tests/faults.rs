@@ -19,14 +19,14 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    ChildGuard, ClientRun, Daemon, SMTPSD, TempDir, TestCert, list, read_all, replace_pem_files,
-    run, spawn_smtpsd, wait_until,
+    Background, ClientRun, Daemon, SMTPSD, TempDir, TestCert, list, replace_pem_files, run,
+    spawn_smtpsd, wait_until,
 };
 
 const STEP_DEADLINE: Duration = Duration::from_secs(15);
@@ -81,7 +81,7 @@ fn kill_9_while_16_clients_send_loses_no_acknowledged_message() {
     daemon.guard.kill();
     let killed_at = Instant::now();
     fs::write(&stop, b"").expect("stop file");
-    let run = load.finish(Duration::from_secs(60));
+    let run = load.finish(Duration::from_secs(60), "");
     println!("kill -9 of pid {pid}: {}", run.summary());
     assert_eq!(run.value("hung_threads"), "0");
     assert_eq!(
@@ -496,7 +496,7 @@ fn certificate_reload_under_load_fails_no_handshake() {
         reloads += 1;
         thread::sleep(Duration::from_millis(100));
     }
-    let run = load.finish(Duration::from_secs(60));
+    let run = load.finish(Duration::from_secs(60), "");
     println!("{reloads} reloads under load: {}", run.summary());
     assert!(
         daemon.wait_log("certificates reloaded", reloads / 2),
@@ -549,7 +549,7 @@ fn sigterm_under_load_finishes_or_refuses_every_transaction() {
         signalled.elapsed()
     );
     assert!(status.success(), "exit {status}:\n{}", daemon.log());
-    let run = load.finish(Duration::from_secs(60));
+    let run = load.finish(Duration::from_secs(60), "");
     println!("load during shutdown: {}", run.summary());
     assert_eq!(run.value("hung_threads"), "0");
     // Every transaction: 250 and stored once, byte-exact; or 421 and not stored.
@@ -697,20 +697,8 @@ impl Daemon {
         ClientRun::parse(&output.stdout)
     }
 
-    fn spawn_client(&self, _env: &Env, scenario: &str, args: &[&str]) -> Spawned {
-        let mut command = self.client_command(scenario, args);
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut guard = ChildGuard::spawn(command);
-        let stdout = read_all(guard.child.stdout.take().expect("stdout"));
-        let stderr = read_all(guard.child.stderr.take().expect("stderr"));
-        Spawned {
-            guard,
-            stdout,
-            stderr,
-        }
+    fn spawn_client(&self, _env: &Env, scenario: &str, args: &[&str]) -> Background {
+        Background::spawn(self.client_command(scenario, args))
     }
 }
 
@@ -733,27 +721,4 @@ fn python() -> Command {
     let mut command = Command::new("python3");
     command.arg(script);
     command
-}
-
-/// A client process running in the background.
-struct Spawned {
-    guard: ChildGuard,
-    stdout: thread::JoinHandle<String>,
-    stderr: thread::JoinHandle<String>,
-}
-
-impl Spawned {
-    /// Waits for a successful exit; panics past `timeout`.
-    fn finish(mut self, timeout: Duration) -> ClientRun {
-        let status = self.guard.wait_deadline(timeout);
-        if status.is_none() {
-            self.guard.kill();
-        }
-        let stdout = self.stdout.join().unwrap_or_default();
-        let stderr = self.stderr.join().unwrap_or_default();
-        match status {
-            Some(status) if status.success() => ClientRun::parse(&stdout),
-            other => panic!("client ended {other:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
-        }
-    }
 }

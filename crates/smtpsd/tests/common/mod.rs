@@ -344,6 +344,49 @@ pub(crate) fn run(mut command: Command, stdin: Option<Vec<u8>>, timeout: Duratio
     }
 }
 
+/// A client process running in the background, its output collected as it comes.
+pub(crate) struct Background {
+    guard: ChildGuard,
+    stdout: thread::JoinHandle<String>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl Background {
+    /// Starts `command` with no input and its output piped.
+    pub(crate) fn spawn(mut command: Command) -> Self {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut guard = ChildGuard::spawn(command);
+        let stdout = read_all(guard.child.stdout.take().expect("stdout"));
+        let stderr = read_all(guard.child.stderr.take().expect("stderr"));
+        Self {
+            guard,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits for a successful exit and parses its output; panics past `timeout` (killing it)
+    /// or on a failure, showing `context` (such as the daemon's log) with the client's output.
+    pub(crate) fn finish(mut self, timeout: Duration, context: &str) -> ClientRun {
+        let status = self.guard.wait_deadline(timeout);
+        if status.is_none() {
+            self.guard.kill();
+        }
+        let stdout = self.stdout.join().unwrap_or_default();
+        let stderr = self.stderr.join().unwrap_or_default();
+        match status {
+            Some(status) if status.success() => ClientRun::parse(&stdout),
+            other => panic!(
+                "{} ended {other:?}\nstdout:\n{stdout}\nstderr:\n{stderr}\n{context}",
+                self.guard.what
+            ),
+        }
+    }
+}
+
 pub(crate) fn read_all(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
     thread::spawn(move || {
         let mut bytes = Vec::new();
