@@ -270,10 +270,15 @@ impl Connection {
         // and dropped): then it gets what the transport holds, until an event comes or nothing
         // moves. `None` thus always means the socket, the client or the host must act.
         loop {
-            self.advance();
             if self.backlogged() && !self.is_closed() {
                 return None;
             }
+            // Events the session can give from what it holds come first: no need to bring
+            // the parts in step for each of a batch.
+            if self.session.as_mut().is_some_and(ServerSession::has_event) {
+                break;
+            }
+            self.advance();
             let session = self.session.as_mut()?;
             if session.has_event() {
                 break;
@@ -305,7 +310,7 @@ impl Connection {
     /// [`Error::Session`] if `id` is not the awaited decision or the verdict's reply does not
     /// fit; the decision then still waits.
     pub fn decide(&mut self, id: DecisionId, verdict: Verdict) -> Result<(), Error> {
-        self.advance();
+        // No `advance` first: a decision id comes from an event, so the session exists.
         let session = self
             .session
             .as_mut()
@@ -315,7 +320,6 @@ impl Connection {
             self.reason.get_or_insert(CloseReason::Refused);
         }
         self.timers.idle_since = self.timers.clock;
-        self.advance();
         Ok(())
     }
 
@@ -533,7 +537,10 @@ impl Connection {
     /// Every `&mut` entry point calls it first, so an upgrade happens before any later octet
     /// is read or written, whether or not the host has polled [`Event::StartTls`] yet.
     fn advance(&mut self) {
-        self.move_input();
+        if !self.inbox.is_empty() {
+            // Octets held back go to the transport first: they may finish a handshake.
+            self.move_input();
+        }
         if self.session.is_none() && !self.transport.is_handshaking() && !self.dead {
             self.session = Some(ServerSession::new(
                 Arc::clone(&self.session_config),
@@ -570,7 +577,7 @@ impl Connection {
             // a reply then.
             if self.transport_eof
                 && !self.eof_delivered
-                && self.transport.received_plaintext().is_empty()
+                && !self.transport.has_received_plaintext()
                 && (self.dead || !session.awaiting_decision() && !session.has_event())
             {
                 self.eof_delivered = true;
@@ -613,7 +620,7 @@ impl Connection {
                 }
             }
             if let Some(session) = self.session.as_mut() {
-                loop {
+                while self.transport.has_received_plaintext() {
                     let plaintext = self.transport.received_plaintext();
                     if plaintext.is_empty() {
                         break;

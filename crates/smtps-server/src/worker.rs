@@ -428,7 +428,11 @@ impl<H: Handler> Worker<H> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if deadline != slot.deadline {
+        // A deadline that moved later (every read moves the idle timer) keeps its earlier
+        // entry: when that fires, the turn finds nothing due and schedules the real one. Most
+        // turns thus leave the timer set alone.
+        let keep = matches!((slot.deadline, deadline), (Some(old), Some(new)) if new >= old);
+        if !keep {
             if let Some(old) = slot.deadline {
                 self.timers.remove(&(old, index));
             }

@@ -156,6 +156,15 @@ impl Transport {
         }
     }
 
+    /// Whether received plaintext waits to be read: a cheap check before
+    /// [`received_plaintext`](Self::received_plaintext).
+    pub fn has_received_plaintext(&self) -> bool {
+        match &self.state {
+            State::Plain(p) => p.in_pos < p.incoming.len(),
+            State::Tls(t) => t.plaintext_pending > 0,
+        }
+    }
+
     /// Marks `n` bytes of [`received_plaintext`](Self::received_plaintext) as read (clamped to
     /// what was there).
     pub fn consume_plaintext(&mut self, n: usize) {

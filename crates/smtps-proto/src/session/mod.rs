@@ -280,6 +280,9 @@ enum PendingKind {
     MessageEnd,
 }
 
+/// Input offered at once from this size on is bulk (see `ServerSession::handle_input`).
+const BULK_INPUT: usize = 4 * 1024;
+
 impl ServerSession {
     /// A new session for a client that just connected. The first event is
     /// [`Event::Connect`]; the greeting goes out when it is accepted.
@@ -323,8 +326,15 @@ impl ServerSession {
             self.input.drain(..self.pos);
             self.pos = 0;
         }
-        let room = self.input_limit().saturating_sub(self.input.len());
+        let limit = self.input_limit();
+        let room = limit.saturating_sub(self.input.len());
         let taken = room.min(data.len());
+        if taken >= BULK_INPUT && self.input.capacity() - self.input.len() < taken {
+            // A message body or a pipelined batch arrives in records of up to 16 KiB: grow to
+            // the limit at once rather than doubling, which copies what is buffered each time.
+            // The buffer is given back once the input is consumed (`step`).
+            self.input.reserve_exact(room);
+        }
         self.input.extend_from_slice(&data[..taken]);
         taken
     }
