@@ -604,6 +604,9 @@ impl Connection {
     /// Moves received input along — octets read but not taken into the transport, plaintext
     /// into the session — as far as each takes; whether anything moved.
     fn move_input(&mut self) -> bool {
+        if self.inbox.is_empty() && !self.transport.has_received_plaintext() {
+            return false;
+        }
         let mut moved = false;
         loop {
             let mut step = false;
