@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
 seconds="${1:-30}"
-targets=(command session data_decoder tls_transport conn)
+targets=(command session data_decoder tls_transport conn proxy_header)
 
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "cargo-fuzz is missing: installing it"

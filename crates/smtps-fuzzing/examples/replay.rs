@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         "data_decoder" => smtps_fuzzing::data_decoder,
         "tls_transport" => smtps_fuzzing::tls_transport,
         "conn" => smtps_fuzzing::conn,
+        "proxy_header" => smtps_fuzzing::proxy_header,
         other => {
             eprintln!("unknown target {other}");
             return ExitCode::FAILURE;
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
                 "data_decoder" => println!("{:#?}", DecoderInput::arbitrary_take_rest(u)),
                 "tls_transport" => println!("{:#?}", TlsInput::arbitrary_take_rest(u)),
                 "conn" => println!("{:#?}", ConnInput::arbitrary_take_rest(u)),
+                "proxy_header" => println!("{:#?}", smtps_proxy::parse_header(&data)),
                 _ => println!("{:?}", String::from_utf8_lossy(&data)),
             }
         }

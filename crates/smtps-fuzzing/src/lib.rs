@@ -1,7 +1,7 @@
 //! Fuzz target logic for `smtps`, as plain functions over a byte slice.
 //!
-//! Each function decodes its input, drives one entry point of `smtps-proto`, `smtps-tls` or
-//! `smtps-conn`,
+//! Each function decodes its input, drives one entry point of `smtps-proto`, `smtps-tls`,
+//! `smtps-conn` or `smtps-proxy`,
 //! and asserts invariants — a panic is a finding. The cargo-fuzz crate in `fuzz/` calls them
 //! from its targets (`fuzz/fuzz_targets/<name>.rs`), and `tests/corpus.rs` replays every file
 //! of `fuzz/corpus/<name>/` and `fuzz/regressions/<name>/` through them, so corpus regressions
@@ -14,6 +14,7 @@
 //! | `data_decoder` | [`data_decoder()`] | differential against [`data::reference_decode`]; stuffing round trip |
 //! | `tls_transport` | [`tls_transport()`] | no panic; nothing pre-TLS or forged comes out after the upgrade |
 //! | `conn` | [`conn()`] | the C ABI's connection object (`smtps_conn::Connection`) with a real TLS client: reply syntax, valid record stream, no event before the handshake, nothing pre-TLS acted on |
+//! | `proxy_header` | [`proxy_header()`] | `smtps_proxy::parse_header` never panics, takes at most the input, gives the same header on exactly its octets, with one more octet and after every split; v1 and v2 encodings of the same addresses parse equal |
 //!
 //! # Known issues
 //!
@@ -30,6 +31,7 @@ use std::cell::Cell;
 pub mod command;
 pub mod conn;
 pub mod data;
+pub mod proxy;
 pub mod seeds;
 pub mod session;
 pub mod tls;
@@ -38,6 +40,7 @@ pub mod wire;
 pub use command::command;
 pub use conn::conn;
 pub use data::data_decoder;
+pub use proxy::proxy_header;
 pub use session::session;
 pub use tls::tls_transport;
 
@@ -62,12 +65,13 @@ pub fn known_issue(name: &str) -> bool {
 }
 
 /// The target names, as in `fuzz/fuzz_targets/` and `fuzz/corpus/`.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "command",
     "session",
     "data_decoder",
     "tls_transport",
     "conn",
+    "proxy_header",
 ];
 
 /// Runs `data` through the target named `target`.
@@ -81,6 +85,7 @@ pub fn run_target(target: &str, data: &[u8]) {
         "data_decoder" => data_decoder(data),
         "tls_transport" => tls_transport(data),
         "conn" => conn(data),
+        "proxy_header" => proxy_header(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }

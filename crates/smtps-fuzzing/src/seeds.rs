@@ -10,7 +10,8 @@ use crate::tls::TlsInput;
 /// One seed file.
 #[derive(Debug, Clone)]
 pub struct Seed {
-    /// The target directory: `command`, `session`, `data_decoder`, `tls_transport` or `conn`.
+    /// The target directory: `command`, `session`, `data_decoder`, `tls_transport`, `conn` or
+    /// `proxy_header`.
     pub target: &'static str,
     /// The file name without `seed-` and `.bin`.
     pub name: String,
@@ -30,6 +31,7 @@ pub fn all() -> Vec<Seed> {
     decoder_seeds(&mut seeds);
     tls_seeds(&mut seeds);
     conn_seeds(&mut seeds);
+    proxy_seeds(&mut seeds);
     seeds
 }
 
@@ -843,5 +845,80 @@ fn conn_seeds(seeds: &mut Vec<Seed>) {
             Close,
             Exchange(0),
         ],
+    );
+}
+
+/// PROXY headers as load balancers send them, each followed by the first client octets.
+fn proxy_seeds(seeds: &mut Vec<Seed>) {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use smtps_proxy::{Ssl, Tlv};
+
+    use crate::proxy::{tlv, v1_line, v2_header, v2_raw, with_crc};
+
+    let v4_source = SocketAddr::new(Ipv4Addr::new(192, 0, 2, 1).into(), 56324);
+    let v4_destination = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 7).into(), 465);
+    let v6_source = SocketAddr::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(), 49152);
+    let v6_destination =
+        SocketAddr::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x25).into(), 25);
+    let client_hello = b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x03";
+    let with_tail = |header: &[u8], tail: &[u8]| [header, tail].concat();
+
+    push(
+        seeds,
+        "proxy_header",
+        "v1-tcp4",
+        with_tail(v1_line(v4_source, v4_destination).as_bytes(), client_hello),
+    );
+    push(
+        seeds,
+        "proxy_header",
+        "v1-tcp6",
+        with_tail(v1_line(v6_source, v6_destination).as_bytes(), b"EHLO c\r\n"),
+    );
+    push(
+        seeds,
+        "proxy_header",
+        "v1-unknown",
+        b"PROXY UNKNOWN ffff:f::1 ffff:f::2 65535 65535\r\nEHLO c\r\n".to_vec(),
+    );
+    let ssl = [
+        &[0x07][..],
+        &0_u32.to_be_bytes(),
+        &tlv(Ssl::VERSION, b"TLSv1.3"),
+        &tlv(Ssl::COMMON_NAME, b"client.example"),
+        &tlv(Ssl::CIPHER, b"TLS_AES_256_GCM_SHA384"),
+    ]
+    .concat();
+    let tlvs = [
+        tlv(Tlv::ALPN, b"smtp"),
+        tlv(Tlv::AUTHORITY, b"mx.example.org"),
+        tlv(Tlv::UNIQUE_ID, b"4f2a1c0de"),
+        tlv(Tlv::SSL, &ssl),
+        tlv(Tlv::NETNS, b"blue"),
+        tlv(Tlv::NOOP, &[0; 3]),
+        tlv(Tlv::CRC32C, &[0; 4]),
+    ]
+    .concat();
+    push(
+        seeds,
+        "proxy_header",
+        "v2-proxy-tcp4-tlvs-crc",
+        with_tail(
+            &with_crc(v2_header(v4_source, v4_destination, &tlvs)),
+            client_hello,
+        ),
+    );
+    push(
+        seeds,
+        "proxy_header",
+        "v2-local",
+        with_tail(&v2_raw(0x20, 0x00, &[]), client_hello),
+    );
+    push(
+        seeds,
+        "proxy_header",
+        "v2-proxy-tcp6",
+        with_tail(&v2_header(v6_source, v6_destination, &[]), b"EHLO c\r\n"),
     );
 }

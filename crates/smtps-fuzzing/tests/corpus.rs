@@ -118,6 +118,11 @@ fn conn_corpus() {
 }
 
 #[test]
+fn proxy_header_corpus() {
+    replay("proxy_header");
+}
+
+#[test]
 fn seeds_on_disk_match_the_generator() {
     for seed in smtps_fuzzing::seeds::all() {
         let path = fuzz_dir()
