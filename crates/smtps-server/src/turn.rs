@@ -252,18 +252,10 @@ mod tests {
         };
         let mut finished = false;
         for _ in 0..200_000 {
-            let mut outcome = turn(
-                &mut conn,
-                &mut incoming,
-                &mut outgoing,
-                &mut readiness,
-                &mut buf,
-                now,
-                &mut host,
-            );
-            // The ready queue: served again before the loop sleeps, without a new event.
-            while outcome == Turn::MoreLeft {
-                outcome = turn(
+            // A turn left with work goes on the ready queue: served again before the loop
+            // sleeps, without a new event.
+            let outcome = loop {
+                let outcome = turn(
                     &mut conn,
                     &mut incoming,
                     &mut outgoing,
@@ -272,7 +264,10 @@ mod tests {
                     now,
                     &mut host,
                 );
-            }
+                if outcome != Turn::MoreLeft {
+                    break outcome;
+                }
+            };
             if outcome == Turn::Finished {
                 finished = true;
                 break;
