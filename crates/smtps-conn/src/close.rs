@@ -29,6 +29,9 @@ pub enum CloseReason {
     Tls(smtps_tls::TlsError),
     /// The socket failed.
     Io(io::ErrorKind),
+    /// The PROXY protocol header the listener expects was malformed, truncated, unsupported or
+    /// missing.
+    ProxyHeader(smtps_proxy::Error),
 }
 
 impl fmt::Display for CloseReason {
@@ -43,6 +46,7 @@ impl fmt::Display for CloseReason {
             Self::Shutdown => f.write_str("shutdown"),
             Self::Tls(error) => write!(f, "tls ({error})"),
             Self::Io(kind) => write!(f, "io ({kind})"),
+            Self::ProxyHeader(error) => write!(f, "proxy_header ({error})"),
         }
     }
 }

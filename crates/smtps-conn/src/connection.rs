@@ -51,7 +51,22 @@ pub struct Connection {
     /// Output was dropped (the socket failed, or the linger ran out): nothing more to send.
     abandoned: bool,
     reason: Option<CloseReason>,
+    /// Whether a PROXY protocol header comes first ([`Connection::expect_proxy_header`]).
+    proxy: ProxyStage,
+    /// The PROXY header's octets: being read, then exactly the header.
+    proxy_octets: Vec<u8>,
     timers: Timers,
+}
+
+/// Where a connection is with its PROXY protocol header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyStage {
+    /// No header expected.
+    Off,
+    /// The header is being read; nothing else happens until it is complete.
+    Reading,
+    /// The header was read; `proxy_octets` holds it.
+    Done,
 }
 
 /// The engine's sense of time: only what drivers pass in.
@@ -120,7 +135,7 @@ impl Connection {
             } else {
                 config
             };
-        let mut conn = Self {
+        let conn = Self {
             transport,
             session: None,
             session_config,
@@ -137,6 +152,8 @@ impl Connection {
             dead: false,
             closed_transport: false,
             abandoned: false,
+            proxy: ProxyStage::Off,
+            proxy_octets: Vec::new(),
             reason: None,
             timers: Timers {
                 timeouts: Timeouts::default(),
@@ -147,13 +164,39 @@ impl Connection {
                 closing_since: None,
             },
         };
-        conn.advance();
+        // No `advance` here: the session starts at the first call, after
+        // `expect_proxy_header` if the driver makes it.
         Ok(conn)
     }
 
     /// Sets the timers; deadlines already running are measured with the new values.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) {
         self.timers.timeouts = timeouts;
+    }
+
+    /// The client's first octets are a PROXY protocol header (haproxy's proxy-protocol.txt, v1
+    /// or v2) from a load balancer the driver trusts: it is read before anything else — before
+    /// TLS and before the session starts — within [`Timeouts::proxy_header`]. A malformed,
+    /// truncated or unsupported header, or none, closes the connection without a word
+    /// ([`CloseReason::ProxyHeader`]); nothing of it is applied. Call it right after
+    /// [`Connection::new`], before any other call; later it does nothing.
+    pub fn expect_proxy_header(&mut self) {
+        if self.session.is_none() && self.proxy == ProxyStage::Off && !self.transport_eof {
+            self.proxy = ProxyStage::Reading;
+        }
+    }
+
+    /// The PROXY header the client's stream began with, once read: the real client's and the
+    /// balancer's addresses (`None` for LOCAL health checks and `UNKNOWN`) and the v2 TLVs.
+    #[must_use]
+    pub fn proxy_header(&self) -> Option<smtps_proxy::Header<'_>> {
+        if self.proxy != ProxyStage::Done {
+            return None;
+        }
+        match smtps_proxy::parse_header(&self.proxy_octets) {
+            Ok(smtps_proxy::Status::Complete((_, header))) => Some(header),
+            _ => None,
+        }
     }
 
     /// Offers octets read from the socket at `now`; returns how many were taken. Keep the rest
@@ -174,10 +217,19 @@ impl Connection {
             return Ok(0);
         }
         self.timers.idle_since = now;
-        match self.transport.handle_received(data) {
+        let header = if self.proxy == ProxyStage::Reading {
+            self.read_proxy_header(data)
+        } else {
+            0
+        };
+        if self.proxy == ProxyStage::Reading || self.is_closed() {
+            return Ok(data.len());
+        }
+        self.advance();
+        match self.transport.handle_received(&data[header..]) {
             Ok(taken) => {
                 self.advance();
-                Ok(taken)
+                Ok(header + taken)
             }
             Err(error) => Err(self.tls_failed(error)),
         }
@@ -225,9 +277,18 @@ impl Connection {
             return Ok(0);
         }
         self.timers.idle_since = now;
-        match self.transport.handle_received(&buf[..n]) {
+        let header = if self.proxy == ProxyStage::Reading {
+            self.read_proxy_header(&buf[..n])
+        } else {
+            0
+        };
+        if self.proxy == ProxyStage::Reading || self.is_closed() {
+            return Ok(n);
+        }
+        self.advance();
+        match self.transport.handle_received(&buf[header..n]) {
             Ok(taken) => {
-                self.inbox.extend_from_slice(&buf[taken..n]);
+                self.inbox.extend_from_slice(&buf[header + taken..n]);
                 self.advance();
             }
             Err(error) => {
@@ -367,7 +428,7 @@ impl Connection {
                 self.abandon_output();
                 self.dead = true;
             }
-            Timer::Handshake => {
+            Timer::Handshake | Timer::ProxyHeader => {
                 self.reason.get_or_insert(CloseReason::Timeout(timer));
                 self.dead = true;
                 self.abandon_output();
@@ -541,7 +602,11 @@ impl Connection {
             // Octets held back go to the transport first: they may finish a handshake.
             self.move_input();
         }
-        if self.session.is_none() && !self.transport.is_handshaking() && !self.dead {
+        if self.session.is_none()
+            && self.proxy != ProxyStage::Reading
+            && !self.transport.is_handshaking()
+            && !self.dead
+        {
             self.session = Some(ServerSession::new(
                 Arc::clone(&self.session_config),
                 self.security,
@@ -643,6 +708,34 @@ impl Connection {
         }
     }
 
+    /// Takes octets of the PROXY header being read; returns how many of `data` it took. Once
+    /// the header is complete the rest of `data` is the client's own stream; a bad header closes
+    /// the connection (the caller ignores the rest).
+    fn read_proxy_header(&mut self, data: &[u8]) -> usize {
+        let before = self.proxy_octets.len();
+        let take = data
+            .len()
+            .min(smtps_proxy::MAX_V2_HEADER_LEN.saturating_sub(before));
+        self.proxy_octets.extend_from_slice(&data[..take]);
+        match smtps_proxy::parse_header(&self.proxy_octets) {
+            Ok(smtps_proxy::Status::Complete((len, _))) => {
+                // The header was incomplete before these octets: it ends inside `data`.
+                self.proxy_octets.truncate(len);
+                self.proxy = ProxyStage::Done;
+                len - before
+            }
+            Ok(smtps_proxy::Status::Partial) => take,
+            Err(error) => {
+                log::info!("smtps: PROXY header refused: {error}");
+                self.reason.get_or_insert(CloseReason::ProxyHeader(error));
+                self.dead = true;
+                self.abandon_output();
+                self.proxy_octets = Vec::new();
+                data.len()
+            }
+        }
+    }
+
     /// Advances the clock (never backwards).
     fn tick(&mut self, now: Instant) {
         self.timers.clock = self.timers.clock.max(now);
@@ -657,6 +750,14 @@ impl Connection {
                 .then(|| (since + timeouts.close_linger, Timer::CloseLinger));
         }
         let mut next = (t.started + timeouts.session, Timer::Session);
+        if self.proxy == ProxyStage::Reading {
+            let deadline = t.started + timeouts.proxy_header;
+            return Some(if deadline < next.0 {
+                (deadline, Timer::ProxyHeader)
+            } else {
+                next
+            });
+        }
         let mut consider = |deadline: Instant, timer: Timer| {
             if deadline < next.0 {
                 next = (deadline, timer);

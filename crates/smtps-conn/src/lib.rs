@@ -61,6 +61,8 @@ pub use close::CloseReason;
 pub use connection::{Connection, OUTPUT_LIMIT};
 pub use error::Error;
 pub use mode::{Mode, UnknownMode};
+/// The PROXY protocol header parser ([`Connection::proxy_header`] gives its [`smtps_proxy::Header`]).
+pub use smtps_proxy;
 pub use timeouts::{Timeouts, Timer};
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ fn timeouts() -> Timeouts {
         decision: Duration::from_secs(300),
         session: Duration::from_secs(3600),
         close_linger: Duration::from_secs(5),
+        proxy_header: Duration::from_secs(3),
     }
 }
 
@@ -472,4 +473,90 @@ fn input_read_before_the_end_of_stream_is_all_answered() {
         &out[out.len() - 100..]
     );
     assert_eq!(conn.close_reason(), Some(&CloseReason::Quit));
+}
+
+/// A plain connection behind a load balancer: the PROXY header comes first.
+fn proxied(now: Instant) -> Connection {
+    let mut conn = plain(now);
+    conn.expect_proxy_header();
+    conn
+}
+
+#[test]
+fn a_proxy_v1_header_is_read_before_the_session_in_any_split() {
+    let wire = b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 25\r\nEHLO c.test\r\nQUIT\r\n";
+    for split in 1..wire.len() {
+        let now = Instant::now();
+        let mut conn = proxied(now);
+        assert!(conn.poll_event().is_none(), "an event before the header");
+        let (first, rest) = wire.split_at(split);
+        let taken = conn.feed(now, first).expect("feed");
+        assert_eq!(taken, first.len());
+        let seen_before = accept_all(&mut conn);
+        let mut rest = rest;
+        while !rest.is_empty() {
+            let taken = conn.feed(now, rest).expect("feed");
+            rest = &rest[taken..];
+            accept_all(&mut conn);
+        }
+        let header = conn.proxy_header().expect("the header was read");
+        let addresses = header.addresses.expect("TCP4 has addresses");
+        assert_eq!(addresses.source.to_string(), "192.0.2.1:56324");
+        assert_eq!(addresses.destination.to_string(), "198.51.100.7:25");
+        if split < 44 {
+            assert!(seen_before.is_empty(), "split {split}: {seen_before:?}");
+        }
+        let out = drain(&mut conn);
+        assert!(out.starts_with("220 "), "split {split}: {out}");
+        assert!(out.ends_with("221 2.0.0 Bye\r\n"), "split {split}: {out}");
+    }
+}
+
+#[test]
+fn a_bad_or_missing_proxy_header_closes_without_a_banner() {
+    for wire in [
+        &b"EHLO c.test\r\n"[..],
+        b"PROXY TCP4 192.0.2.1 198.51.100.7 56324\r\n",
+        b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 25\n",
+        b"\x16\x03\x01\x02\x00\x01",
+    ] {
+        let now = Instant::now();
+        let mut conn = proxied(now);
+        conn.feed(now, wire).expect("feed");
+        assert!(accept_all(&mut conn).is_empty());
+        assert!(conn.is_finished(), "{wire:?}");
+        assert!(conn.output().is_empty(), "a banner went out for {wire:?}");
+        assert!(
+            matches!(conn.close_reason(), Some(CloseReason::ProxyHeader(_))),
+            "{:?}",
+            conn.close_reason()
+        );
+        assert!(conn.proxy_header().is_none());
+    }
+}
+
+#[test]
+fn a_proxy_header_that_does_not_come_in_time_closes_the_connection() {
+    let start = Instant::now();
+    let mut conn = proxied(start);
+    conn.feed(start, b"PROXY TCP4 192.0").expect("feed");
+    let deadline = conn.poll_timeout().expect("the header timer");
+    assert_eq!(deadline, start + Duration::from_secs(3));
+    conn.handle_timeout(deadline);
+    assert!(conn.is_finished());
+    assert_eq!(
+        conn.close_reason(),
+        Some(&CloseReason::Timeout(Timer::ProxyHeader))
+    );
+}
+
+#[test]
+fn a_client_leaving_inside_the_proxy_header_closes_the_connection() {
+    let now = Instant::now();
+    let mut conn = proxied(now);
+    conn.feed(now, b"PROXY TCP6 2001:db8::1").expect("feed");
+    conn.feed_eof();
+    assert!(accept_all(&mut conn).is_empty());
+    assert!(conn.is_finished());
+    assert_eq!(conn.close_reason(), Some(&CloseReason::ClientClosed));
 }

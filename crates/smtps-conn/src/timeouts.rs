@@ -27,6 +27,9 @@ pub struct Timeouts {
     pub decision: Duration,
     /// A whole session, however active.
     pub session: Duration,
+    /// From accept to the end of the PROXY protocol header, on connections that expect one
+    /// (the specification asks for at least 3 s).
+    pub proxy_header: Duration,
     /// How long a closing connection may take to send its last replies and `close_notify` to
     /// a client that does not read; then the rest is dropped and the socket closed.
     pub close_linger: Duration,
@@ -41,6 +44,7 @@ impl Default for Timeouts {
             decision: Duration::from_secs(300),
             session: Duration::from_secs(3600),
             close_linger: Duration::from_secs(5),
+            proxy_header: Duration::from_secs(10),
         }
     }
 }
@@ -59,6 +63,8 @@ pub enum Timer {
     Session,
     /// A closing connection's last octets could not be sent in time.
     CloseLinger,
+    /// The PROXY protocol header did not arrive in time.
+    ProxyHeader,
 }
 
 impl fmt::Display for Timer {
@@ -69,6 +75,7 @@ impl fmt::Display for Timer {
             Self::DataBlock => "data_block",
             Self::Session => "session",
             Self::CloseLinger => "close_linger",
+            Self::ProxyHeader => "proxy_header",
         })
     }
 }

@@ -361,3 +361,47 @@ fn a_refused_body_over_tls_is_read_to_its_end_in_64_kib_reads() {
     assert!(text.contains("452 4.3.1 Spool full"), "{text}");
     assert!(text.contains("221 "), "{text}");
 }
+
+/// Behind HAProxy's `send-proxy-v2` on an implicit-TLS port: the v2 header and the ClientHello
+/// arrive in one read; the header is taken off exactly, TLS starts on the next octet, and the
+/// session sees the real client's address.
+#[test]
+fn a_proxy_v2_header_in_front_of_implicit_tls_is_taken_off_before_the_handshake() {
+    let now = Instant::now();
+    let config = Arc::new(SessionConfig::new("mx.test"));
+    let mut conn =
+        Connection::new(Mode::ImplicitTls, config, Some(acceptor()), now).expect("implicit");
+    conn.expect_proxy_header();
+    let mut client = MemoryClient::new(&client_config());
+    client.start_tls();
+    // v2 PROXY, TCP over IPv4: 203.0.113.9:40000 -> 198.51.100.7:465, no TLVs.
+    let mut wire = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    wire.extend_from_slice(&[203, 0, 113, 9, 198, 51, 100, 7]);
+    wire.extend_from_slice(&40000u16.to_be_bytes());
+    wire.extend_from_slice(&465u16.to_be_bytes());
+    let tls = client.tls_mut().expect("tls");
+    while tls.wants_write() {
+        tls.write_tls(&mut wire).expect("ClientHello");
+    }
+    let mut scratch = vec![0u8; 64 * 1024];
+    conn.read_from(now, &mut std::io::Cursor::new(wire), &mut scratch)
+        .expect("read");
+    let addresses = conn
+        .proxy_header()
+        .and_then(|h| h.addresses)
+        .expect("the header's addresses");
+    assert_eq!(addresses.source.to_string(), "203.0.113.9:40000");
+    // The rest of the handshake and a session, as usual.
+    client.send(b"EHLO c.test\r\nQUIT\r\n");
+    client.exchange(&mut conn, |conn| {
+        while let Some(event) = conn.poll_event() {
+            if let Some(decision) = event.decision() {
+                conn.decide(decision, Verdict::Accept).expect("decide");
+            }
+        }
+    });
+    let replies = client.take_received();
+    assert!(replies.starts_with("220 "), "{replies}");
+    assert!(replies.contains("221 "), "{replies}");
+    assert!(conn.tls_info().is_some());
+}
