@@ -150,13 +150,10 @@ impl Config {
         self.timeouts
     }
 
-    /// The SMTP settings for a connection in `mode`.
-    pub(crate) fn session_config(&self, mode: Mode) -> Arc<SessionConfig> {
-        let mut session = self.session.clone();
-        if mode == Mode::StartTlsRequired {
-            session.policy.require_tls_for_mail = true;
-        }
-        Arc::new(session)
+    /// The SMTP settings for a connection (the engine applies what its mode adds, such as
+    /// `require_tls_for_mail` for `SMTPS_MODE_START_TLS_REQUIRED`).
+    pub(crate) fn session_config(&self) -> Arc<SessionConfig> {
+        Arc::new(self.session.clone())
     }
 
     /// The server configuration, with the TLS acceptor built.

@@ -158,7 +158,7 @@ pub unsafe extern "C" fn smtps_conn_new(
             Ok(acceptor) => acceptor,
             Err(error) => return error,
         };
-        let mut inner = match Connection::new(mode, config.session_config(mode), acceptor, Instant::now()) {
+        let mut inner = match Connection::new(mode, config.session_config(), acceptor, Instant::now()) {
             Ok(inner) => inner,
             Err(error) => return conn_error(error),
         };

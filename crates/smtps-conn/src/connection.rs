@@ -122,7 +122,7 @@ impl Connection {
             (Mode::ImplicitTls, Some(acceptor)) => {
                 (Transport::new_implicit_tls(acceptor)?, Security::Tls)
             }
-            (Mode::StartTls | Mode::StartTlsRequired, _) => {
+            (mode, _) if mode.offers_starttls() => {
                 (Transport::new_plaintext(), Security::StartTlsAvailable)
             }
             _ => (Transport::new_plaintext(), Security::Plaintext),

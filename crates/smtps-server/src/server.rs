@@ -127,6 +127,8 @@ impl<H: Handler> Server<H> {
             .iter()
             .map(|listener| {
                 let mut session = config.session.clone();
+                // The engine applies this too, but per connection (a clone of the whole
+                // configuration each time); done here once per listener, it finds it applied.
                 if listener.mode == Mode::StartTlsRequired {
                     session.policy.require_tls_for_mail = true;
                 }
