@@ -264,65 +264,44 @@ fn next_event(conn: &mut Conn) -> smtps_event {
     };
     let text = &mut conn.text;
     text.clear();
-    let mut awaiting = None;
+    let awaiting = event.decision();
     match event {
-        Event::Connect { decision } => {
-            out.kind = smtps_event_kind::Connect;
-            out.decision = decision.as_u64();
-            awaiting = Some(decision);
-        }
-        Event::Helo {
-            decision,
-            extended,
-            name,
-        } => {
+        Event::Connect { .. } => out.kind = smtps_event_kind::Connect,
+        Event::Helo { extended, name, .. } => {
             out.kind = smtps_event_kind::Helo;
-            out.decision = decision.as_u64();
-            awaiting = Some(decision);
             out.flag = extended;
             *text = name.to_string();
         }
         Event::Auth {
-            decision,
             authorization_id,
             authentication_id,
             password,
             ..
         } => {
             out.kind = smtps_event_kind::Auth;
-            out.decision = decision.as_u64();
-            awaiting = Some(decision);
             // These borrow the session's buffers, untouched until its next `&mut` call.
             out.text = smtps_str::new(authentication_id);
             out.secret = smtps_str::new(password);
             out.authzid = smtps_str::new(authorization_id);
         }
-        Event::Mail { decision, from, .. } => {
+        Event::Mail { from, .. } => {
             out.kind = smtps_event_kind::Mail;
-            out.decision = decision.as_u64();
-            awaiting = Some(decision);
             *text = from.address();
         }
-        Event::Rcpt { decision, to, .. } => {
+        Event::Rcpt { to, .. } => {
             out.kind = smtps_event_kind::Rcpt;
-            out.decision = decision.as_u64();
-            awaiting = Some(decision);
             *text = to.address();
         }
-        Event::DataStart { decision, chunked } => {
+        Event::DataStart { chunked, .. } => {
             out.kind = smtps_event_kind::DataStart;
-            out.decision = decision.as_u64();
-            awaiting = Some(decision);
             out.flag = chunked;
         }
         Event::BodyChunk(chunk) => {
             out.kind = smtps_event_kind::Body;
             out.data = smtps_bytes::new(chunk);
         }
-        Event::MessageEnd { decision, size } => {
+        Event::MessageEnd { size, .. } => {
             out.kind = smtps_event_kind::MessageEnd;
-            out.decision = decision.as_u64();
-            awaiting = Some(decision);
             out.size = size;
         }
         Event::MessageAborted { reason } => {
@@ -342,9 +321,10 @@ fn next_event(conn: &mut Conn) -> smtps_event {
         Event::TooManyErrors => out.kind = smtps_event_kind::TooManyErrors,
         _ => return next_event(conn),
     }
-    out.awaits_decision = awaiting.is_some();
-    if awaiting.is_some() {
-        conn.awaiting = awaiting;
+    if let Some(decision) = awaiting {
+        out.awaits_decision = true;
+        out.decision = decision.as_u64();
+        conn.awaiting = Some(decision);
     }
     if !conn.text.is_empty() {
         out.text = smtps_str::new(&conn.text);
