@@ -54,6 +54,7 @@ mod close;
 mod connection;
 mod error;
 mod mode;
+mod proxy;
 pub mod replies;
 mod timeouts;
 
@@ -61,6 +62,7 @@ pub use close::CloseReason;
 pub use connection::{Connection, OUTPUT_LIMIT};
 pub use error::Error;
 pub use mode::{Mode, UnknownMode};
+pub use proxy::{Admission, ProxyPolicy, Untrusted, reported_addresses};
 /// The PROXY protocol header parser ([`Connection::proxy_header`] gives its [`smtps_proxy::Header`]).
 pub use smtps_proxy;
 pub use timeouts::{Timeouts, Timer};

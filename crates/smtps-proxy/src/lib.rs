@@ -51,12 +51,14 @@ use std::net::SocketAddr;
 
 mod crc32c;
 mod error;
+mod network;
 mod tlv;
 mod v1;
 mod v2;
 
 pub use crc32c::crc32c;
 pub use error::{Error, V1Field};
+pub use network::{Network, NetworkError};
 pub use tlv::{Ssl, SslClient, Tlv, TlvIter, Tlvs};
 
 /// The longest v1 header, CRLF included (the specification's worst case).
@@ -96,6 +98,41 @@ pub struct Header<'a> {
     pub addresses: Option<Addresses>,
     /// The v2 TLVs after the addresses, already checked; always empty for v1.
     pub tlvs: Tlvs<'a>,
+}
+
+impl Header<'_> {
+    /// An owned copy, for keeping after the buffer it was parsed from is gone.
+    #[must_use]
+    pub fn to_owned_header(&self) -> OwnedHeader {
+        OwnedHeader {
+            version: self.version,
+            command: self.command,
+            addresses: self.addresses,
+            tlvs: self.tlvs.as_bytes().into(),
+        }
+    }
+}
+
+/// A [`Header`] that owns its TLVs: what a session keeps for its whole life.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OwnedHeader {
+    /// Which version of the protocol it was.
+    pub version: Version,
+    /// LOCAL or PROXY.
+    pub command: Command,
+    /// The client's and the proxy's addresses; `None` for LOCAL, v1 `UNKNOWN` and v2
+    /// AF_UNSPEC.
+    pub addresses: Option<Addresses>,
+    tlvs: Box<[u8]>,
+}
+
+impl OwnedHeader {
+    /// The TLVs, as checked when the header was parsed.
+    #[must_use]
+    pub fn tlvs(&self) -> Tlvs<'_> {
+        Tlvs::checked(&self.tlvs)
+    }
 }
 
 /// The protocol version of a header.

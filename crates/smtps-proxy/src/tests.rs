@@ -614,6 +614,21 @@ fn v2_tlv_accessors_read_the_registered_types() {
     assert_eq!(ssl.sub_tlvs().count(), 4);
     assert_prefixes_agree("all tlvs", &input);
 
+    // An owned copy reads the same, after the buffer is gone.
+    let owned = header.to_owned_header();
+    drop(input);
+    assert_eq!(owned.command, Command::Proxy);
+    assert_eq!(
+        owned.addresses.map(|a| a.source),
+        Some(addr("192.0.2.1:56324"))
+    );
+    assert_eq!(owned.tlvs().authority(), Some("mx.example.org"));
+    assert_eq!(
+        owned.tlvs().ssl().and_then(|s| s.cipher()),
+        Some("TLS_AES_256_GCM_SHA384")
+    );
+    assert_eq!(owned.tlvs().iter().count(), 8);
+
     // Absent types, and a v1 header's TLVs.
     let input = v2(PROXY, TCP4, &v4);
     let Ok(Status::Complete((_, bare))) = parse_header(&input) else {

@@ -53,6 +53,11 @@ impl<'a> Tlvs<'a> {
     /// No TLVs (a v1 header's).
     pub(crate) const EMPTY: Self = Self { bytes: &[] };
 
+    /// TLVs that [`Tlvs::parse`] checked before (an owned copy's).
+    pub(crate) fn checked(bytes: &'a [u8]) -> Self {
+        Self { bytes }
+    }
+
     /// Checks the TLVs of `header` from offset `start` to its end.
     pub(crate) fn parse(header: &'a [u8], start: usize) -> Result<Self, Error> {
         let bytes = header.get(start..).unwrap_or_default();

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use smtps_conn::{Mode, Timeouts};
+use smtps_conn::{Mode, ProxyPolicy, Timeouts};
 use smtps_proto::SessionConfig;
 use smtps_tls::TlsAcceptor;
 
@@ -15,13 +15,28 @@ pub struct ListenerConfig {
     pub addr: SocketAddr,
     /// TLS mode.
     pub mode: Mode,
+    /// PROXY protocol (haproxy's proxy-protocol.txt): `None` (the default) reads no header;
+    /// with a policy, trusted balancers must start every connection with a v1 or v2 header
+    /// and the session reports the client it names ([`crate::SessionInfo::peer`]).
+    pub proxy: Option<ProxyPolicy>,
 }
 
 impl ListenerConfig {
-    /// A listener on `addr` in `mode`.
+    /// A listener on `addr` in `mode`, without PROXY protocol.
     #[must_use]
     pub fn new(addr: SocketAddr, mode: Mode) -> Self {
-        Self { addr, mode }
+        Self {
+            addr,
+            mode,
+            proxy: None,
+        }
+    }
+
+    /// Reads a PROXY protocol header from the sources `policy` trusts.
+    #[must_use]
+    pub fn proxy(mut self, policy: ProxyPolicy) -> Self {
+        self.proxy = Some(policy);
+        self
     }
 }
 
@@ -80,8 +95,14 @@ impl ServerConfig {
 
     /// Adds a listener.
     #[must_use]
-    pub fn listener(mut self, addr: SocketAddr, mode: Mode) -> Self {
-        self.listeners.push(ListenerConfig::new(addr, mode));
+    pub fn listener(self, addr: SocketAddr, mode: Mode) -> Self {
+        self.add_listener(ListenerConfig::new(addr, mode))
+    }
+
+    /// Adds a listener with all its settings (such as [`ListenerConfig::proxy`]).
+    #[must_use]
+    pub fn add_listener(mut self, listener: ListenerConfig) -> Self {
+        self.listeners.push(listener);
         self
     }
 

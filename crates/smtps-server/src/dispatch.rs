@@ -1,6 +1,7 @@
 //! The host's side of a connection: events become [`Handler`] calls, answers (now or
 //! deferred) become decisions, and what they change is recorded in [`SessionInfo`].
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +21,11 @@ pub(crate) struct HostSide<S> {
     /// The decision the host deferred, if any.
     pub(crate) pending: Option<Pending>,
     pub(crate) over_limit: bool,
+    /// The address counted in the per-address limit: `None` while a PROXY header is awaited
+    /// (the balancer's address must not count, the client's is not known yet).
+    pub(crate) counted_ip: Option<IpAddr>,
+    /// A PROXY header is expected and not applied yet.
+    pub(crate) awaiting_header: bool,
 }
 
 /// A decision the host deferred.
@@ -49,7 +55,8 @@ pub(crate) fn dispatch<H: Handler>(
 ) -> bool {
     let mut any = false;
     let handler = &shared.handler;
-    // The host sees what TLS negotiated from the first event on.
+    // The host sees the client's address and what TLS negotiated from the first event on.
+    adopt_proxy_header(shared, conn, side);
     capture_tls(conn, &mut side.info);
     loop {
         let HostSide {
@@ -57,6 +64,7 @@ pub(crate) fn dispatch<H: Handler>(
             info,
             pending,
             over_limit,
+            ..
         } = &mut *side;
         let Some(event) = conn.poll_event() else {
             break;
@@ -259,6 +267,41 @@ fn log_decision(id: u64, update: &Update, accepted: bool, code: u16) {
         Update::MessageEnd => {
             log::info!("smtps: session={id} event=message_end {outcome} code={code}");
         }
+    }
+}
+
+/// Once the engine has read the PROXY header: the session reports the client it names, and
+/// that client (not the balancer) is counted against the per-address limit.
+fn adopt_proxy_header<H: Handler>(
+    shared: &Shared<H>,
+    conn: &Connection,
+    side: &mut HostSide<H::Session>,
+) {
+    if !side.awaiting_header {
+        return;
+    }
+    let Some(header) = conn.proxy_header().map(|h| h.to_owned_header()) else {
+        return;
+    };
+    side.awaiting_header = false;
+    let info = &mut side.info;
+    let socket_peer = info.peer;
+    let (peer, local) = smtps_conn::reported_addresses(Some(&header), socket_peer, info.local);
+    let relayed =
+        header.command == smtps_conn::smtps_proxy::Command::Proxy && header.addresses.is_some();
+    info.proxied_by = relayed.then_some(socket_peer);
+    info.peer = peer;
+    info.local = local;
+    log::info!(
+        "smtps: session={} event=proxy client={peer} local={local} proxied_by={socket_peer} version={:?} command={:?}",
+        info.id,
+        header.version,
+        header.command,
+    );
+    info.proxy = Some(header);
+    side.counted_ip = Some(peer.ip());
+    if shared.count_ip(peer.ip()) > shared.config.limits.connections_per_ip {
+        side.over_limit = true;
     }
 }
 

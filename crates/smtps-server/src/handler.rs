@@ -173,10 +173,20 @@ pub struct Credentials<'a> {
 pub struct SessionInfo {
     /// A number unique within the server process: the key for [`Responder`] and logs.
     pub id: u64,
-    /// The client's address.
+    /// The client's address: the socket's peer, or on a PROXY protocol listener the client
+    /// the balancer's header names.
     pub peer: SocketAddr,
-    /// The local address the client connected to.
+    /// The address the client connected to: the socket's, or the header's destination (on
+    /// the balancer).
     pub local: SocketAddr,
+    /// The balancer's address (the socket's peer) when a PROXY header gave `peer`; `None` for
+    /// a direct client, and for the balancer's own LOCAL connections (health checks).
+    pub proxied_by: Option<SocketAddr>,
+    /// The PROXY header the connection began with, with its TLVs ([`ProxyHeader::tlvs`]:
+    /// authority, unique id, the balancer's TLS version and cipher when it terminated TLS).
+    ///
+    /// [`ProxyHeader::tlvs`]: crate::ProxyHeader::tlvs
+    pub proxy: Option<crate::ProxyHeader>,
     /// The index of the listener in [`crate::ServerConfig::listeners`].
     pub listener: usize,
     /// The listener's mode.

@@ -65,4 +65,5 @@ pub use config::{ConnectionLimits, ListenerConfig, ServerConfig};
 pub use error::Error;
 pub use handler::{Answer, Context, Credentials, Handler, Responder, SessionInfo};
 pub use server::{PolledServer, RunningServer, Server, ServerHandle};
-pub use smtps_conn::{CloseReason, Mode, Timeouts, Timer};
+pub use smtps_conn::smtps_proxy::{Network, OwnedHeader as ProxyHeader};
+pub use smtps_conn::{CloseReason, Mode, ProxyPolicy, Timeouts, Timer, Untrusted};

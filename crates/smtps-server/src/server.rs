@@ -38,6 +38,28 @@ pub(crate) struct Shared<H> {
     pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
+impl<H> Shared<H> {
+    /// Counts one more connection from `ip`; returns how many there are now.
+    pub(crate) fn count_ip(&self, ip: IpAddr) -> usize {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = per_ip.entry(ip.to_canonical()).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    /// Gives back a connection's place in the per-address count.
+    pub(crate) fn release_ip(&self, ip: IpAddr) {
+        let ip = ip.to_canonical();
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
 /// Shutdown state, shared with [`ServerHandle`]s.
 pub(crate) struct Control {
     pub(crate) shutdown: AtomicBool,

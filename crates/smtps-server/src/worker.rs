@@ -11,14 +11,14 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use smtps_conn::{CloseReason, Connection, replies};
+use smtps_conn::{Admission, CloseReason, Connection, ProxyPolicy, replies};
 
 use crate::dispatch::{HostSide, capture_tls, dispatch, resolve};
 use crate::error::Error;
@@ -299,33 +299,44 @@ impl<H: Handler> Worker<H> {
 
     fn open(&mut self, mut socket: TcpStream, peer: SocketAddr, listener: usize, now: Instant) {
         let shared = Arc::clone(&self.shared);
+        let listener_config = &shared.config.listeners[listener];
+        let admission = ProxyPolicy::admit_on(listener_config.proxy.as_ref(), peer.ip());
+        if admission == Admission::Refuse {
+            log::warn!(
+                "smtps: {peer}: not a trusted PROXY protocol source for listener {}: closed without a banner",
+                listener_config.addr
+            );
+            return;
+        }
         let limits = &shared.config.limits;
         let total = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
-        let from_ip = {
-            let mut per_ip = shared.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-            let count = per_ip.entry(peer.ip()).or_insert(0);
-            *count += 1;
-            *count
-        };
+        // Behind a balancer the client is known only once the header is read: it is counted
+        // then (`dispatch`), not the balancer now.
+        let counted_ip = (admission == Admission::Direct).then_some(peer.ip());
+        let from_ip = counted_ip.map_or(0, |ip| shared.count_ip(ip));
         let over_limit = total > limits.connections || from_ip > limits.connections_per_ip;
         if total > limits.connections.saturating_add(LIMIT_OVERFLOW) {
             log::warn!("smtps: {peer}: over the connection limit by far, closed without reply");
-            release(&shared, peer);
+            release(&shared, counted_ip);
             return;
         }
         // Replies are written whole; Nagle would hold the last segment of each for an ACK.
         let _ = socket.set_nodelay(true);
-        let mode = shared.config.listeners[listener].mode;
+        let mode = listener_config.mode;
         let session_config = Arc::clone(&shared.session_configs[listener]);
         let mut conn = match Connection::new(mode, session_config, shared.config.tls.clone(), now) {
             Ok(conn) => conn,
             Err(error) => {
                 log::error!("smtps: {peer}: cannot start the connection: {error}");
-                release(&shared, peer);
+                release(&shared, counted_ip);
                 return;
             }
         };
         conn.set_timeouts(shared.config.timeouts);
+        let awaiting_header = admission == Admission::ExpectHeader;
+        if awaiting_header {
+            conn.expect_proxy_header();
+        }
         let index = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
@@ -338,13 +349,18 @@ impl<H: Handler> Worker<H> {
         ) {
             log::error!("smtps: {peer}: cannot register connection: {error}");
             self.free.push(index);
-            release(&shared, peer);
+            release(&shared, counted_ip);
             return;
         }
         let local = socket.local_addr().unwrap_or(peer);
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         log::info!(
-            "smtps: session={id} event=connect peer={peer} local={local} mode={mode}{}",
+            "smtps: session={id} event=connect peer={peer} local={local} mode={mode}{}{}",
+            if awaiting_header {
+                " proxy=expected"
+            } else {
+                ""
+            },
             if over_limit { " over_limit=true" } else { "" }
         );
         self.slots[index] = Some(Slot {
@@ -355,6 +371,8 @@ impl<H: Handler> Worker<H> {
                     id,
                     peer,
                     local,
+                    proxied_by: None,
+                    proxy: None,
                     listener,
                     mode,
                     tls: None,
@@ -368,6 +386,8 @@ impl<H: Handler> Worker<H> {
                 host: None,
                 pending: None,
                 over_limit,
+                counted_ip,
+                awaiting_header,
             },
             readiness: Readiness {
                 readable: true,
@@ -472,7 +492,7 @@ impl<H: Handler> Worker<H> {
             };
             self.shared.handler.disconnect(host, &mut cx, reason);
         }
-        release(&self.shared, slot.side.info.peer);
+        release(&self.shared, slot.side.counted_ip);
         self.free.push(index);
         self.live -= 1;
     }
@@ -487,14 +507,11 @@ fn shutdown_if_idle<S>(conn: &mut Connection, side: &mut HostSide<S>) {
     }
 }
 
-/// Gives back a connection's place in the limits.
-fn release<H>(shared: &Shared<H>, peer: SocketAddr) {
+/// Gives back a connection's place in the limits (`counted_ip`: where it was counted per
+/// address, if it was).
+fn release<H>(shared: &Shared<H>, counted_ip: Option<IpAddr>) {
     shared.connections.fetch_sub(1, Ordering::SeqCst);
-    let mut per_ip = shared.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(count) = per_ip.get_mut(&peer.ip()) {
-        *count -= 1;
-        if *count == 0 {
-            per_ip.remove(&peer.ip());
-        }
+    if let Some(ip) = counted_ip {
+        shared.release_ip(ip);
     }
 }

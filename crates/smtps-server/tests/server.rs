@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use smtps_proto::{AbortReason, Reply, SessionConfig};
 use smtps_server::{
-    Answer, CloseReason, Context, Handler, Mode, Responder, RunningServer, Server, ServerConfig,
-    Timer,
+    Answer, CloseReason, Context, Handler, Mode, ProxyPolicy, Responder, RunningServer, Server,
+    ServerConfig, Timer, Untrusted,
 };
-use smtps_testkit::{IO_TIMEOUT, SmtpClient, acceptor, client_config};
+use smtps_testkit::{
+    IO_TIMEOUT, SmtpClient, acceptor, client_config, proxy_v1, proxy_v2, proxy_v2_local,
+};
 use smtps_tls::rustls::ClientConfig;
 
 /// What the test host saw.
@@ -24,6 +26,8 @@ struct Log {
     closed: Vec<CloseReason>,
     tls_versions: Vec<String>,
     helos: Vec<(String, bool)>,
+    /// Per connect: the client, the balancer, and the PROXY header's authority TLV.
+    connects: Vec<(SocketAddr, Option<SocketAddr>, Option<String>)>,
 }
 
 /// A host that records everything; optionally defers RCPT and end-of-message answers to a
@@ -42,6 +46,16 @@ impl Handler for Recorder {
     type Session = Spool;
 
     fn connect(&self, cx: &mut Context<'_>) -> (Spool, Answer) {
+        let info = cx.info();
+        let authority = info
+            .proxy
+            .as_ref()
+            .and_then(|header| header.tlvs().authority().map(str::to_owned));
+        self.log
+            .lock()
+            .unwrap()
+            .connects
+            .push((info.peer, info.proxied_by, authority));
         if let Some(tls) = &cx.info().tls {
             self.log
                 .lock()
@@ -629,4 +643,176 @@ fn starttls_behind_a_backlog_of_unread_replies_never_loses_or_reorders_them() {
         );
         break;
     }
+}
+
+/// Both listeners read PROXY headers from `trusted`.
+fn behind_balancer(trusted: &str, untrusted: Untrusted) -> impl FnOnce(&mut ServerConfig) {
+    let policy = ProxyPolicy::new(vec![trusted.parse().unwrap()]).untrusted(untrusted);
+    move |config| {
+        for listener in &mut config.listeners {
+            listener.proxy = Some(policy.clone());
+        }
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn proxy_v2_header_names_the_client_and_its_tlvs_over_implicit_tls() {
+    let fx = start(behind_balancer("127.0.0.0/8", Untrusted::Refuse), None);
+    let header = proxy_v2(
+        addr("192.0.2.7:40001"),
+        addr("198.51.100.1:465"),
+        &[(0x02, b"mx.example.org"), (0x05, b"req-42")],
+    );
+    let mut client = SmtpClient::connect_proxied(fx.implicit, &fx.client_config, &header);
+    client.upgrade();
+    assert!(client.reply().starts_with("220"));
+    client.command("EHLO client.test");
+    assert!(send_message(&mut client, "a@x.test", "b@y.test", "Hi\r\n").starts_with("250"));
+    let log = fx.log.lock().unwrap();
+    let (peer, proxied_by, authority) = log.connects[0].clone();
+    assert_eq!(peer, addr("192.0.2.7:40001"));
+    assert_eq!(
+        proxied_by.map(|a| a.ip()),
+        Some("127.0.0.1".parse().unwrap())
+    );
+    assert_eq!(authority.as_deref(), Some("mx.example.org"));
+    assert_eq!(log.messages.len(), 1);
+}
+
+#[test]
+fn proxy_v1_header_then_starttls_reports_the_client() {
+    let fx = start(behind_balancer("127.0.0.1", Untrusted::Refuse), None);
+    let header = proxy_v1(addr("[2001:db8::7]:40002"), addr("[2001:db8::1]:587"));
+    let mut client = SmtpClient::connect_proxied(fx.starttls, &fx.client_config, &header);
+    assert!(client.reply().starts_with("220"));
+    client.command("EHLO client.test");
+    assert!(client.command("STARTTLS").starts_with("220"));
+    client.upgrade();
+    client.command("EHLO client.test");
+    assert!(send_message(&mut client, "a@x.test", "b@y.test", "Hi\r\n").starts_with("250"));
+    let log = fx.log.lock().unwrap();
+    assert_eq!(log.connects[0].0, addr("[2001:db8::7]:40002"));
+    assert!(log.connects[0].1.is_some());
+}
+
+#[test]
+fn proxy_header_from_untrusted_source_is_refused_without_a_banner() {
+    let fx = start(behind_balancer("10.0.0.0/8", Untrusted::Refuse), None);
+    let header = proxy_v1(addr("192.0.2.7:40001"), addr("198.51.100.1:587"));
+    // An attacker connecting directly, claiming an address of its choosing.
+    let mut client = SmtpClient::connect_proxied(fx.starttls, &fx.client_config, &header);
+    assert_eq!(client.reply(), "", "closed without a banner");
+    // A direct client that sends no header is refused the same way.
+    let mut client = SmtpClient::connect(fx.starttls, &fx.client_config);
+    assert_eq!(client.reply(), "");
+    assert!(fx.log.lock().unwrap().connects.is_empty());
+}
+
+#[test]
+fn untrusted_source_is_served_directly_when_the_listener_allows_it() {
+    let fx = start(behind_balancer("10.0.0.0/8", Untrusted::Direct), None);
+    let mut client = SmtpClient::connect(fx.starttls, &fx.client_config);
+    assert!(client.reply().starts_with("220"));
+    let log = fx.log.lock().unwrap();
+    assert_eq!(
+        log.connects[0].0.ip(),
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(log.connects[0].1, None);
+}
+
+#[test]
+fn malformed_or_missing_proxy_header_closes_without_a_banner() {
+    let fx = start(
+        |config| {
+            behind_balancer("127.0.0.1", Untrusted::Refuse)(config);
+            config.timeouts.proxy_header = Duration::from_millis(200);
+        },
+        None,
+    );
+    for garbage in [
+        &b"EHLO client.test\r\n"[..],
+        b"PROXY TCP4 192.0.2.1 198.51.100.7 56324\r\n",
+        b"PROXY TCP4 999.0.2.1 198.51.100.7 1 2\r\n",
+        &[b'P'; 200],
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x31\x00\x00",
+    ] {
+        let mut client = SmtpClient::connect_proxied(fx.starttls, &fx.client_config, garbage);
+        assert_eq!(client.reply(), "", "{:?}", String::from_utf8_lossy(garbage));
+    }
+    // Nothing at all: the header timer closes it.
+    let mut silent = SmtpClient::connect(fx.implicit, &fx.client_config);
+    assert_eq!(silent.reply(), "");
+    // A truncated header, then silence.
+    let header = proxy_v2(addr("192.0.2.7:1"), addr("198.51.100.1:465"), &[]);
+    let mut truncated = SmtpClient::connect_proxied(fx.implicit, &fx.client_config, &header[..20]);
+    assert_eq!(truncated.reply(), "");
+    assert!(
+        fx.log.lock().unwrap().connects.is_empty(),
+        "no session began"
+    );
+    // The server goes on serving.
+    let header = proxy_v1(addr("192.0.2.8:2"), addr("198.51.100.1:587"));
+    let mut good = SmtpClient::connect_proxied(fx.starttls, &fx.client_config, &header);
+    assert!(good.reply().starts_with("220"));
+}
+
+#[test]
+fn per_ip_limit_counts_the_proxied_client_not_the_balancer() {
+    let fx = start(
+        |config| {
+            behind_balancer("127.0.0.1", Untrusted::Refuse)(config);
+            config.limits.connections_per_ip = 2;
+        },
+        None,
+    );
+    let connect = |client: &str| {
+        let client = addr(client);
+        let destination = if client.is_ipv4() {
+            "198.51.100.1:587"
+        } else {
+            "[2001:db8::1]:587"
+        };
+        let header = proxy_v2(client, addr(destination), &[]);
+        let mut c = SmtpClient::connect_proxied(fx.starttls, &fx.client_config, &header);
+        let reply = c.reply();
+        (c, reply)
+    };
+    let (_a1, r1) = connect("192.0.2.1:1001");
+    let (_a2, r2) = connect("192.0.2.1:1002");
+    let (mut a3, r3) = connect("192.0.2.1:1003");
+    assert!(
+        r1.starts_with("220") && r2.starts_with("220"),
+        "{r1:?} {r2:?}"
+    );
+    assert!(
+        r3.starts_with("421 4.7.0"),
+        "the third from one client: {r3:?}"
+    );
+    assert!(a3.closed());
+    // Five sockets from the balancer so far; other clients are still served.
+    let (_b1, r4) = connect("192.0.2.2:1001");
+    let (_b2, r5) = connect("[2001:db8::2]:1001");
+    assert!(
+        r4.starts_with("220") && r5.starts_with("220"),
+        "{r4:?} {r5:?}"
+    );
+}
+
+#[test]
+fn proxy_local_command_is_served_with_the_socket_addresses() {
+    let fx = start(behind_balancer("127.0.0.1", Untrusted::Refuse), None);
+    let mut client = SmtpClient::connect_proxied(fx.starttls, &fx.client_config, &proxy_v2_local());
+    assert!(client.reply().starts_with("220"));
+    assert!(client.command("QUIT").starts_with("221"));
+    let log = fx.log.lock().unwrap();
+    assert_eq!(
+        log.connects[0].0.ip(),
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(log.connects[0].1, None, "a health check is not proxied");
 }

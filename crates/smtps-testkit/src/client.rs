@@ -47,6 +47,19 @@ impl SmtpClient {
         }
     }
 
+    /// Connects through a (pretend) load balancer: `header` (a PROXY protocol header, or any
+    /// octets) is sent first, then the client speaks plaintext; [`SmtpClient::upgrade`] for
+    /// implicit TLS.
+    ///
+    /// # Panics
+    /// As [`SmtpClient::connect`], or if sending fails.
+    #[must_use]
+    pub fn connect_proxied(addr: SocketAddr, config: &Arc<ClientConfig>, header: &[u8]) -> Self {
+        let mut client = Self::connect(addr, config);
+        client.send(header);
+        client
+    }
+
     /// Connects and speaks TLS from the first octet (implicit TLS, RFC 8314). The handshake
     /// runs on the first read or write.
     ///

@@ -39,6 +39,7 @@
 mod cert;
 mod client;
 mod memory;
+mod proxy;
 mod temp;
 
 pub use cert::{
@@ -46,4 +47,5 @@ pub use cert::{
 };
 pub use client::{IO_TIMEOUT, SmtpClient};
 pub use memory::MemoryClient;
+pub use proxy::{proxy_v1, proxy_v2, proxy_v2_local};
 pub use temp::TempDir;
