@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use smtps_server::Mode;
+use smtps_server::{Mode, Network, Untrusted};
 
 /// The text `--help` prints.
 pub const HELP: &str = "\
@@ -26,15 +26,28 @@ USAGE:
     smtpsd --listen ADDR:PORT=MODE... --cert CHAIN.pem --key KEY.pem --maildir PATH [OPTIONS]
     smtpsd hash-password                 read a password on standard input, print its
                                          argon2id hash for a --users file
+    smtpsd gen-ticket-key                print a new random session-ticket key (a line
+                                         for a --ticket-keys file)
 
 LISTENERS AND CERTIFICATES:
-    --listen ADDR:PORT=MODE     listen on ADDR:PORT (e.g. 0.0.0.0:465, [::]:587); MODE is
-                                implicit-tls, starttls, starttls-required or plain; repeatable
+    --listen ADDR:PORT=MODE[+proxy|+proxy-or-direct]
+                                listen on ADDR:PORT (e.g. 0.0.0.0:465, [::]:587); MODE is
+                                implicit-tls, starttls, starttls-required or plain; repeatable.
+                                +proxy: every connection from a --proxy-trusted source starts
+                                with a PROXY protocol v1/v2 header (HAProxy send-proxy-v2) naming
+                                the real client; others are closed without a banner.
+                                +proxy-or-direct: others are served as direct clients
+    --proxy-trusted CIDR        a load balancer's address or block (10.0.0.0/8, 2001:db8::/32,
+                                192.0.2.10) allowed to send PROXY headers; repeatable
     --cert CHAIN.pem --key KEY.pem
                                 a certificate chain and its private key (PEM); repeatable:
                                 the first pair is the default, later ones are chosen by SNI
     --no-resumption             no TLS session resumption: no session tickets, no session
                                 cache; every handshake is a full one
+    --ticket-keys FILE          seal session tickets with the keys in FILE (one base64 key of
+                                48 bytes a line, the first seals, all open), shared by every
+                                node behind a balancer so any node resumes any session;
+                                SIGHUP rereads it (`smtpsd gen-ticket-key` prints a new key)
     --dev                       development defaults (self-signed certificate for localhost,
                                 implicit TLS on 127.0.0.1:2465, STARTTLS required on
                                 127.0.0.1:2587, --maildir ./maildir, --hostname localhost)
@@ -71,6 +84,8 @@ pub enum Command {
     Run(Box<Options>),
     /// Read a password on standard input and print its hash (`smtpsd hash-password`).
     HashPassword,
+    /// Print a new session-ticket key line (`smtpsd gen-ticket-key`).
+    GenTicketKey,
     /// Print [`HELP`].
     Help,
     /// Print the version.
@@ -97,6 +112,10 @@ pub struct Options {
     /// `--no-resumption`: no session tickets and no session cache (RFC 8446 §2.2), so every
     /// handshake is full and the server sends no `NewSessionTicket`.
     pub no_resumption: bool,
+    /// `--ticket-keys`: the shared session-ticket key file.
+    pub ticket_keys: Option<PathBuf>,
+    /// `--proxy-trusted`: who may send PROXY headers to `+proxy` listeners.
+    pub proxy_trusted: Vec<Network>,
     /// Our host name (`--hostname`, `localhost` with `--dev`, else the system's).
     pub hostname: String,
     /// Size and count limits.
@@ -115,7 +134,7 @@ impl Options {
     }
 }
 
-/// One `--listen ADDR:PORT=MODE`.
+/// One `--listen ADDR:PORT=MODE[+proxy|+proxy-or-direct]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Listener {
@@ -123,6 +142,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// How TLS is used on it.
     pub mode: Mode,
+    /// PROXY protocol: `None` (off), or what sources outside `--proxy-trusted` get.
+    pub proxy: Option<Untrusted>,
 }
 
 /// One `--cert CHAIN.pem --key KEY.pem` pair.
@@ -187,10 +208,15 @@ where
     S: Into<OsString>,
 {
     let mut args = args.into_iter().map(Into::into).peekable();
-    if args.peek().is_some_and(|a| a == "hash-password") {
+    let subcommand = match args.peek().and_then(|a| a.to_str()) {
+        Some("hash-password") => Some(Command::HashPassword),
+        Some("gen-ticket-key") => Some(Command::GenTicketKey),
+        _ => None,
+    };
+    if let Some(command) = subcommand {
         args.next();
         return match args.next() {
-            None => Ok(Command::HashPassword),
+            None => Ok(command),
             Some(a) if a == "--help" || a == "-h" => Ok(Command::Help),
             Some(a) => Err(ConfigError::UnexpectedArgument(lossy(&a))),
         };
@@ -306,6 +332,13 @@ pub enum ConfigError {
     },
     /// Neither `--maildir` nor `--sink` (nor `--dev`).
     NoSpool,
+    /// A `+proxy` listener, but no `--proxy-trusted`.
+    NoProxyTrusted {
+        /// The first `+proxy` listener.
+        listener: SocketAddr,
+    },
+    /// `--proxy-trusted`, but no listener has `+proxy`.
+    UnusedProxyTrusted,
 }
 
 impl fmt::Display for ConfigError {
@@ -358,6 +391,16 @@ impl fmt::Display for ConfigError {
                 f,
                 "no delivery target: pass --maildir PATH, or --sink to discard messages"
             ),
+            Self::NoProxyTrusted { listener } => write!(
+                f,
+                "the listener {listener} reads PROXY headers but no balancer is trusted; \
+                 pass --proxy-trusted with the balancer's address or block (e.g. 10.0.0.0/8)"
+            ),
+            Self::UnusedProxyTrusted => write!(
+                f,
+                "--proxy-trusted is given but no listener reads PROXY headers; \
+                 add +proxy to the balancer's listeners (e.g. --listen [::]:465=implicit-tls+proxy)"
+            ),
         }
     }
 }
@@ -393,6 +436,8 @@ impl Flag {
         Flag::value("--timeout-handshake"),
         Flag::value("--timeout-session"),
         Flag::value("--log-level"),
+        Flag::value("--proxy-trusted"),
+        Flag::value("--ticket-keys"),
     ];
 
     const fn switch(name: &'static str) -> Self {
@@ -421,6 +466,8 @@ struct Builder {
     dev: bool,
     sink: bool,
     no_resumption: bool,
+    ticket_keys: Option<PathBuf>,
+    proxy_trusted: Vec<Network>,
     listeners: Vec<Listener>,
     certificates: Vec<CertificateFiles>,
     pending_cert: Option<PathBuf>,
@@ -459,6 +506,7 @@ impl Builder {
             }
             "--maildir" => set_once(flag, &mut self.maildir, PathBuf::from(value))?,
             "--users" => set_once(flag, &mut self.users, PathBuf::from(value))?,
+            "--ticket-keys" => set_once(flag, &mut self.ticket_keys, PathBuf::from(value))?,
             _ => self.take_text(flag, text(flag, &value)?)?,
         }
         Ok(())
@@ -475,6 +523,16 @@ impl Builder {
                     return Err(ConfigError::DuplicateListener(listener.addr));
                 }
                 self.listeners.push(listener);
+            }
+            "--proxy-trusted" => {
+                let network = Network::from_str(value).map_err(|_| {
+                    invalid(
+                        flag,
+                        value,
+                        "an IPv4 or IPv6 address or block, e.g. 10.0.0.0/8, 2001:db8::/32 or 192.0.2.10",
+                    )
+                })?;
+                self.proxy_trusted.push(network);
             }
             "--workers" => set_once(flag, &mut self.workers, count(flag, value)?)?,
             "--hostname" => set_once(flag, &mut self.hostname, parse_hostname(value)?)?,
@@ -536,12 +594,29 @@ impl Builder {
                 Listener {
                     addr: DEV_IMPLICIT_TLS,
                     mode: Mode::ImplicitTls,
+                    proxy: None,
                 },
                 Listener {
                     addr: DEV_STARTTLS,
                     mode: Mode::StartTlsRequired,
+                    proxy: None,
                 },
             ];
+        }
+        match listeners.iter().find(|l| l.proxy.is_some()) {
+            Some(l) if self.proxy_trusted.is_empty() => {
+                return Err(ConfigError::NoProxyTrusted { listener: l.addr });
+            }
+            None if !self.proxy_trusted.is_empty() => {
+                return Err(ConfigError::UnusedProxyTrusted);
+            }
+            _ => {}
+        }
+        if self.no_resumption && self.ticket_keys.is_some() {
+            return Err(ConfigError::Conflict {
+                first: "--no-resumption",
+                second: "--ticket-keys",
+            });
         }
         if !self.dev
             && self.certificates.is_empty()
@@ -564,6 +639,8 @@ impl Builder {
             spool,
             users: self.users,
             no_resumption: self.no_resumption,
+            ticket_keys: self.ticket_keys,
+            proxy_trusted: self.proxy_trusted,
             hostname,
             limits: self.limits,
             timeouts: self.timeouts,
@@ -598,12 +675,25 @@ fn lossy(value: &OsStr) -> String {
     value.to_string_lossy().into_owned()
 }
 
-/// `ADDR:PORT=MODE`, e.g. `0.0.0.0:465=implicit-tls`, `[::]:587=starttls-required`.
+/// `ADDR:PORT=MODE[+proxy|+proxy-or-direct]`, e.g. `0.0.0.0:465=implicit-tls`,
+/// `[::]:587=starttls-required+proxy`.
 fn parse_listener(value: &str) -> Result<Listener, ConfigError> {
     const EXPECTED: &str = "ADDR:PORT=MODE, e.g. 0.0.0.0:465=implicit-tls or [::]:587=starttls-required \
                             (MODE: implicit-tls, starttls, starttls-required, plain)";
     let Some((addr, mode)) = value.rsplit_once('=') else {
         return Err(invalid("--listen", value, EXPECTED));
+    };
+    let (mode, proxy) = match mode.split_once('+') {
+        None => (mode, None),
+        Some((mode, "proxy")) => (mode, Some(Untrusted::Refuse)),
+        Some((mode, "proxy-or-direct")) => (mode, Some(Untrusted::Direct)),
+        Some(_) => {
+            return Err(invalid(
+                "--listen",
+                value,
+                "+proxy or +proxy-or-direct after the mode, e.g. [::]:465=implicit-tls+proxy",
+            ));
+        }
     };
     let addr = SocketAddr::from_str(addr).map_err(|_| {
         invalid(
@@ -619,7 +709,7 @@ fn parse_listener(value: &str) -> Result<Listener, ConfigError> {
             "a mode after `=`: implicit-tls, starttls, starttls-required or plain",
         )
     })?;
-    Ok(Listener { addr, mode })
+    Ok(Listener { addr, mode, proxy })
 }
 
 /// A host name for the greeting: letters, digits, `-` and `.`, at most 255 characters, no
@@ -727,11 +817,13 @@ mod tests {
             vec![
                 Listener {
                     addr: "127.0.0.1:2465".parse().unwrap(),
-                    mode: Mode::ImplicitTls
+                    mode: Mode::ImplicitTls,
+                    proxy: None,
                 },
                 Listener {
                     addr: "127.0.0.1:2587".parse().unwrap(),
-                    mode: Mode::StartTlsRequired
+                    mode: Mode::StartTlsRequired,
+                    proxy: None,
                 },
             ]
         );
@@ -857,6 +949,44 @@ mod tests {
     }
 
     #[test]
+    fn proxy_listeners_and_trusted_balancers() {
+        let o = run(&[
+            "--listen",
+            "[::]:465=implicit-tls+proxy",
+            "--listen",
+            "[::]:587=starttls-required+proxy-or-direct",
+            "--listen",
+            "127.0.0.1:25=starttls",
+            "--proxy-trusted",
+            "10.0.0.0/8",
+            "--proxy-trusted=2001:db8::/32",
+            "--proxy-trusted",
+            "192.0.2.10",
+            "--cert",
+            "a.pem",
+            "--key",
+            "a.key",
+            "--sink",
+            "--ticket-keys",
+            "/etc/smtpsd/ticket-keys",
+        ]);
+        let proxies: Vec<_> = o.listeners.iter().map(|l| l.proxy).collect();
+        assert_eq!(
+            proxies,
+            [Some(Untrusted::Refuse), Some(Untrusted::Direct), None]
+        );
+        assert_eq!(o.listeners[0].mode, Mode::ImplicitTls);
+        assert_eq!(o.listeners[1].mode, Mode::StartTlsRequired);
+        let trusted: Vec<String> = o.proxy_trusted.iter().map(ToString::to_string).collect();
+        assert_eq!(trusted, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.10/32"]);
+        assert_eq!(
+            o.ticket_keys,
+            Some(PathBuf::from("/etc/smtpsd/ticket-keys"))
+        );
+        assert_eq!(parse(["gen-ticket-key"]), Ok(Command::GenTicketKey));
+    }
+
+    #[test]
     fn resumption_is_on_unless_turned_off() {
         let args = ["--listen", "127.0.0.1:2525=plain", "--sink"];
         assert!(!run(&args).no_resumption);
@@ -947,6 +1077,31 @@ mod tests {
                 &["--listen", "[::]:25=plain", "--listen", "[::]:25=starttls"],
                 "--listen [::]:25 is given twice",
             ),
+            (
+                &["--listen", "[::]:25=plain+haproxy", "--sink"],
+                "+proxy or +proxy-or-direct after the mode",
+            ),
+            (
+                &["--listen", "[::]:25=plain+proxy", "--sink"],
+                "the listener [::]:25 reads PROXY headers but no balancer is trusted",
+            ),
+            (
+                &["--dev", "--proxy-trusted", "10.0.0.0/8"],
+                "--proxy-trusted is given but no listener reads PROXY headers",
+            ),
+            (
+                &["--dev", "--proxy-trusted", "10.0.0.1/8"],
+                "invalid value \"10.0.0.1/8\" for --proxy-trusted",
+            ),
+            (
+                &["--dev", "--proxy-trusted", "balancer.example"],
+                "invalid value \"balancer.example\" for --proxy-trusted",
+            ),
+            (
+                &["--dev", "--no-resumption", "--ticket-keys", "k"],
+                "--no-resumption and --ticket-keys exclude each other",
+            ),
+            (&["gen-ticket-key", "now"], "unexpected argument \"now\""),
         ];
         for (args, needle) in cases {
             let message = error(args).to_string();

@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use smtps_proto::{AbortReason, Reply, SessionConfig};
 use smtps_server::{
-    Answer, CloseReason, Context, Credentials, Handler, Responder, Server, ServerConfig,
-    ServerHandle,
+    Answer, CloseReason, Context, Credentials, Handler, ListenerConfig, ProxyPolicy, Responder,
+    Server, ServerConfig, ServerHandle,
 };
-use smtps_tls::{CertificateSource, SessionTickets, TlsAcceptor, TlsSettings};
+use smtps_tls::{CertificateSource, SessionTickets, TicketKeys, TlsAcceptor, TlsSettings};
 
 use crate::config::{Options, SpoolOption};
 use crate::maildir::{Delivery, DeliveryError, Maildir, Spool};
@@ -40,6 +40,8 @@ pub enum StartError {
     Maildir(DeliveryError),
     /// The users file could not be read.
     Users(crate::users::UsersError),
+    /// The ticket key file could not be used.
+    TicketKeys(crate::ticket_keys::TicketKeyError),
     /// A listener could not be opened, or the loop could not start.
     Server(smtps_server::Error),
 }
@@ -51,6 +53,7 @@ impl fmt::Display for StartError {
             Self::DevCertificate(e) => write!(f, "{e}"),
             Self::Maildir(e) => write!(f, "{e}"),
             Self::Users(e) => write!(f, "{e}"),
+            Self::TicketKeys(e) => write!(f, "{e}"),
             Self::Server(e) => write!(f, "{e}"),
         }
     }
@@ -62,6 +65,7 @@ impl std::error::Error for StartError {}
 pub struct Daemon {
     server: Server<Delivering>,
     tls: Option<Arc<TlsAcceptor>>,
+    ticket_keys: Option<(PathBuf, Arc<TicketKeys>)>,
     /// The development certificate, when one was generated.
     pub dev_certificate: Option<PathBuf>,
 }
@@ -84,6 +88,13 @@ impl Daemon {
             dev_certificate = Some(generated.cert_path.clone());
             certificates.push((generated.cert_path, generated.key_path));
         }
+        let ticket_keys = match &options.ticket_keys {
+            Some(path) => Some((
+                path.clone(),
+                crate::ticket_keys::load(path).map_err(StartError::TicketKeys)?,
+            )),
+            None => None,
+        };
         let tls = match certificates.split_first() {
             None => None,
             Some(((chain, key), others)) => {
@@ -92,6 +103,9 @@ impl Daemon {
                     settings = settings
                         .session_tickets(SessionTickets::Off)
                         .session_cache(0);
+                }
+                if let Some((_, keys)) = &ticket_keys {
+                    settings = settings.session_tickets(SessionTickets::HostKeys(Arc::clone(keys)));
                 }
                 for (chain, key) in others {
                     for name in certificate_names(chain, key)? {
@@ -133,7 +147,12 @@ impl Daemon {
         }
         let mut config = ServerConfig::new(session);
         for listener in &options.listeners {
-            config = config.listener(listener.addr, listener.mode);
+            let mut listener_config = ListenerConfig::new(listener.addr, listener.mode);
+            if let Some(untrusted) = listener.proxy {
+                listener_config = listener_config
+                    .proxy(ProxyPolicy::new(options.proxy_trusted.clone()).untrusted(untrusted));
+            }
+            config = config.add_listener(listener_config);
         }
         if let Some(tls) = &tls {
             config = config.tls(Arc::clone(tls));
@@ -164,8 +183,18 @@ impl Daemon {
         Ok(Self {
             server,
             tls,
+            ticket_keys,
             dev_certificate,
         })
+    }
+
+    /// What `SIGHUP` rereads: the certificates and the ticket key file.
+    #[must_use]
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            tls: self.tls.clone(),
+            ticket_keys: self.ticket_keys.clone(),
+        }
     }
 
     /// The bound addresses, in the order of the options' listeners.
@@ -180,18 +209,44 @@ impl Daemon {
         self.server.handle()
     }
 
-    /// The TLS acceptor, for reloading certificates.
-    #[must_use]
-    pub fn tls(&self) -> Option<Arc<TlsAcceptor>> {
-        self.tls.clone()
-    }
-
     /// Serves until shut down.
     ///
     /// # Errors
     /// A worker failure.
     pub fn run(self) -> Result<(), smtps_server::Error> {
         self.server.run()
+    }
+}
+
+/// Rereads the certificates and the ticket key file (on `SIGHUP`); what fails to load is
+/// logged and the old one kept.
+#[derive(Clone)]
+pub struct Reloader {
+    tls: Option<Arc<TlsAcceptor>>,
+    ticket_keys: Option<(PathBuf, Arc<TicketKeys>)>,
+}
+
+impl Reloader {
+    /// Reloads everything, logging each outcome.
+    pub fn reload(&self) {
+        match self.tls.as_deref().map(TlsAcceptor::reload) {
+            Some(Ok(())) => log::info!("smtpsd: certificates reloaded"),
+            Some(Err(error)) => {
+                log::error!("smtpsd: certificate reload failed, keeping the old ones: {error}");
+            }
+            None => log::info!("smtpsd: no certificates to reload"),
+        }
+        if let Some((path, keys)) = &self.ticket_keys {
+            match crate::ticket_keys::reload(keys, path) {
+                Ok(n) => log::info!(
+                    "smtpsd: ticket keys reloaded from {} ({n} keys)",
+                    path.display()
+                ),
+                Err(error) => {
+                    log::error!("smtpsd: ticket key reload failed, keeping the old keys: {error}");
+                }
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod devcert;
 pub mod logger;
 pub mod maildir;
 pub mod received;
+pub mod ticket_keys;
 pub mod users;
 
 /// The system's host name, as the kernel knows it (`/proc/sys/kernel/hostname`), or `None`

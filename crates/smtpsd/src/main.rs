@@ -27,12 +27,22 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::HashPassword => hash_password(),
+        Command::GenTicketKey => match smtpsd::ticket_keys::generate_line() {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("smtpsd: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(options) => run(&options),
         _ => ExitCode::from(2),
     }
 }
 
-/// Runs the server until SIGTERM or SIGINT; SIGHUP reloads the certificates.
+/// Runs the server until SIGTERM or SIGINT; SIGHUP reloads the certificates and ticket keys.
 fn run(options: &Options) -> ExitCode {
     logger::init(options.log_level);
     // One descriptor per connection: the default soft limit (often 1024) would cap the
@@ -49,7 +59,7 @@ fn run(options: &Options) -> ExitCode {
         }
     };
     let handle = daemon.handle();
-    let tls = daemon.tls();
+    let reloader = daemon.reloader();
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => signals,
         Err(error) => {
@@ -61,15 +71,7 @@ fn run(options: &Options) -> ExitCode {
     let watcher = std::thread::spawn(move || {
         for signal in signals.forever() {
             if signal == SIGHUP {
-                match tls.as_deref().map(smtps_tls::TlsAcceptor::reload) {
-                    Some(Ok(())) => log::info!("smtpsd: certificates reloaded"),
-                    Some(Err(error)) => {
-                        log::error!(
-                            "smtpsd: certificate reload failed, keeping the old ones: {error}"
-                        );
-                    }
-                    None => log::info!("smtpsd: SIGHUP: no certificates to reload"),
-                }
+                reloader.reload();
             } else {
                 log::info!(
                     "smtpsd: shutting down (grace {}s)",
@@ -81,7 +83,15 @@ fn run(options: &Options) -> ExitCode {
         }
     });
     for (listener, addr) in options.listeners.iter().zip(daemon.local_addrs()) {
-        log::info!("smtpsd: listening on {addr} ({})", listener.mode);
+        log::info!(
+            "smtpsd: listening on {addr} ({}{})",
+            listener.mode,
+            match listener.proxy {
+                Some(smtps_server::Untrusted::Direct) => ", PROXY protocol from trusted sources",
+                Some(_) => ", PROXY protocol required",
+                None => "",
+            }
+        );
     }
     if options.dev {
         print_dev_instructions(
@@ -115,13 +125,15 @@ fn print_dev_instructions(
         .listeners
         .iter()
         .zip(addrs)
-        .find(|(l, _)| l.mode == smtps_server::Mode::ImplicitTls)
+        .find(|(l, _)| l.mode == smtps_server::Mode::ImplicitTls && l.proxy.is_none())
         .map(|(_, a)| *a);
     let starttls = options
         .listeners
         .iter()
         .zip(addrs)
-        .find(|(l, _)| l.mode.uses_tls() && l.mode != smtps_server::Mode::ImplicitTls)
+        .find(|(l, _)| {
+            l.mode.uses_tls() && l.mode != smtps_server::Mode::ImplicitTls && l.proxy.is_none()
+        })
         .map(|(_, a)| *a);
     println!("smtpsd --dev: mail goes to {maildir}");
     if let Some(cert) = certificate {
@@ -149,7 +161,7 @@ fn print_dev_instructions(
             addr.port()
         );
     }
-    println!("\nstop with Ctrl-C (graceful shutdown); SIGHUP reloads certificates");
+    println!("\nstop with Ctrl-C (graceful shutdown); SIGHUP reloads certificates and ticket keys");
 }
 
 /// `smtpsd hash-password`: reads one line (the password, without its line ending) from
