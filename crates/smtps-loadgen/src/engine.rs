@@ -14,6 +14,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::proxy::Proxy;
 use crate::reply::{self, Reply};
 use crate::stats::Stats;
 
@@ -60,6 +61,8 @@ pub(crate) struct Plan {
     pub(crate) addr: SocketAddr,
     /// Local addresses to bind to in turn (empty: let the kernel choose).
     pub(crate) sources: Vec<IpAddr>,
+    /// The PROXY protocol header to send first on every connection, if any.
+    pub(crate) proxy: Option<Proxy>,
     /// The TLS client configuration.
     pub(crate) tls: Arc<ClientConfig>,
     /// The name sent in SNI and checked in the certificate.
@@ -200,6 +203,9 @@ impl OutQueue {
 
 struct Conn {
     sock: TcpStream,
+    /// Octets that go out raw before anything else: the PROXY header not yet sent (with the
+    /// implicit-TLS ClientHello appended, so that both leave in one write).
+    preface: Vec<u8>,
     tls: Option<ClientConnection>,
     state: State,
     inbuf: Vec<u8>,
@@ -392,8 +398,15 @@ impl Worker<'_> {
             Err(_) => return Err("connect"),
         }
         let sock = TcpStream::from_std(socket.into());
+        let preface = self
+            .plan
+            .proxy
+            .as_ref()
+            .map(|p| p.next_header(self.plan.addr))
+            .unwrap_or_default();
         Ok(Conn {
             sock,
+            preface,
             tls: None,
             state: State::Connecting,
             inbuf: Vec::new(),
@@ -721,8 +734,14 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Sends queued bytes until the socket would block or nothing is left.
+/// Sends queued bytes until the socket would block or nothing is left; the preface first.
 fn flush(conn: &mut Conn) -> Result<(), Fail> {
+    if !conn.preface.is_empty() {
+        flush_preface(conn)?;
+        if !conn.preface.is_empty() {
+            return Ok(());
+        }
+    }
     match conn.tls.as_mut() {
         None => {
             while let Some(bytes) = conn.out.front() {
@@ -760,6 +779,29 @@ fn flush(conn: &mut Conn) -> Result<(), Fail> {
             }
         },
     }
+}
+
+/// Sends the preface raw. With implicit TLS the ClientHello is already waiting in rustls: it
+/// is appended first, so that the PROXY header and the ClientHello leave in one write.
+fn flush_preface(conn: &mut Conn) -> Result<(), Fail> {
+    if let Some(tls) = conn.tls.as_mut() {
+        while tls.wants_write() {
+            tls.write_tls(&mut conn.preface).map_err(|_| Fail("tls"))?;
+        }
+    }
+    while !conn.preface.is_empty() {
+        match conn.sock.write(&conn.preface) {
+            Ok(0) => return Err(Fail("eof")),
+            Ok(n) if n == conn.preface.len() => conn.preface = Vec::new(),
+            Ok(n) => {
+                conn.preface.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Fail("io")),
+        }
+    }
+    Ok(())
 }
 
 /// Reads until the socket would block: `(read anything, end of stream)`.

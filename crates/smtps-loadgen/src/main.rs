@@ -6,6 +6,7 @@
 mod engine;
 mod message;
 mod procfs;
+mod proxy;
 mod reply;
 mod stats;
 mod tls;
@@ -45,6 +46,18 @@ TARGET AND TLS:
                             (default: X25519; e.g. X25519MLKEM768,X25519)
     TLS is always 1.3 with full handshakes: no session resumption.
 
+PROXY PROTOCOL (a load balancer in front of the server):
+    --proxy VERSION         v1 (text) or v2 (binary): send a PROXY protocol header as the
+                            first octets of every connection, before the TLS ClientHello
+                            (in the same write) or, for starttls and none, before the
+                            banner is read (default: none, no header)
+    --proxy-source CIDR     the fake clients named in the headers: each connection takes
+                            the next host of the range, then the range starts over with
+                            the next source port (1024 up), so that no one address carries
+                            the load (default: 192.0.2.0/24, or 2001:db8::/120 for an IPv6
+                            target); the destination is the --target address. The server
+                            must expect the header on that listener.
+
 LOAD:
     --threads N             event-loop threads (default: the number of cores)
     --workers W             sessions: concurrent sessions (default: 32)
@@ -74,6 +87,7 @@ MEASURING THE SERVER:
     --help                  print this help
 
 SUMMARY KEYS:
+    always:   mode tls proxy target threads (proxy_source with --proxy)
     sessions: sessions rate p50_ms p90_ms p99_ms max_ms errors replies
     messages: messages rate mb_s p50_ms .. max_ms errors replies (non-250 replies by code)
     idle:     established rss_kib_per_conn pss_kib_per_conn
@@ -100,6 +114,8 @@ struct Options {
     hold: Duration,
     timeout: Duration,
     sources: usize,
+    proxy: Option<proxy::Version>,
+    proxy_source: Option<proxy::SourceRange>,
     ehlo: String,
     from: String,
     to: String,
@@ -142,6 +158,8 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         hold: Duration::from_secs(3),
         timeout: Duration::from_secs(30),
         sources: 0,
+        proxy: None,
+        proxy_source: None,
         ehlo: "client.test".to_owned(),
         from: "loadgen@client.test".to_owned(),
         to: "sink@mx.test".to_owned(),
@@ -240,6 +258,15 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             }
             "--timeout" => o.timeout = secs(&value)?.max(Duration::from_millis(100)),
             "--sources" => o.sources = size(&value)?.min(250),
+            "--proxy" => {
+                o.proxy = match value.as_str() {
+                    "v1" => Some(proxy::Version::V1),
+                    "v2" => Some(proxy::Version::V2),
+                    "none" => None,
+                    _ => return Err(format!("--proxy {value}: v1, v2 or none")),
+                };
+            }
+            "--proxy-source" => o.proxy_source = Some(proxy::SourceRange::parse(&value)?),
             "--ehlo" => o.ehlo = value,
             "--from" => o.from = value,
             "--to" => o.to = value,
@@ -262,6 +289,17 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     }
     if o.sources > 0 && !matches!(o.target.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
         return Err("--sources needs an IPv4 loopback target".to_owned());
+    }
+    match (o.proxy, o.proxy_source) {
+        (None, Some(_)) => return Err("--proxy-source needs --proxy v1 or v2".to_owned()),
+        (Some(_), Some(range)) if range.is_ipv4() != o.target.is_ipv4() => {
+            return Err(format!(
+                "--proxy-source {range}: not the address family of --target {}",
+                o.target
+            ));
+        }
+        (Some(_), None) => o.proxy_source = Some(proxy::SourceRange::default_for(o.target.ip())),
+        _ => {}
     }
     Ok(Some(o))
 }
@@ -353,6 +391,10 @@ fn run(o: &Options) -> Result<String, String> {
         security: o.security,
         addr: o.target,
         sources,
+        proxy: o
+            .proxy
+            .zip(o.proxy_source)
+            .map(|(version, range)| proxy::Proxy::new(version, range)),
         tls: tls_config,
         server_name: tls::server_name(&o.server_name)?,
         ehlo: format!("EHLO {}\r\n", o.ehlo).into_bytes(),
@@ -467,15 +509,19 @@ fn run(o: &Options) -> Result<String, String> {
     #[allow(clippy::cast_precision_loss)]
     let rate = ops as f64 / secs;
     let mut line = format!(
-        "mode={} tls={} target={} threads={threads}",
+        "mode={} tls={} proxy={} target={} threads={threads}",
         match o.mode {
             Mode::Sessions => "sessions",
             Mode::Messages => "messages",
             Mode::Idle => "idle",
         },
         o.security.name(),
+        o.proxy.map_or("none", proxy::Version::name),
         o.target,
     );
+    if let (Some(_), Some(range)) = (o.proxy, o.proxy_source) {
+        line += &format!(" proxy_source={range}");
+    }
     match o.mode {
         Mode::Sessions => {
             line += &format!(
@@ -574,5 +620,39 @@ mod tests {
             "target needed"
         );
         assert!(parse_args(&args("sessions --target 127.0.0.1:1 --tls none --workers")).is_err());
+    }
+
+    #[test]
+    fn parses_proxy_options() {
+        let plain = "sessions --target 127.0.0.1:1 --tls none";
+        let o = parse_args(&args(plain)).unwrap().unwrap();
+        assert_eq!((o.proxy, o.proxy_source), (None, None));
+        let o = parse_args(&args(&format!("{plain} --proxy v2")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.proxy, Some(proxy::Version::V2));
+        assert_eq!(o.proxy_source.unwrap().to_string(), "192.0.2.0/24");
+        let o = parse_args(&args(&format!(
+            "{plain} --proxy=v1 --proxy-source 10.1.2.3/16"
+        )))
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.proxy, Some(proxy::Version::V1));
+        assert_eq!(o.proxy_source.unwrap().to_string(), "10.1.0.0/16");
+        let o = parse_args(&args("sessions --target [::1]:1 --tls none --proxy v1"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.proxy_source.unwrap().to_string(), "2001:db8::/120");
+        for bad in [
+            "--proxy v3",
+            "--proxy-source 192.0.2.0/24",
+            "--proxy v2 --proxy-source 2001:db8::/64",
+            "--proxy v2 --proxy-source 192.0.2.0/40",
+        ] {
+            assert!(
+                parse_args(&args(&format!("{plain} {bad}"))).is_err(),
+                "{bad}"
+            );
+        }
     }
 }
