@@ -732,6 +732,187 @@ fn start_failure(dir: &TempDir, cert: &Path, key: &Path, addr: &str) -> (ExitSta
     (output.status, output.stderr)
 }
 
+// --- behind a load balancer (PROXY protocol) -----------------------------------------------
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// smtplib through a pretend balancer: each connection starts with a PROXY header naming
+/// another client, and that client is what the daemon records, in `Received:` and its log.
+#[test]
+fn proxy_listener_records_the_client_named_by_the_header_in_received() {
+    let daemon = Setup::new()
+        .listeners(&["implicit-tls+proxy", "starttls-required+proxy"])
+        .args(&["--proxy-trusted", "127.0.0.0/8"])
+        .start();
+    let v2 = smtps_testkit::proxy_v2(
+        "203.0.113.9:4711".parse().expect("address"),
+        "198.51.100.1:465".parse().expect("address"),
+        &[(0x02, b"mx.test")],
+    );
+    let message = b"Subject: via a balancer\r\n\r\nproxied over implicit TLS\r\n".to_vec();
+    daemon.smtplib_send(
+        IMPLICIT,
+        &["--tls", "implicit", "--proxy-header", &hex(&v2)],
+        &message,
+    );
+    let v1 = smtps_testkit::proxy_v1(
+        "[2001:db8::9]:4712".parse().expect("address"),
+        "[2001:db8::1]:587".parse().expect("address"),
+    );
+    let message = b"Subject: via a balancer\r\n\r\nproxied over STARTTLS\r\n".to_vec();
+    daemon.smtplib_send(
+        STARTTLS,
+        &["--tls", "starttls", "--proxy-header", &hex(&v1)],
+        &message,
+    );
+    let mut received: Vec<String> = daemon
+        .messages()
+        .iter()
+        .map(|stored| split_received(stored).0)
+        .collect();
+    received.sort();
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert!(received[0].contains("([203.0.113.9])"), "{}", received[0]);
+    assert!(
+        received[1].contains("([IPv6:2001:db8::9])"),
+        "{}",
+        received[1]
+    );
+    // The client's HELO may say anything; the address in parentheses is what we saw.
+    assert!(
+        received.iter().all(|r| !r.contains("([127.0.0.1])")),
+        "{received:?}"
+    );
+    assert!(daemon.wait_log("event=proxy client=203.0.113.9:4711", 1));
+    assert!(daemon.wait_log("event=proxy client=[2001:db8::9]:4712", 1));
+}
+
+/// A `+proxy` listener serves nobody without a header, and a bad header gets no banner; the
+/// daemon logs why.
+#[test]
+fn proxy_listener_closes_without_a_banner_on_a_bad_or_missing_header() {
+    let daemon = Setup::new()
+        .listeners(&["implicit-tls+proxy", "starttls-required+proxy"])
+        .args(&["--proxy-trusted", "127.0.0.1", "--log-level", "debug"])
+        .start();
+    daemon.python(
+        "no-banner",
+        STARTTLS,
+        &["--proxy-header", &hex(b"PROXY TCP4 1.2.3.4\r\n")],
+    );
+    daemon.python(
+        "no-banner",
+        STARTTLS,
+        &["--proxy-header", &hex(b"EHLO x\r\n")],
+    );
+    assert!(
+        daemon.wait_log("reason=proxy_header", 2),
+        "{}",
+        daemon.log()
+    );
+    // A smtplib client that knows nothing of the balancer is not served either.
+    let message = b"Subject: direct\r\n\r\nno header\r\n".to_vec();
+    let message_file = daemon.write_file("direct", &message);
+    let mut command = daemon.python_command(
+        "send",
+        STARTTLS,
+        &[
+            "--tls",
+            "starttls",
+            "--message-file",
+            &message_file,
+            "--expect-out",
+            "/dev/null",
+        ],
+    );
+    command.env("PYTHONUNBUFFERED", "1");
+    let output = run(command, None, CLIENT_DEADLINE);
+    assert!(!output.status.success());
+    assert!(
+        output.stderr.contains("SMTPServerDisconnected"),
+        "{}",
+        output.stderr
+    );
+    assert!(daemon.messages().is_empty());
+}
+
+/// Two nodes sharing a `--ticket-keys` file: a session that began on one resumes on the other
+/// (`openssl s_client -sess_out`, then `-sess_in`), TLS 1.3 and 1.2; a node with other keys
+/// makes a full handshake.
+#[test]
+fn nodes_sharing_ticket_keys_resume_each_others_sessions() {
+    let keys_dir = TempDir::new("ticket-keys");
+    let keys = keys_dir.path().join("ticket-keys");
+    let key_line = || {
+        let output = run(
+            {
+                let mut c = Command::new(SMTPSD);
+                c.arg("gen-ticket-key");
+                c
+            },
+            None,
+            STEP_DEADLINE,
+        );
+        assert!(output.status.success(), "{}", output.stderr);
+        output.stdout
+    };
+    fs::write(&keys, key_line()).expect("write keys");
+    let other_keys = keys_dir.path().join("other-keys");
+    fs::write(&other_keys, key_line()).expect("write keys");
+    let keys_arg = keys.display().to_string();
+    let other_arg = other_keys.display().to_string();
+    let first = Setup::new().args(&["--ticket-keys", &keys_arg]).start();
+    // The same certificate on every node, as behind a balancer.
+    let second = Setup::new()
+        .certificate_of(&first)
+        .args(&["--ticket-keys", &keys_arg])
+        .start();
+    let stranger = Setup::new()
+        .certificate_of(&first)
+        .args(&["--ticket-keys", &other_arg])
+        .start();
+    for version in ["-tls1_3", "-tls1_2"] {
+        let session = keys_dir.path().join(format!("session{version}.pem"));
+        let out = s_client(
+            &first,
+            &["-sess_out", &session.display().to_string(), version],
+        );
+        assert!(out.contains("New, TLSv1."), "{out}");
+        let resumed = s_client(
+            &second,
+            &["-sess_in", &session.display().to_string(), version],
+        );
+        assert!(
+            resumed.contains("Reused, TLSv1."),
+            "{version} on the other node: {resumed}"
+        );
+        let full = s_client(
+            &stranger,
+            &["-sess_in", &session.display().to_string(), version],
+        );
+        assert!(
+            full.contains("New, TLSv1."),
+            "{version} with other keys: {full}"
+        );
+    }
+}
+
+/// `openssl s_client` to the implicit-TLS listener: reads the banner and the session ticket,
+/// sends QUIT; returns its output.
+fn s_client(daemon: &Daemon, args: &[&str]) -> String {
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(format!(
+        "(sleep 1; printf 'QUIT\\r\\n'; sleep 1) | openssl s_client -connect {} -CAfile {} -servername localhost -ign_eof {}",
+        daemon.addrs[IMPLICIT],
+        daemon.cafile.display(),
+        args.join(" ")
+    ));
+    let output = run(command, None, CLIENT_DEADLINE);
+    format!("{}{}", output.stdout, output.stderr)
+}
+
 // --- the daemon under test ------------------------------------------------------------------
 
 /// How to start a daemon: the default listeners are implicit TLS and STARTTLS-required.
@@ -743,6 +924,8 @@ struct Setup {
     all_port_zero: bool,
     /// More `--cert/--key` pairs, served by SNI.
     sni: Vec<TestCert>,
+    /// The default certificate; a new one when `None`.
+    certificate: Option<TestCert>,
 }
 
 impl Setup {
@@ -753,7 +936,19 @@ impl Setup {
             args: Vec::new(),
             all_port_zero: false,
             sni: Vec::new(),
+            certificate: None,
         }
+    }
+
+    fn listeners(mut self, listeners: &[&'static str]) -> Self {
+        self.listeners = listeners.to_vec();
+        self
+    }
+
+    /// Serve `other`'s certificate (as every node behind one balancer does).
+    fn certificate_of(mut self, other: &Daemon) -> Self {
+        self.certificate = Some(other.cert.clone());
+        self
     }
 
     fn sni_cert(mut self, cert: TestCert) -> Self {
@@ -774,7 +969,10 @@ impl Setup {
 
     fn start(self) -> Daemon {
         let dir = TempDir::new("daemon");
-        let cert = TestCert::new("smtpsd e2e");
+        let cert = self
+            .certificate
+            .clone()
+            .unwrap_or_else(|| TestCert::new("smtpsd e2e"));
         let (cert_path, key_path) = cert.write_pem_files(dir.path());
         let mut command = Command::new(SMTPSD);
         let mut reserved = Vec::new();

@@ -97,11 +97,26 @@ def connect_smtplib(args, context=None):
     return client
 
 
+def send_proxy_header_first(header):
+    """Every smtplib connection from here on starts with `header` (a PROXY protocol header),
+    as if it came through a load balancer: smtplib itself then speaks unchanged."""
+    original = smtplib.SMTP._get_socket
+
+    def _get_socket(self, host, port, timeout):
+        sock = original(self, host, port, timeout)
+        sock.sendall(header)
+        return sock
+
+    smtplib.SMTP._get_socket = _get_socket
+
+
 class Raw:
     """A line-oriented SMTP client on a raw socket, optionally upgraded to TLS."""
 
     def __init__(self, args, tls):
         self.sock = socket.create_connection((args.host, args.port), timeout=TIMEOUT)
+        if args.proxy_header:
+            self.sock.sendall(bytes.fromhex(args.proxy_header))
         self.buf = b""
         if tls:
             self.sock = tls_context(args).wrap_socket(self.sock, server_hostname="localhost")
@@ -570,6 +585,21 @@ def cmd_drip(args):
     out("others_before_drip_end", sum(1 for t in others if t < finished))
 
 
+def cmd_no_banner(args):
+    """The server closes without a word (a PROXY listener refusing a connection)."""
+    sock = socket.create_connection((args.host, args.port), timeout=TIMEOUT)
+    if args.proxy_header:
+        sock.sendall(bytes.fromhex(args.proxy_header))
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    assert received == b"", f"expected no banner, got {received!r}"
+    out("closed", "without a banner")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -587,8 +617,11 @@ def main():
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--authzid", help="authorization identity for auth-as")
     parser.add_argument("--sni", default="localhost", help="server name for peer-cert")
+    parser.add_argument("--proxy-header", help="hex octets every connection sends first")
     parser.add_argument("scenario")
     args = parser.parse_args()
+    if args.proxy_header:
+        send_proxy_header_first(bytes.fromhex(args.proxy_header))
     globals()["cmd_" + args.scenario.replace("-", "_")](args)
 
 
