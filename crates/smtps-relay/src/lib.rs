@@ -1,0 +1,9 @@
+//! A relay front on smtps: each client transaction is relayed in real time to a backend SMTP
+//! server (an unmodified Postfix or Exim), which keeps its own policy and its own queue.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod capabilities;
+pub mod reply;
+pub mod xtext;
