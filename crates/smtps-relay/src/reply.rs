@@ -169,14 +169,11 @@ mod tests {
 
     fn read(lines: &[&str]) -> Result<Option<BackendReply>, ReplyError> {
         let mut reader = ReplyReader::default();
-        let mut last = Ok(None);
+        let mut last = None;
         for line in lines {
-            last = reader.line(line.as_bytes());
-            if last.is_err() {
-                return last;
-            }
+            last = reader.line(line.as_bytes())?;
         }
-        last
+        Ok(last)
     }
 
     #[test]
