@@ -5,5 +5,6 @@
 
 pub mod body;
 pub mod capabilities;
+pub mod received;
 pub mod reply;
 pub mod xtext;

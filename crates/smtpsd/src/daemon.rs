@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use smtps_proto::{AbortReason, Reply, SessionConfig};
 use smtps_server::{
@@ -15,8 +15,8 @@ use smtps_tls::{CertificateSource, SessionTickets, TicketKeys, TlsAcceptor, TlsS
 
 use crate::config::{Options, SpoolOption};
 use crate::maildir::{Delivery, DeliveryError, Maildir, Spool};
-use crate::received::{Protocol, Received};
 use crate::users::UserFile;
+use smtps_relay::received::Received;
 
 /// Files in the Maildir's `tmp/` older than this are leftovers of a crash (the Maildir
 /// convention).
@@ -392,32 +392,10 @@ impl Handler for Delivering {
 
     fn data_start(&self, session: &mut Session, cx: &mut Context<'_>) -> Answer {
         let info = cx.info();
-        let tls = info.tls.as_ref();
-        let protocol = Protocol::from_session(info.extended, tls.is_some(), info.auth_id.is_some());
-        let comment = tls.map(|tls| {
-            let text = tls.received_comment();
-            text.trim_start_matches('(')
-                .trim_end_matches(')')
-                .to_owned()
-        });
-        let recipient = match info.recipients.as_slice() {
-            [only] => Some(only.clone()),
-            _ => None,
-        };
-        let helo = info.helo.clone().unwrap_or_default();
-        let peer = info.peer.ip();
         let started = self.spool.begin_with(|id| {
-            let mut received = Received::new(
-                peer,
-                &helo,
-                &self.hostname,
-                protocol,
-                id.as_str(),
-                SystemTime::now(),
-            );
-            received.tls = comment;
-            received.recipient = recipient;
-            received.to_header().into_bytes()
+            Received::for_session(info, &self.hostname, id.as_str())
+                .to_header()
+                .into_bytes()
         });
         match started {
             Ok(delivery) => {

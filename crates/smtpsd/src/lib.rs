@@ -19,7 +19,7 @@ pub mod daemon;
 pub mod devcert;
 pub mod logger;
 pub mod maildir;
-pub mod received;
+pub use smtps_relay::received;
 pub mod ticket_keys;
 pub mod users;
 

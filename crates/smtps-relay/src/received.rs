@@ -15,6 +15,8 @@ use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use smtps_server::SessionInfo;
+
 /// Lines are folded to at most this many characters where a fold point exists (RFC 5322 §2.1.1).
 const LINE_LIMIT: usize = 78;
 /// Longest client-supplied value kept; the rest is cut (RFC 5321 §4.5.3.1.2: 255 for a domain).
@@ -48,6 +50,34 @@ pub struct Received {
 }
 
 impl Received {
+    /// The header for a message of `info`'s session received by `hostname` as `id`, now: the
+    /// client's address (the PROXY protocol's, if a balancer sent one), its HELO name, the
+    /// `with` keyword, the TLS details, and the recipient when there is exactly one.
+    #[must_use]
+    pub fn for_session(info: &SessionInfo, hostname: &str, id: &str) -> Self {
+        let tls = info.tls.as_ref();
+        let protocol = Protocol::from_session(info.extended, tls.is_some(), info.auth_id.is_some());
+        let mut received = Self::new(
+            info.peer.ip(),
+            info.helo.as_deref().unwrap_or_default(),
+            hostname,
+            protocol,
+            id,
+            SystemTime::now(),
+        );
+        received.tls = tls.map(|tls| {
+            tls.received_comment()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .to_owned()
+        });
+        received.recipient = match info.recipients.as_slice() {
+            [only] => Some(only.clone()),
+            _ => None,
+        };
+        received
+    }
+
     /// The header facts with no reverse DNS name, no TLS comment and no recipient.
     pub fn new(
         peer_ip: IpAddr,
