@@ -3,8 +3,11 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod body;
 pub mod capabilities;
+pub mod params;
 pub mod received;
+pub mod relay;
 pub mod reply;
 pub mod xtext;
