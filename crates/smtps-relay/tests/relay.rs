@@ -1,0 +1,409 @@
+//! The relay front between a real client (the testkit's, over TLS) and a scripted backend on
+//! 127.0.0.1 that records every octet it receives. The backend's behaviour is chosen per test:
+//! its extensions, refusals, and failures at each step.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use smtps_proto::SessionConfig;
+use smtps_relay::backend::{BackendConfig, Identity};
+use smtps_relay::relay::{Authenticator, Relay};
+use smtps_server::{Mode, RunningServer, Server, ServerConfig};
+use smtps_testkit::{IO_TIMEOUT, SmtpClient, acceptor, client_config};
+
+/// How the scripted backend behaves.
+#[derive(Clone, Default)]
+struct Script {
+    /// Extra EHLO keywords.
+    extensions: Vec<&'static str>,
+    /// The connection starts with a PROXY v2 header (read and recorded).
+    expect_proxy: bool,
+    /// Close instead of answering the final dot.
+    close_at_end_of_data: bool,
+    /// Answer MAIL with this malformed line.
+    garbage_at_mail: bool,
+}
+
+/// What the backend saw: per connection, everything it read.
+#[derive(Default)]
+struct Seen {
+    connections: Vec<Vec<u8>>,
+    /// Messages it accepted (the octets between 354 and the final dot, dot-stuffing kept).
+    messages: Vec<Vec<u8>>,
+    /// Connections the front closed (or the script ended).
+    closed: usize,
+}
+
+struct Backend {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+}
+
+fn backend(script: Script) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let shared = Arc::clone(&seen);
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let seen = Arc::clone(&shared);
+            let script = script.clone();
+            thread::spawn(move || serve(stream, &script, &seen));
+        }
+    });
+    Backend { addr, seen }
+}
+
+fn serve(stream: TcpStream, script: &Script, seen: &Mutex<Seen>) {
+    converse(stream, script, seen);
+    seen.lock().unwrap().closed += 1;
+}
+
+fn converse(stream: TcpStream, script: &Script, seen: &Mutex<Seen>) {
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let index = {
+        let mut seen = seen.lock().unwrap();
+        seen.connections.push(Vec::new());
+        seen.connections.len() - 1
+    };
+    let record = |bytes: &[u8]| seen.lock().unwrap().connections[index].extend_from_slice(bytes);
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    if script.expect_proxy {
+        let mut fixed = [0u8; 16];
+        reader.read_exact(&mut fixed).unwrap();
+        let mut rest = vec![0u8; usize::from(u16::from_be_bytes([fixed[14], fixed[15]]))];
+        reader.read_exact(&mut rest).unwrap();
+        record(&fixed);
+        record(&rest);
+    }
+    let mut say = |line: &str| {
+        let _ = writer.write_all(line.as_bytes());
+    };
+    say("220 backend.test ESMTP\r\n");
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        record(&line);
+        let text = String::from_utf8_lossy(&line).to_uppercase();
+        if text.starts_with("EHLO") {
+            let mut reply = String::from("250-backend.test\r\n250-PIPELINING\r\n");
+            for extension in &script.extensions {
+                reply.push_str(&format!("250-{extension}\r\n"));
+            }
+            reply.push_str("250 ENHANCEDSTATUSCODES\r\n");
+            say(&reply);
+        } else if text.starts_with("XCLIENT") {
+            say("220 backend.test ESMTP\r\n");
+        } else if text.starts_with("MAIL") && script.garbage_at_mail {
+            say("2x0 what\r\n");
+        } else if text.starts_with("MAIL") {
+            say("250 2.1.0 Ok\r\n");
+        } else if text.starts_with("RCPT") && text.contains("NOBODY") {
+            say("550 5.1.1 <nobody@backend.test>: Recipient address rejected\r\n");
+        } else if text.starts_with("RCPT") {
+            say("250 2.1.5 Ok\r\n");
+        } else if text.starts_with("DATA") {
+            say("354 End data with <CR><LF>.<CR><LF>\r\n");
+            let mut message = Vec::new();
+            loop {
+                line.clear();
+                if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                    return; // closed without the final dot: nothing delivered
+                }
+                record(&line);
+                if line == b".\r\n" {
+                    break;
+                }
+                message.extend_from_slice(&line);
+            }
+            if script.close_at_end_of_data {
+                return;
+            }
+            seen.lock().unwrap().messages.push(message);
+            say("250 2.0.0 Ok: queued as BACKEND1\r\n");
+        } else if text.starts_with("RSET") {
+            say("250 2.0.0 Ok\r\n");
+        } else if text.starts_with("QUIT") {
+            say("221 2.0.0 Bye\r\n");
+            return;
+        } else {
+            say("502 5.5.2 Error: command not recognized\r\n");
+        }
+    }
+}
+
+struct Users;
+
+impl Authenticator for Users {
+    fn verify(&self, user: &str, password: &[u8]) -> bool {
+        user == "alice" && password == b"secret"
+    }
+}
+
+struct Front {
+    server: Option<RunningServer>,
+    addr: SocketAddr,
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.handle().shutdown(Duration::ZERO);
+            let _ = server.join();
+        }
+    }
+}
+
+fn front(backend: SocketAddr, identity: Identity) -> Front {
+    let mut config = BackendConfig::new(backend.to_string(), "front.test");
+    config.identity = identity;
+    config.connect_timeout = Duration::from_secs(5);
+    config.command_timeout = Duration::from_secs(5);
+    config.data_timeout = Duration::from_secs(5);
+    let relay = Relay::new(config, "front.test").with_authenticator(Arc::new(Users));
+    let mut server_config = ServerConfig::new(SessionConfig::new("front.test"))
+        .listener("127.0.0.1:0".parse().unwrap(), Mode::ImplicitTls)
+        .tls(acceptor());
+    server_config.workers = 1;
+    let server = Server::bind(server_config, relay).unwrap();
+    let addr = server.local_addrs()[0];
+    Front {
+        server: Some(server.start().unwrap()),
+        addr,
+    }
+}
+
+fn client(front: &Front) -> SmtpClient {
+    let mut client = SmtpClient::connect_tls(front.addr, &client_config());
+    assert!(client.reply().starts_with("220"));
+    assert!(client.command("EHLO client.test").starts_with("250"));
+    client
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn verdicts_are_the_backends_and_250_comes_after_its_250() {
+    let backend = backend(Script::default());
+    let front = front(backend.addr, Identity::None);
+    let mut c = client(&front);
+    assert_eq!(c.command("MAIL FROM:<a@client.test>"), "250 2.1.0 Ok\r\n");
+    let refused = c.command("RCPT TO:<nobody@backend.test>");
+    assert_eq!(
+        refused,
+        "550 5.1.1 <nobody@backend.test>: Recipient address rejected\r\n"
+    );
+    assert_eq!(c.command("RCPT TO:<b@backend.test>"), "250 2.1.5 Ok\r\n");
+    assert!(c.command("DATA").starts_with("354"));
+    c.send(b"Subject: relayed\r\n\r\n..leading dot\r\nbody\r\n");
+    assert_eq!(c.command("."), "250 2.0.0 Ok: queued as BACKEND1\r\n");
+    assert!(c.command("QUIT").starts_with("221"));
+    let seen = backend.seen.lock().unwrap();
+    let [message] = seen.messages.as_slice() else {
+        panic!("one message: {:?}", seen.messages.len());
+    };
+    let text = String::from_utf8_lossy(message);
+    assert!(
+        text.starts_with("Received: from client.test ([127.0.0.1])"),
+        "{text}"
+    );
+    assert!(
+        text.contains("by front.test (smtpsd) with ESMTPS"),
+        "{text}"
+    );
+    assert!(text.contains("version=TLSv1.3"), "{text}");
+    assert!(
+        text.ends_with("Subject: relayed\r\n\r\n..leading dot\r\nbody\r\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn smuggled_lf_dot_lf_reaches_the_backend_as_one_canonical_message() {
+    let backend = backend(Script::default());
+    let front = front(backend.addr, Identity::None);
+    let mut c = client(&front);
+    c.command("MAIL FROM:<a@client.test>");
+    c.command("RCPT TO:<b@backend.test>");
+    assert!(c.command("DATA").starts_with("354"));
+    c.send(b"Subject: one\r\n\r\nfirst\n.\nMAIL FROM:<evil@x>\r\nRCPT TO:<victim@y>\r\nDATA\r\nsmuggled\r\n");
+    assert!(c.command(".").starts_with("250"));
+    let seen = backend.seen.lock().unwrap();
+    assert_eq!(seen.messages.len(), 1, "exactly one message");
+    let wire = &seen.connections[0];
+    // No bare LF anywhere in what the backend read, and one final dot only.
+    assert!(!wire.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'));
+    let dots = wire.windows(5).filter(|w| w == b"\r\n.\r\n").count();
+    assert_eq!(dots, 1, "{}", String::from_utf8_lossy(wire));
+    let message = String::from_utf8_lossy(&seen.messages[0]);
+    assert!(message.contains("MAIL FROM:<evil@x>\r\n"), "{message}");
+    assert!(message.ends_with("smuggled\r\n"), "{message}");
+}
+
+#[test]
+fn xclient_names_the_client_its_helo_and_login() {
+    let backend = backend(Script {
+        extensions: vec!["XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT"],
+        ..Script::default()
+    });
+    let front = front(backend.addr, Identity::Xclient);
+    let mut c = client(&front);
+    // AUTH PLAIN alice/secret.
+    assert!(
+        c.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==")
+            .starts_with("235")
+    );
+    assert!(
+        c.command("MAIL FROM:<alice@client.test>")
+            .starts_with("250")
+    );
+    let seen = backend.seen.lock().unwrap();
+    let wire = String::from_utf8_lossy(&seen.connections[0]).into_owned();
+    let xclient = wire.lines().find(|l| l.starts_with("XCLIENT")).unwrap();
+    for attribute in [
+        "ADDR=127.0.0.1",
+        "PROTO=ESMTP",
+        "HELO=client.test",
+        "LOGIN=alice",
+        "DESTADDR=127.0.0.1",
+        "NAME=[UNAVAILABLE]",
+    ] {
+        assert!(xclient.contains(attribute), "{attribute} in {xclient}");
+    }
+    // XCLIENT, then EHLO again, then MAIL.
+    let order: Vec<&str> = wire.lines().map(|l| &l[..4]).collect();
+    assert_eq!(order, ["EHLO", "XCLI", "EHLO", "MAIL"]);
+}
+
+#[test]
+fn xclient_required_but_not_offered_refuses_with_451_not_a_silent_relay() {
+    let backend = backend(Script::default());
+    let front = front(backend.addr, Identity::Xclient);
+    let mut c = client(&front);
+    assert!(
+        c.command("MAIL FROM:<a@client.test>")
+            .starts_with("451 4.4.1")
+    );
+}
+
+#[test]
+fn proxy_v2_header_names_the_client_before_the_greeting() {
+    let backend = backend(Script {
+        expect_proxy: true,
+        ..Script::default()
+    });
+    let front = front(backend.addr, Identity::ProxyV2);
+    let mut c = client(&front);
+    assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
+    let seen = backend.seen.lock().unwrap();
+    let header = &seen.connections[0][..28];
+    assert_eq!(&header[..13], b"\r\n\r\n\0\r\nQUIT\n\x21");
+    assert_eq!(&header[16..20], &[127, 0, 0, 1], "the client's address");
+    assert_eq!(&header[24..26], &c_port(&header[24..26]).to_be_bytes());
+}
+
+fn c_port(bytes: &[u8]) -> u16 {
+    u16::from_be_bytes([bytes[0], bytes[1]])
+}
+
+#[test]
+fn unreachable_backend_gives_451_4_4_1_and_the_session_goes_on() {
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let front = front(addr, Identity::None);
+    let mut c = client(&front);
+    assert!(
+        c.command("MAIL FROM:<a@client.test>")
+            .starts_with("451 4.4.1")
+    );
+    assert!(c.command("NOOP").starts_with("250"));
+    assert!(
+        c.command("MAIL FROM:<a@client.test>")
+            .starts_with("451 4.4.1")
+    );
+}
+
+#[test]
+fn backend_closing_before_its_final_reply_gives_451_never_250() {
+    let backend = backend(Script {
+        close_at_end_of_data: true,
+        ..Script::default()
+    });
+    let front = front(backend.addr, Identity::None);
+    let mut c = client(&front);
+    c.command("MAIL FROM:<a@client.test>");
+    c.command("RCPT TO:<b@backend.test>");
+    assert!(c.command("DATA").starts_with("354"));
+    c.send(b"Subject: lost?\r\n\r\nno\r\n");
+    assert!(c.command(".").starts_with("451 4.4.2"));
+    // The next transaction opens a new backend connection.
+    assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert_eq!(backend.seen.lock().unwrap().connections.len(), 2);
+}
+
+#[test]
+fn malformed_backend_reply_gives_451() {
+    let backend = backend(Script {
+        garbage_at_mail: true,
+        ..Script::default()
+    });
+    let front = front(backend.addr, Identity::None);
+    let mut c = client(&front);
+    assert!(
+        c.command("MAIL FROM:<a@client.test>")
+            .starts_with("451 4.4.2")
+    );
+}
+
+#[test]
+fn client_vanishing_mid_message_sends_no_final_dot() {
+    let backend = backend(Script::default());
+    let front = front(backend.addr, Identity::None);
+    let mut c = client(&front);
+    c.command("MAIL FROM:<a@client.test>");
+    c.command("RCPT TO:<b@backend.test>");
+    assert!(c.command("DATA").starts_with("354"));
+    c.send(b"Subject: half\r\n\r\nhalf a message\r\n");
+    drop(c);
+    wait_for("the backend connection to close", || {
+        backend.seen.lock().unwrap().closed == 1
+    });
+    let seen = backend.seen.lock().unwrap();
+    assert!(seen.messages.is_empty(), "nothing delivered");
+    assert!(!seen.connections[0].ends_with(b"\r\n.\r\n"));
+}
+
+#[test]
+fn parameters_the_backend_does_not_offer_are_refused_with_their_codes() {
+    let backend = backend(Script::default());
+    let front = front(backend.addr, Identity::None);
+    let mut c = client(&front);
+    assert!(
+        c.command("MAIL FROM:<a@client.test> SMTPUTF8")
+            .starts_with("555 5.6.7")
+    );
+    assert!(
+        c.command("MAIL FROM:<a@client.test> BODY=8BITMIME")
+            .starts_with("555 5.6.3")
+    );
+    assert!(
+        c.command("MAIL FROM:<a@client.test> RET=HDRS")
+            .starts_with("555 5.5.4")
+    );
+    assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
+}
