@@ -29,6 +29,75 @@
 #define SMTPS_CONN_OUTPUT_LIMIT 65536
 
 /**
+ * PP2_TYPE_ALPN (0x01, proxy-protocol.txt §2.2.1): the application protocol the client
+ * negotiated with the balancer (a copy of the TLS ALPN extension), as octets.
+ */
+#define SMTPS_PP2_TYPE_ALPN 1
+
+/**
+ * PP2_TYPE_AUTHORITY (0x02, §2.2.2): the host name the client asked for, UTF-8 (with TLS, its
+ * SNI).
+ */
+#define SMTPS_PP2_TYPE_AUTHORITY 2
+
+/**
+ * PP2_TYPE_CRC32C (0x03, §2.2.3): the header's checksum, 4 octets in network order; the
+ * library verified it before accepting the header.
+ */
+#define SMTPS_PP2_TYPE_CRC32C 3
+
+/**
+ * PP2_TYPE_NOOP (0x04, §2.2.4): padding.
+ */
+#define SMTPS_PP2_TYPE_NOOP 4
+
+/**
+ * PP2_TYPE_UNIQUE_ID (0x05, §2.2.5): the balancer's opaque identifier of the connection, at
+ * most 128 octets.
+ */
+#define SMTPS_PP2_TYPE_UNIQUE_ID 5
+
+/**
+ * PP2_TYPE_SSL (0x20, §2.2.6): the client's TLS connection to the balancer: a `client` octet,
+ * a 4-octet `verify` field, then sub-TLVs (`SMTPS_PP2_SUBTYPE_SSL_*`, read them with the
+ * `*_proxy_ssl_tlv` functions).
+ */
+#define SMTPS_PP2_TYPE_SSL 32
+
+/**
+ * PP2_SUBTYPE_SSL_VERSION (0x21, §2.2.6): the TLS version, US-ASCII (`"TLSv1.3"`).
+ */
+#define SMTPS_PP2_SUBTYPE_SSL_VERSION 33
+
+/**
+ * PP2_SUBTYPE_SSL_CN (0x22, §2.2.6): the client certificate's subject Common Name, UTF-8.
+ */
+#define SMTPS_PP2_SUBTYPE_SSL_CN 34
+
+/**
+ * PP2_SUBTYPE_SSL_CIPHER (0x23, §2.2.6): the cipher, US-ASCII
+ * (`"ECDHE-RSA-AES128-GCM-SHA256"`).
+ */
+#define SMTPS_PP2_SUBTYPE_SSL_CIPHER 35
+
+/**
+ * PP2_SUBTYPE_SSL_SIG_ALG (0x24, §2.2.6): the algorithm that signed the balancer's
+ * certificate, US-ASCII (`"RSA-SHA256"`).
+ */
+#define SMTPS_PP2_SUBTYPE_SSL_SIG_ALG 36
+
+/**
+ * PP2_SUBTYPE_SSL_KEY_ALG (0x25, §2.2.6): the algorithm of the balancer's certificate key,
+ * US-ASCII (`"RSA2048"`).
+ */
+#define SMTPS_PP2_SUBTYPE_SSL_KEY_ALG 37
+
+/**
+ * PP2_TYPE_NETNS (0x30, §2.2.7): the network namespace's name, US-ASCII.
+ */
+#define SMTPS_PP2_TYPE_NETNS 48
+
+/**
  * The result of a call: `SMTPS_RESULT_OK` (0) or what went wrong.
  *
  * `smtps_result_message()` describes a code; `smtps_last_error()` gives the details of the
@@ -115,6 +184,11 @@ enum smtps_result
    * Another TLS configuration problem (see `smtps_last_error()`).
    */
   SMTPS_RESULT_TLS_CONFIG = 306,
+  /**
+   * A listener reads PROXY protocol headers (`smtps_config_set_listener_proxy`) but no
+   * trusted source was added (`smtps_config_add_proxy_trusted`).
+   */
+  SMTPS_RESULT_PROXY_NOT_CONFIGURED = 307,
   /**
    * A listener cannot be bound (address in use, permission denied, not local).
    */
@@ -314,6 +388,11 @@ enum smtps_close_reason
    */
   SMTPS_CLOSE_REASON_IO = 8,
   /**
+   * The PROXY protocol header expected first was malformed, truncated, unsupported or
+   * missing (haproxy's proxy-protocol.txt); the connection closed without a banner.
+   */
+  SMTPS_CLOSE_REASON_PROXY_HEADER = 9,
+  /**
    * Another reason (a newer library version).
    */
   SMTPS_CLOSE_REASON_OTHER = 99,
@@ -365,6 +444,13 @@ typedef struct smtps_session smtps_session;
  * How a listener or connection speaks TLS: one of the `SMTPS_MODE_*` values.
  */
 typedef uint32_t smtps_mode;
+
+/**
+ * Whether a listener reads a PROXY protocol header (haproxy's proxy-protocol.txt, v1 or v2)
+ * before anything else: one of the `SMTPS_PROXY_*` values, set with
+ * `smtps_config_set_listener_proxy`.
+ */
+typedef uint32_t smtps_proxy_mode;
 
 /**
  * A timer to set with `smtps_config_set_timeout`: one of the `SMTPS_TIMEOUT_*` values.
@@ -583,6 +669,25 @@ typedef struct smtps_callbacks {
 #define SMTPS_MODE_PLAIN 3
 
 /**
+ * No header is read: every client is served as the socket shows it (the default).
+ */
+#define SMTPS_PROXY_OFF 0
+
+/**
+ * Connections from a trusted source (`smtps_config_add_proxy_trusted`) must begin with a
+ * header; a missing or malformed one closes the connection without a banner. Connections
+ * from any other source are closed at once, without a banner (proxy-protocol.txt §2: a
+ * receiver must not guess whether a header comes).
+ */
+#define SMTPS_PROXY_REQUIRED 1
+
+/**
+ * As `SMTPS_PROXY_REQUIRED` for trusted sources; any other source is served directly, with
+ * its socket's addresses and no header read.
+ */
+#define SMTPS_PROXY_OR_DIRECT 2
+
+/**
  * From accept (or STARTTLS) to the end of the TLS handshake. Default 30 s.
  */
 #define SMTPS_TIMEOUT_HANDSHAKE 0
@@ -612,6 +717,13 @@ typedef struct smtps_callbacks {
  * not read; then they are dropped and the connection is over. Default 5 s.
  */
 #define SMTPS_TIMEOUT_CLOSE_LINGER 5
+
+/**
+ * From accept to the end of the PROXY protocol header, on connections that expect one; then
+ * the connection closes without a banner. Default 10 s (proxy-protocol.txt §2 asks for at
+ * least 3 s).
+ */
+#define SMTPS_TIMEOUT_PROXY_HEADER 6
 
 /**
  * Largest message in octets, advertised with SIZE. Default 25 MiB.
@@ -710,6 +822,62 @@ smtps_result smtps_config_set_hostname(struct smtps_config *config, const char *
 smtps_result smtps_config_add_listener(struct smtps_config *config,
                                        const char *addr,
                                        smtps_mode mode);
+
+/**
+ * Sets whether listener `listener_index` (from 0, in `smtps_config_add_listener` order) reads
+ * a PROXY protocol header first (haproxy's proxy-protocol.txt, v1 text or v2 binary, sent by
+ * a load balancer before the client's first octet): `SMTPS_PROXY_OFF` (the default),
+ * `SMTPS_PROXY_REQUIRED` or `SMTPS_PROXY_OR_DIRECT`. Only the sources added with
+ * `smtps_config_add_proxy_trusted` may send one (proxy-protocol.txt §2 and §5: accepting it
+ * from anyone would let any client claim any address); `smtps_server_new` fails with
+ * `SMTPS_RESULT_PROXY_NOT_CONFIGURED` if a listener reads headers and none was added.
+ *
+ * On such a listener the session reports the client the header names:
+ * `smtps_session_peer` and `smtps_session_local` give the header's source and destination,
+ * `smtps_session_proxied_by` the balancer, and `smtps_session_proxy_tlv` its TLVs. A LOCAL
+ * header (the balancer's health check) is served with the socket's addresses.
+ *
+ * `SMTPS_RESULT_INVALID_PARAMETER` for a listener index not added yet or an unknown mode.
+ * Server level only: a connection-level host asks `smtps_config_proxy_trusts` and calls
+ * `smtps_conn_expect_proxy_header` itself.
+ *
+ * # Safety
+ * `config` is NULL or a live config.
+ */
+smtps_result smtps_config_set_listener_proxy(struct smtps_config *config,
+                                             size_t listener_index,
+                                             smtps_proxy_mode mode);
+
+/**
+ * Adds a source trusted to send PROXY protocol headers: a NUL-terminated IPv4 or IPv6 block
+ * in CIDR notation (`"10.0.0.0/8"`, `"2001:db8::/32"`) or a single address (`"192.0.2.7"`,
+ * `"::1"`). Repeat for each balancer or network. An IPv4-mapped IPv6 peer
+ * (`::ffff:10.0.0.5`) matches an IPv4 block. The list serves every listener set with
+ * `smtps_config_set_listener_proxy`, and `smtps_config_proxy_trusts` (proxy-protocol.txt §2:
+ * only trusted proxies may use the protocol).
+ *
+ * `SMTPS_RESULT_INVALID_ADDRESS`, with the value named in `smtps_last_error()`, for text that
+ * is not an address or block, a prefix length out of range, or bits set past the prefix
+ * (`"10.0.0.1/8"`: write the block's first address).
+ *
+ * # Safety
+ * `config` is NULL or a live config; `cidr` is NULL or NUL-terminated.
+ */
+smtps_result smtps_config_add_proxy_trusted(struct smtps_config *config, const char *cidr);
+
+/**
+ * Whether `ip` is a source trusted to send PROXY protocol headers
+ * (`smtps_config_add_proxy_trusted`): for a connection-level host that accepts its sockets
+ * itself and decides, per connection, whether to call `smtps_conn_expect_proxy_header`.
+ * `ip` is NUL-terminated text: an address (`"127.0.0.1"`, `"::1"`), optionally in brackets
+ * or with a port (`"127.0.0.1:40000"`, `"[::1]:40000"`), as `inet_ntop` writes it. False for
+ * NULL arguments, text that is not an address, and an empty trusted list. Thread-safe once
+ * the config is only read.
+ *
+ * # Safety
+ * `config` is NULL or a live config; `ip` is NULL or NUL-terminated.
+ */
+bool smtps_config_proxy_trusts(const struct smtps_config *config, const char *ip);
 
 /**
  * Sets the default certificate chain and private key: PEM file paths (NUL-terminated),
@@ -834,6 +1002,74 @@ smtps_result smtps_conn_new(const struct smtps_config *config,
  * `conn` is NULL or from `smtps_conn_new` and not freed before.
  */
 void smtps_conn_free(struct smtps_conn *conn);
+
+/**
+ * The client's first octets are a PROXY protocol header (haproxy's proxy-protocol.txt: v1
+ * text, §2.1, or v2 binary, §2.2) from a load balancer: the connection reads it before
+ * anything else (before TLS, before the banner), within `SMTPS_TIMEOUT_PROXY_HEADER`. A
+ * missing, malformed, truncated or unsupported header closes the connection without a banner
+ * (`SMTPS_CLOSE_REASON_PROXY_HEADER`); nothing of it is applied. Once it is read,
+ * `smtps_conn_proxy_client`, `smtps_conn_proxy_destination` and `smtps_conn_proxy_tlv` give
+ * what it says, and the session starts on the octet after it.
+ *
+ * Call it right after `smtps_conn_new`, before any other call, and only for a socket whose
+ * peer is a trusted balancer (`smtps_config_proxy_trusts`; proxy-protocol.txt §2: never guess
+ * whether a header comes, and accept one only from trusted proxies). Calling it twice is
+ * harmless. `SMTPS_RESULT_WRONG_STATE` when it comes too late (after input was fed, after the
+ * end of stream, or once the session started: an event was polled) — the connection is then
+ * left as it was.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection.
+ */
+smtps_result smtps_conn_expect_proxy_header(struct smtps_conn *conn);
+
+/**
+ * The client a PROXY protocol header named (proxy-protocol.txt §2.1, §2.2: its source
+ * address), `IP:port` (`[v6]:port` for IPv6). Empty before the header was read, without
+ * `smtps_conn_expect_proxy_header`, for a LOCAL header (a health check) or `UNKNOWN` (then
+ * the socket's peer is the client), and for NULL. The view is valid until `smtps_conn_free`.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection.
+ */
+struct smtps_str smtps_conn_proxy_client(const struct smtps_conn *conn);
+
+/**
+ * The address the client connected to on the balancer, as the PROXY header names it (its
+ * destination address), `IP:port`. Empty as for `smtps_conn_proxy_client`. The view is valid
+ * until `smtps_conn_free`.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection.
+ */
+struct smtps_str smtps_conn_proxy_destination(const struct smtps_conn *conn);
+
+/**
+ * Finds the first TLV of type `tlv_type` (`SMTPS_PP2_TYPE_*`, or any other type octet) in the
+ * connection's PROXY v2 header (proxy-protocol.txt §2.2) and sets `*value_out` to its value,
+ * valid until `smtps_conn_free`. As `smtps_session_proxy_tlv`: false, leaving `*value_out`
+ * alone, when there is no such TLV, no header (yet), a v1 header, or a NULL argument.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection; `value_out` is NULL or writable.
+ */
+bool smtps_conn_proxy_tlv(const struct smtps_conn *conn,
+                          uint8_t tlv_type,
+                          struct smtps_bytes *value_out);
+
+/**
+ * Finds the first sub-TLV of type `subtype` (`SMTPS_PP2_SUBTYPE_SSL_*`) inside the
+ * PP2_TYPE_SSL TLV of the connection's PROXY v2 header (proxy-protocol.txt §2.2.6) and sets
+ * `*value_out` to its value, valid until `smtps_conn_free`. False, leaving `*value_out`
+ * alone, when there is none or an argument is NULL.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection; `value_out` is NULL or writable.
+ */
+bool smtps_conn_proxy_ssl_tlv(const struct smtps_conn *conn,
+                              uint8_t subtype,
+                              struct smtps_bytes *value_out);
 
 /**
  * Offers `len` bytes read from the socket; `*taken_out` receives how many were taken. Keep
@@ -990,7 +1226,8 @@ struct smtps_str smtps_conn_sni(struct smtps_conn *conn);
  * of the host's `poll()`, and ask again after every call that changes the connection.
  *
  * The timers are the config's `SMTPS_TIMEOUT_HANDSHAKE`, `_COMMAND`, `_DATA_BLOCK`,
- * `_SESSION` and `_CLOSE_LINGER`, measured on the library's monotonic clock. -1 for NULL.
+ * `_SESSION`, `_CLOSE_LINGER` and `_PROXY_HEADER`, measured on the library's monotonic
+ * clock. -1 for NULL.
  *
  * # Safety
  * `conn` is NULL or a live connection.
@@ -1020,7 +1257,8 @@ size_t smtps_conn_pending_output(const struct smtps_conn *conn);
 /**
  * Why the connection closed (`SMTPS_CLOSE_REASON_*`), once `smtps_conn_is_closed` is true:
  * QUIT, the client left, which kind of timer (`SMTPS_CLOSE_REASON_TIMEOUT`), too many
- * errors, the host's `421` or `smtps_conn_close` (`REFUSED`), TLS, a socket error.
+ * errors, the host's `421` or `smtps_conn_close` (`REFUSED`), TLS, a socket error, a bad or
+ * missing PROXY header (`PROXY_HEADER`).
  * `SMTPS_CLOSE_REASON_OTHER` while open and for NULL.
  *
  * # Safety
@@ -1238,18 +1476,71 @@ uint64_t smtps_session_id(const struct smtps_session *session);
 /**
  * The client's address, `IP:port` (`[v6]:port` for IPv6). Empty for NULL.
  *
+ * On a listener that reads PROXY headers (`smtps_config_set_listener_proxy`) this is the
+ * client the header names (proxy-protocol.txt §2.1, §2.2), not the balancer
+ * (`smtps_session_proxied_by`); for a LOCAL header or `UNKNOWN`, the socket's peer.
+ *
  * # Safety
  * `session` is NULL or the session lent to the running callback.
  */
 struct smtps_str smtps_session_peer(const struct smtps_session *session);
 
 /**
- * The local address the client connected to, `IP:port`. Empty for NULL.
+ * The local address the client connected to, `IP:port`. Empty for NULL. Behind a balancer,
+ * the destination the PROXY header names (the address the client connected to on the
+ * balancer).
  *
  * # Safety
  * `session` is NULL or the session lent to the running callback.
  */
 struct smtps_str smtps_session_local(const struct smtps_session *session);
+
+/**
+ * The load balancer's address, `IP:port` (the socket's peer), when a PROXY protocol header
+ * named the client (proxy-protocol.txt §2); empty for a direct client, for the balancer's own
+ * LOCAL connections (health checks), for `UNKNOWN`, and for NULL. The view is valid during
+ * the callback.
+ *
+ * # Safety
+ * `session` is NULL or the session lent to the running callback.
+ */
+struct smtps_str smtps_session_proxied_by(const struct smtps_session *session);
+
+/**
+ * Finds the first TLV of type `tlv_type` (`SMTPS_PP2_TYPE_*`, or any other type octet) in the
+ * session's PROXY v2 header (proxy-protocol.txt §2.2: the type-length-value vectors after the
+ * addresses) and sets `*value_out` to its value. The header was checked when it was read (a
+ * PP2_TYPE_CRC32C verified, PP2_TYPE_AUTHORITY UTF-8, PP2_TYPE_UNIQUE_ID at most 128
+ * octets); values of other types are as the balancer sent them. The view is valid during the
+ * callback.
+ *
+ * Returns false, leaving `*value_out` alone, when there is no such TLV, no header (a direct
+ * client), a v1 header (it has none), or a NULL argument.
+ *
+ * # Safety
+ * `session` is NULL or the session lent to the running callback; `value_out` is NULL or
+ * writable.
+ */
+bool smtps_session_proxy_tlv(const struct smtps_session *session,
+                             uint8_t tlv_type,
+                             struct smtps_bytes *value_out);
+
+/**
+ * Finds the first sub-TLV of type `subtype` (`SMTPS_PP2_SUBTYPE_SSL_*`: the TLS version, the
+ * client certificate's CN, the cipher, ...) inside the PP2_TYPE_SSL TLV of the session's
+ * PROXY v2 header (proxy-protocol.txt §2.2.6: what the client negotiated with a balancer that
+ * terminated TLS) and sets `*value_out` to its value, valid during the callback.
+ *
+ * Returns false, leaving `*value_out` alone, when there is no such sub-TLV, no PP2_TYPE_SSL
+ * TLV, no v2 header, or a NULL argument.
+ *
+ * # Safety
+ * `session` is NULL or the session lent to the running callback; `value_out` is NULL or
+ * writable.
+ */
+bool smtps_session_proxy_ssl_tlv(const struct smtps_session *session,
+                                 uint8_t subtype,
+                                 struct smtps_bytes *value_out);
 
 /**
  * The index of the listener (in `smtps_config_add_listener` order) the client came in on.

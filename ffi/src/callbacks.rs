@@ -84,6 +84,9 @@ pub enum smtps_close_reason {
     Tls = 7,
     /// A socket error.
     Io = 8,
+    /// The PROXY protocol header expected first was malformed, truncated, unsupported or
+    /// missing (haproxy's proxy-protocol.txt); the connection closed without a banner.
+    ProxyHeader = 9,
     /// Another reason (a newer library version).
     Other = 99,
 }
@@ -100,6 +103,7 @@ impl From<&CloseReason> for smtps_close_reason {
             CloseReason::Shutdown => Self::Shutdown,
             CloseReason::Tls(_) => Self::Tls,
             CloseReason::Io(_) => Self::Io,
+            CloseReason::ProxyHeader(_) => Self::ProxyHeader,
             _ => Self::Other,
         }
     }

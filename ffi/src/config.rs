@@ -1,5 +1,5 @@
-//! `smtps_config`: listeners, certificates, SMTP settings, limits, timeouts and workers, shared
-//! by both levels of the API.
+//! `smtps_config`: listeners, certificates, SMTP settings, limits, timeouts, workers and the
+//! PROXY protocol's trusted sources, shared by both levels of the API.
 
 use std::ffi::c_char;
 use std::net::SocketAddr;
@@ -8,14 +8,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use smtps_proto::SessionConfig;
-use smtps_server::{ConnectionLimits, ListenerConfig, Mode, ServerConfig, Timeouts};
+use smtps_server::{
+    ConnectionLimits, ListenerConfig, Mode, Network, ProxyPolicy, ServerConfig, Timeouts, Untrusted,
+};
 use smtps_tls::{CertificateSource, TlsAcceptor, TlsSettings};
 
 use crate::error::{fail, smtps_result, tls_error};
 use crate::ffi::{
-    Castable, OwnershipBox, take_box, to_boxed_ptr, try_mut_from_ptr, try_ref_from_ptr, try_str,
+    Castable, OwnershipBox, c_str, take_box, to_boxed_ptr, try_mut_from_ptr, try_ref_from_ptr,
+    try_str,
 };
 use crate::panic::ffi_boundary;
+use crate::proxy::parse_ip;
 
 /// Configuration for a server (`smtps_server_new`) or for connections (`smtps_conn_new`).
 ///
@@ -45,6 +49,22 @@ pub const SMTPS_MODE_START_TLS_REQUIRED: smtps_mode = 2;
 /// Plaintext only, no STARTTLS (loopback, or behind a TLS terminator).
 pub const SMTPS_MODE_PLAIN: smtps_mode = 3;
 
+/// Whether a listener reads a PROXY protocol header (haproxy's proxy-protocol.txt, v1 or v2)
+/// before anything else: one of the `SMTPS_PROXY_*` values, set with
+/// `smtps_config_set_listener_proxy`.
+#[allow(non_camel_case_types)]
+pub type smtps_proxy_mode = u32;
+/// No header is read: every client is served as the socket shows it (the default).
+pub const SMTPS_PROXY_OFF: smtps_proxy_mode = 0;
+/// Connections from a trusted source (`smtps_config_add_proxy_trusted`) must begin with a
+/// header; a missing or malformed one closes the connection without a banner. Connections
+/// from any other source are closed at once, without a banner (proxy-protocol.txt §2: a
+/// receiver must not guess whether a header comes).
+pub const SMTPS_PROXY_REQUIRED: smtps_proxy_mode = 1;
+/// As `SMTPS_PROXY_REQUIRED` for trusted sources; any other source is served directly, with
+/// its socket's addresses and no header read.
+pub const SMTPS_PROXY_OR_DIRECT: smtps_proxy_mode = 2;
+
 /// A timer to set with `smtps_config_set_timeout`: one of the `SMTPS_TIMEOUT_*` values.
 #[allow(non_camel_case_types)]
 pub type smtps_timeout = u32;
@@ -61,6 +81,10 @@ pub const SMTPS_TIMEOUT_SESSION: smtps_timeout = 4;
 /// How long a closing connection may take to send its last replies to a client that does
 /// not read; then they are dropped and the connection is over. Default 5 s.
 pub const SMTPS_TIMEOUT_CLOSE_LINGER: smtps_timeout = 5;
+/// From accept to the end of the PROXY protocol header, on connections that expect one; then
+/// the connection closes without a banner. Default 10 s (proxy-protocol.txt §2 asks for at
+/// least 3 s).
+pub const SMTPS_TIMEOUT_PROXY_HEADER: smtps_timeout = 6;
 
 /// A limit to set with `smtps_config_set_limit`: one of the `SMTPS_LIMIT_*` values.
 #[allow(non_camel_case_types)]
@@ -86,7 +110,11 @@ pub const SMTPS_LIMIT_JUNK_COMMANDS: smtps_limit = 7;
 /// The Rust value behind `smtps_config`.
 pub(crate) struct Config {
     session: SessionConfig,
+    /// Each listener's PROXY setting is a policy whose trusted list is filled from
+    /// `proxy_trusted` when a server is made.
     listeners: Vec<ListenerConfig>,
+    /// The sources trusted to send PROXY headers (`untrusted` unused here).
+    proxy_trusted: ProxyPolicy,
     certificate: Option<(PathBuf, PathBuf)>,
     sni: Vec<(String, PathBuf, PathBuf)>,
     workers: usize,
@@ -102,6 +130,7 @@ impl Config {
         Self {
             session: SessionConfig::new("localhost"),
             listeners: Vec::new(),
+            proxy_trusted: ProxyPolicy::new(Vec::new()),
             certificate: None,
             sni: Vec::new(),
             workers: 0,
@@ -156,10 +185,27 @@ impl Config {
         Arc::new(self.session.clone())
     }
 
-    /// The server configuration, with the TLS acceptor built.
+    /// The server configuration, with the TLS acceptor built and the trusted PROXY sources in
+    /// every listener that reads headers.
     pub(crate) fn server_config(&self) -> Result<ServerConfig, smtps_result> {
         let mut config = ServerConfig::new(self.session.clone());
         config.listeners.clone_from(&self.listeners);
+        for (index, listener) in config.listeners.iter_mut().enumerate() {
+            let Some(policy) = &mut listener.proxy else {
+                continue;
+            };
+            if self.proxy_trusted.trusted.is_empty() {
+                return Err(fail(
+                    smtps_result::ProxyNotConfigured,
+                    format_args!(
+                        "listener {index} ({}) reads PROXY headers but no trusted source: \
+                         smtps_config_add_proxy_trusted",
+                        listener.addr
+                    ),
+                ));
+            }
+            policy.trusted.clone_from(&self.proxy_trusted.trusted);
+        }
         config.tls = self.acceptor()?;
         config.workers = self.workers;
         config.timeouts = self.timeouts;
@@ -268,6 +314,111 @@ pub unsafe extern "C" fn smtps_config_add_listener(
         };
         config.listeners.push(ListenerConfig::new(addr, mode));
         smtps_result::Ok
+    }
+}
+
+/// Sets whether listener `listener_index` (from 0, in `smtps_config_add_listener` order) reads
+/// a PROXY protocol header first (haproxy's proxy-protocol.txt, v1 text or v2 binary, sent by
+/// a load balancer before the client's first octet): `SMTPS_PROXY_OFF` (the default),
+/// `SMTPS_PROXY_REQUIRED` or `SMTPS_PROXY_OR_DIRECT`. Only the sources added with
+/// `smtps_config_add_proxy_trusted` may send one (proxy-protocol.txt §2 and §5: accepting it
+/// from anyone would let any client claim any address); `smtps_server_new` fails with
+/// `SMTPS_RESULT_PROXY_NOT_CONFIGURED` if a listener reads headers and none was added.
+///
+/// On such a listener the session reports the client the header names:
+/// `smtps_session_peer` and `smtps_session_local` give the header's source and destination,
+/// `smtps_session_proxied_by` the balancer, and `smtps_session_proxy_tlv` its TLVs. A LOCAL
+/// header (the balancer's health check) is served with the socket's addresses.
+///
+/// `SMTPS_RESULT_INVALID_PARAMETER` for a listener index not added yet or an unknown mode.
+/// Server level only: a connection-level host asks `smtps_config_proxy_trusts` and calls
+/// `smtps_conn_expect_proxy_header` itself.
+///
+/// # Safety
+/// `config` is NULL or a live config.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_set_listener_proxy(
+    config: *mut smtps_config,
+    listener_index: usize,
+    mode: smtps_proxy_mode,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        let untrusted = match mode {
+            SMTPS_PROXY_OFF => None,
+            SMTPS_PROXY_REQUIRED => Some(Untrusted::Refuse),
+            SMTPS_PROXY_OR_DIRECT => Some(Untrusted::Direct),
+            other => {
+                let detail = format_args!("{other} is not an smtps_proxy_mode");
+                return fail(smtps_result::InvalidParameter, detail);
+            }
+        };
+        let count = config.listeners.len();
+        let Some(listener) = config.listeners.get_mut(listener_index) else {
+            let detail = format_args!(
+                "no listener {listener_index}: {count} added (smtps_config_add_listener)"
+            );
+            return fail(smtps_result::InvalidParameter, detail);
+        };
+        // The trusted sources are filled in when a server is made (`Config::server_config`).
+        listener.proxy = untrusted.map(|rule| ProxyPolicy::new(Vec::new()).untrusted(rule));
+        smtps_result::Ok
+    }
+}
+
+/// Adds a source trusted to send PROXY protocol headers: a NUL-terminated IPv4 or IPv6 block
+/// in CIDR notation (`"10.0.0.0/8"`, `"2001:db8::/32"`) or a single address (`"192.0.2.7"`,
+/// `"::1"`). Repeat for each balancer or network. An IPv4-mapped IPv6 peer
+/// (`::ffff:10.0.0.5`) matches an IPv4 block. The list serves every listener set with
+/// `smtps_config_set_listener_proxy`, and `smtps_config_proxy_trusts` (proxy-protocol.txt §2:
+/// only trusted proxies may use the protocol).
+///
+/// `SMTPS_RESULT_INVALID_ADDRESS`, with the value named in `smtps_last_error()`, for text that
+/// is not an address or block, a prefix length out of range, or bits set past the prefix
+/// (`"10.0.0.1/8"`: write the block's first address).
+///
+/// # Safety
+/// `config` is NULL or a live config; `cidr` is NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_add_proxy_trusted(
+    config: *mut smtps_config,
+    cidr: *const c_char,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        let cidr = try_str!(cidr);
+        match cidr.parse::<Network>() {
+            Ok(network) => {
+                config.proxy_trusted.trusted.push(network);
+                smtps_result::Ok
+            }
+            Err(error) => fail(smtps_result::InvalidAddress, error),
+        }
+    }
+}
+
+/// Whether `ip` is a source trusted to send PROXY protocol headers
+/// (`smtps_config_add_proxy_trusted`): for a connection-level host that accepts its sockets
+/// itself and decides, per connection, whether to call `smtps_conn_expect_proxy_header`.
+/// `ip` is NUL-terminated text: an address (`"127.0.0.1"`, `"::1"`), optionally in brackets
+/// or with a port (`"127.0.0.1:40000"`, `"[::1]:40000"`), as `inet_ntop` writes it. False for
+/// NULL arguments, text that is not an address, and an empty trusted list. Thread-safe once
+/// the config is only read.
+///
+/// # Safety
+/// `config` is NULL or a live config; `ip` is NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_proxy_trusts(
+    config: *const smtps_config,
+    ip: *const c_char,
+) -> bool {
+    ffi_boundary! {
+        let config = try_ref_from_ptr!(config);
+        // SAFETY: NULL or NUL-terminated, by contract; NULL is an error, so false.
+        let Ok(ip) = (unsafe { c_str(ip) }) else {
+            return false;
+        };
+        parse_ip(ip).is_some_and(|ip| config.proxy_trusted.trusts(ip))
     }
 }
 
@@ -412,6 +563,7 @@ pub unsafe extern "C" fn smtps_config_set_timeout(
             SMTPS_TIMEOUT_DECISION => &mut timeouts.decision,
             SMTPS_TIMEOUT_SESSION => &mut timeouts.session,
             SMTPS_TIMEOUT_CLOSE_LINGER => &mut timeouts.close_linger,
+            SMTPS_TIMEOUT_PROXY_HEADER => &mut timeouts.proxy_header,
             other => {
                 return fail(smtps_result::InvalidParameter, format_args!("{other} is not an smtps_timeout"));
             }
@@ -488,5 +640,194 @@ pub unsafe extern "C" fn smtps_config_set_danger_allow_plaintext_auth(
         let config = try_mut_from_ptr!(config);
         config.session.policy.danger_allow_plaintext_auth = allowed;
         smtps_result::Ok
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::ffi::CString;
+
+    use super::*;
+    use crate::error::smtps_last_error;
+
+    fn c(text: &str) -> CString {
+        CString::new(text).unwrap()
+    }
+
+    fn last_error() -> String {
+        let mut buf = [0 as c_char; 512];
+        let mut n = 0;
+        // SAFETY: a local buffer and count.
+        unsafe { smtps_last_error(buf.as_mut_ptr(), buf.len(), &raw mut n) };
+        // SAFETY: `smtps_last_error` NUL-terminated it.
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// A config with two plain listeners, freed by the caller.
+    fn config_with_listeners() -> *mut smtps_config {
+        // SAFETY: each call gets the live config and NUL-terminated strings.
+        unsafe {
+            let config = smtps_config_new();
+            for _ in 0..2 {
+                let addr = c("127.0.0.1:0");
+                assert_eq!(
+                    smtps_config_add_listener(config, addr.as_ptr(), SMTPS_MODE_PLAIN),
+                    smtps_result::Ok
+                );
+            }
+            config
+        }
+    }
+
+    #[test]
+    fn trusted_sources_are_blocks_or_addresses_and_bad_ones_are_named() {
+        let config = config_with_listeners();
+        // SAFETY: a live config and NUL-terminated strings throughout.
+        unsafe {
+            for good in [
+                "10.0.0.0/8",
+                "192.0.2.7",
+                "2001:db8::/32",
+                "::1",
+                "127.0.0.1/32",
+            ] {
+                let text = c(good);
+                assert_eq!(
+                    smtps_config_add_proxy_trusted(config, text.as_ptr()),
+                    smtps_result::Ok,
+                    "{good}"
+                );
+            }
+            for bad in [
+                "",
+                "localhost",
+                "10.0.0.1/8",
+                "10.0.0.0/33",
+                "::/129",
+                " 10.0.0.0/8",
+            ] {
+                let text = c(bad);
+                assert_eq!(
+                    smtps_config_add_proxy_trusted(config, text.as_ptr()),
+                    smtps_result::InvalidAddress,
+                    "{bad:?}"
+                );
+                assert!(
+                    last_error().contains(&format!("{bad:?}")),
+                    "{}",
+                    last_error()
+                );
+            }
+            assert_eq!(
+                smtps_config_add_proxy_trusted(config, std::ptr::null()),
+                smtps_result::NullParameter
+            );
+            let trusts = |ip: &str| smtps_config_proxy_trusts(config, c(ip).as_ptr());
+            for trusted in [
+                "10.1.2.3",
+                "10.1.2.3:40000",
+                "::ffff:10.1.2.3",
+                "192.0.2.7",
+                "[2001:db8::5]:25",
+                "2001:db8::5",
+                "::1",
+                "[::1]",
+                "127.0.0.1",
+            ] {
+                assert!(trusts(trusted), "{trusted}");
+            }
+            for untrusted in [
+                "192.0.2.8",
+                "11.0.0.1",
+                "2001:db9::1",
+                "127.0.0.2",
+                "",
+                " ::1",
+            ] {
+                assert!(!trusts(untrusted), "{untrusted}");
+            }
+            assert!(!smtps_config_proxy_trusts(config, std::ptr::null()));
+            assert!(!smtps_config_proxy_trusts(
+                std::ptr::null(),
+                c("10.0.0.1").as_ptr()
+            ));
+            smtps_config_free(config);
+        }
+    }
+
+    #[test]
+    fn listener_proxy_modes_reach_the_server_config_with_the_trusted_list() {
+        let config = config_with_listeners();
+        // SAFETY: a live config and NUL-terminated strings throughout.
+        unsafe {
+            assert_eq!(
+                smtps_config_set_listener_proxy(config, 2, SMTPS_PROXY_REQUIRED),
+                smtps_result::InvalidParameter
+            );
+            assert!(last_error().contains("no listener 2"), "{}", last_error());
+            assert_eq!(
+                smtps_config_set_listener_proxy(config, 0, 3),
+                smtps_result::InvalidParameter
+            );
+            assert_eq!(
+                smtps_config_set_listener_proxy(std::ptr::null_mut(), 0, SMTPS_PROXY_REQUIRED),
+                smtps_result::NullParameter
+            );
+            assert_eq!(
+                smtps_config_set_listener_proxy(config, 1, SMTPS_PROXY_OR_DIRECT),
+                smtps_result::Ok
+            );
+            let rust = crate::ffi::try_ref(config).unwrap();
+            let Err(error) = rust.server_config() else {
+                panic!("a PROXY listener without trusted sources");
+            };
+            assert_eq!(error, smtps_result::ProxyNotConfigured);
+            assert!(
+                last_error()
+                    .contains("listener 1 (127.0.0.1:0) reads PROXY headers but no trusted source"),
+                "{}",
+                last_error()
+            );
+
+            let cidr = c("10.0.0.0/8");
+            assert_eq!(
+                smtps_config_add_proxy_trusted(config, cidr.as_ptr()),
+                smtps_result::Ok
+            );
+            assert_eq!(
+                smtps_config_set_listener_proxy(config, 0, SMTPS_PROXY_REQUIRED),
+                smtps_result::Ok
+            );
+            let rust = crate::ffi::try_ref(config).unwrap();
+            let server = rust.server_config().unwrap();
+            let want: Vec<Network> = vec!["10.0.0.0/8".parse().unwrap()];
+            let required = server.listeners[0].proxy.as_ref().unwrap();
+            assert_eq!(
+                (&required.trusted, required.untrusted),
+                (&want, Untrusted::Refuse)
+            );
+            let or_direct = server.listeners[1].proxy.as_ref().unwrap();
+            assert_eq!(
+                (&or_direct.trusted, or_direct.untrusted),
+                (&want, Untrusted::Direct)
+            );
+
+            assert_eq!(
+                smtps_config_set_listener_proxy(config, 0, SMTPS_PROXY_OFF),
+                smtps_result::Ok
+            );
+            let rust = crate::ffi::try_ref(config).unwrap();
+            assert!(rust.server_config().unwrap().listeners[0].proxy.is_none());
+            assert_eq!(
+                smtps_config_set_timeout(config, SMTPS_TIMEOUT_PROXY_HEADER, 3000),
+                smtps_result::Ok
+            );
+            let rust = crate::ffi::try_ref(config).unwrap();
+            assert_eq!(rust.timeouts().proxy_header, Duration::from_secs(3));
+            smtps_config_free(config);
+        }
     }
 }

@@ -4,6 +4,7 @@
 use std::ffi::c_char;
 use std::time::Instant;
 
+use ::smtps_conn::smtps_proxy::{Command, OwnedHeader};
 use ::smtps_conn::{CloseReason, Connection};
 use smtps_proto::{Event, Reply};
 use smtps_tls::TlsInfo;
@@ -16,6 +17,7 @@ use crate::ffi::{
     try_mut_from_ptr, try_ref_from_ptr, try_str_opt, write_out,
 };
 use crate::panic::ffi_boundary;
+use crate::proxy::{find_ssl_tlv, find_tlv, tlv_out};
 use crate::reply::verdict;
 use crate::view::{smtps_bytes, smtps_str};
 
@@ -128,6 +130,43 @@ pub(crate) struct Conn {
     text: String,
     /// The decision handed out and not answered yet (one at a time per session).
     awaiting: Option<smtps_proto::DecisionId>,
+    /// The PROXY header, copied once it was read; never changed afterwards, so views of it
+    /// stay valid until the connection is freed.
+    proxy: Option<ProxyCopy>,
+}
+
+/// What the PROXY accessors lend to C.
+struct ProxyCopy {
+    header: OwnedHeader,
+    /// The header's source, `IP:port`; empty without addresses (LOCAL, `UNKNOWN`).
+    client: String,
+    /// The header's destination, likewise.
+    destination: String,
+}
+
+impl Conn {
+    /// Copies the PROXY header once the connection has read it (after a feed).
+    fn note_proxy_header(&mut self) {
+        if self.proxy.is_some() {
+            return;
+        }
+        let Some(header) = self.inner.proxy_header() else {
+            return;
+        };
+        let header = header.to_owned_header();
+        let (client, destination) = match header.addresses {
+            Some(addresses) if header.command == Command::Proxy => (
+                addresses.source.to_string(),
+                addresses.destination.to_string(),
+            ),
+            _ => (String::new(), String::new()),
+        };
+        self.proxy = Some(ProxyCopy {
+            header,
+            client,
+            destination,
+        });
+    }
 }
 
 /// Makes a connection in `mode` (`SMTPS_MODE_*`) with `config`'s host name, limits, policies
@@ -167,6 +206,7 @@ pub unsafe extern "C" fn smtps_conn_new(
             inner,
             text: String::new(),
             awaiting: None,
+            proxy: None,
         };
         // SAFETY: checked non-NULL above; writable by contract.
         unsafe { write_out(conn_out, to_boxed_ptr::<smtps_conn>(conn)) };
@@ -183,6 +223,110 @@ pub unsafe extern "C" fn smtps_conn_free(conn: *mut smtps_conn) {
     ffi_boundary! {
         // SAFETY: a pointer from `smtps_conn_new`, or NULL, by contract.
         drop(unsafe { take_box(conn) });
+    }
+}
+
+/// The client's first octets are a PROXY protocol header (haproxy's proxy-protocol.txt: v1
+/// text, §2.1, or v2 binary, §2.2) from a load balancer: the connection reads it before
+/// anything else (before TLS, before the banner), within `SMTPS_TIMEOUT_PROXY_HEADER`. A
+/// missing, malformed, truncated or unsupported header closes the connection without a banner
+/// (`SMTPS_CLOSE_REASON_PROXY_HEADER`); nothing of it is applied. Once it is read,
+/// `smtps_conn_proxy_client`, `smtps_conn_proxy_destination` and `smtps_conn_proxy_tlv` give
+/// what it says, and the session starts on the octet after it.
+///
+/// Call it right after `smtps_conn_new`, before any other call, and only for a socket whose
+/// peer is a trusted balancer (`smtps_config_proxy_trusts`; proxy-protocol.txt §2: never guess
+/// whether a header comes, and accept one only from trusted proxies). Calling it twice is
+/// harmless. `SMTPS_RESULT_WRONG_STATE` when it comes too late (after input was fed, after the
+/// end of stream, or once the session started: an event was polled) — the connection is then
+/// left as it was.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_expect_proxy_header(conn: *mut smtps_conn) -> smtps_result {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        if conn.inner.expect_proxy_header() {
+            smtps_result::Ok
+        } else {
+            fail(
+                smtps_result::WrongState,
+                "smtps_conn_expect_proxy_header comes right after smtps_conn_new, \
+                 before any input or event",
+            )
+        }
+    }
+}
+
+/// The client a PROXY protocol header named (proxy-protocol.txt §2.1, §2.2: its source
+/// address), `IP:port` (`[v6]:port` for IPv6). Empty before the header was read, without
+/// `smtps_conn_expect_proxy_header`, for a LOCAL header (a health check) or `UNKNOWN` (then
+/// the socket's peer is the client), and for NULL. The view is valid until `smtps_conn_free`.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_proxy_client(conn: *const smtps_conn) -> smtps_str {
+    ffi_boundary! {
+        let conn = try_ref_from_ptr!(conn);
+        smtps_str::opt(conn.proxy.as_ref().map(|proxy| proxy.client.as_str()))
+    }
+}
+
+/// The address the client connected to on the balancer, as the PROXY header names it (its
+/// destination address), `IP:port`. Empty as for `smtps_conn_proxy_client`. The view is valid
+/// until `smtps_conn_free`.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_proxy_destination(conn: *const smtps_conn) -> smtps_str {
+    ffi_boundary! {
+        let conn = try_ref_from_ptr!(conn);
+        smtps_str::opt(conn.proxy.as_ref().map(|proxy| proxy.destination.as_str()))
+    }
+}
+
+/// Finds the first TLV of type `tlv_type` (`SMTPS_PP2_TYPE_*`, or any other type octet) in the
+/// connection's PROXY v2 header (proxy-protocol.txt §2.2) and sets `*value_out` to its value,
+/// valid until `smtps_conn_free`. As `smtps_session_proxy_tlv`: false, leaving `*value_out`
+/// alone, when there is no such TLV, no header (yet), a v1 header, or a NULL argument.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `value_out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_proxy_tlv(
+    conn: *const smtps_conn,
+    tlv_type: u8,
+    value_out: *mut smtps_bytes,
+) -> bool {
+    ffi_boundary! {
+        let conn = try_ref_from_ptr!(conn);
+        let value = conn.proxy.as_ref().and_then(|proxy| find_tlv(&proxy.header, tlv_type));
+        // SAFETY: NULL or writable, by contract.
+        unsafe { tlv_out(value, value_out) }
+    }
+}
+
+/// Finds the first sub-TLV of type `subtype` (`SMTPS_PP2_SUBTYPE_SSL_*`) inside the
+/// PP2_TYPE_SSL TLV of the connection's PROXY v2 header (proxy-protocol.txt §2.2.6) and sets
+/// `*value_out` to its value, valid until `smtps_conn_free`. False, leaving `*value_out`
+/// alone, when there is none or an argument is NULL.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `value_out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_proxy_ssl_tlv(
+    conn: *const smtps_conn,
+    subtype: u8,
+    value_out: *mut smtps_bytes,
+) -> bool {
+    ffi_boundary! {
+        let conn = try_ref_from_ptr!(conn);
+        let value = conn.proxy.as_ref().and_then(|proxy| find_ssl_tlv(&proxy.header, subtype));
+        // SAFETY: NULL or writable, by contract.
+        unsafe { tlv_out(value, value_out) }
     }
 }
 
@@ -211,7 +355,9 @@ pub unsafe extern "C" fn smtps_conn_feed(
         let Some(data) = (unsafe { byte_slice(data, len) }) else {
             return crate::panic::NullParameterOrDefault::value();
         };
-        let taken = match conn.inner.feed(Instant::now(), data) {
+        let result = conn.inner.feed(Instant::now(), data);
+        conn.note_proxy_header();
+        let taken = match result {
             Ok(taken) => taken,
             Err(error) => return conn_error(error),
         };
@@ -556,7 +702,8 @@ pub const SMTPS_CONN_OUTPUT_LIMIT: usize = 65536;
 /// of the host's `poll()`, and ask again after every call that changes the connection.
 ///
 /// The timers are the config's `SMTPS_TIMEOUT_HANDSHAKE`, `_COMMAND`, `_DATA_BLOCK`,
-/// `_SESSION` and `_CLOSE_LINGER`, measured on the library's monotonic clock. -1 for NULL.
+/// `_SESSION`, `_CLOSE_LINGER` and `_PROXY_HEADER`, measured on the library's monotonic
+/// clock. -1 for NULL.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection.
@@ -608,7 +755,8 @@ pub unsafe extern "C" fn smtps_conn_pending_output(conn: *const smtps_conn) -> u
 
 /// Why the connection closed (`SMTPS_CLOSE_REASON_*`), once `smtps_conn_is_closed` is true:
 /// QUIT, the client left, which kind of timer (`SMTPS_CLOSE_REASON_TIMEOUT`), too many
-/// errors, the host's `421` or `smtps_conn_close` (`REFUSED`), TLS, a socket error.
+/// errors, the host's `421` or `smtps_conn_close` (`REFUSED`), TLS, a socket error, a bad or
+/// missing PROXY header (`PROXY_HEADER`).
 /// `SMTPS_CLOSE_REASON_OTHER` while open and for NULL.
 ///
 /// # Safety
@@ -625,11 +773,247 @@ pub unsafe extern "C" fn smtps_conn_close_reason(conn: *const smtps_conn) -> smt
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    use std::ptr::{null, null_mut};
+
+    use smtps_testkit::{proxy_v1, proxy_v2, proxy_v2_local};
+
     use super::*;
+    use crate::config::{SMTPS_MODE_PLAIN, smtps_config_free, smtps_config_new};
+    use crate::proxy::{
+        SMTPS_PP2_SUBTYPE_SSL_CN, SMTPS_PP2_SUBTYPE_SSL_VERSION, SMTPS_PP2_TYPE_AUTHORITY,
+        SMTPS_PP2_TYPE_NETNS, SMTPS_PP2_TYPE_SSL, SMTPS_PP2_TYPE_UNIQUE_ID,
+    };
 
     #[test]
     fn the_c_output_limit_is_the_engines() {
         assert_eq!(SMTPS_CONN_OUTPUT_LIMIT, ::smtps_conn::OUTPUT_LIMIT);
+    }
+
+    /// A plain connection, freed by the caller.
+    fn plain() -> *mut smtps_conn {
+        let mut conn = null_mut();
+        // SAFETY: a fresh config, a writable out pointer; the config is freed after use.
+        unsafe {
+            let config = smtps_config_new();
+            assert_eq!(
+                smtps_conn_new(config, SMTPS_MODE_PLAIN, &raw mut conn),
+                smtps_result::Ok
+            );
+            smtps_config_free(config);
+        }
+        conn
+    }
+
+    /// Feeds all of `data`; returns the octets taken.
+    fn feed(conn: *mut smtps_conn, data: &[u8]) -> usize {
+        let mut taken = 0;
+        // SAFETY: a live connection, `data` valid for its length, a writable count.
+        let result = unsafe { smtps_conn_feed(conn, data.as_ptr(), data.len(), &raw mut taken) };
+        assert_eq!(result, smtps_result::Ok);
+        taken
+    }
+
+    fn next_kind(conn: *mut smtps_conn) -> smtps_event_kind {
+        let mut event = smtps_event::default();
+        // SAFETY: a live connection and a writable event.
+        let result = unsafe { smtps_conn_next_event(conn, &raw mut event) };
+        assert_eq!(result, smtps_result::Ok);
+        event.kind
+    }
+
+    fn text(view: smtps_str) -> String {
+        // SAFETY: the view is valid until the next call on the connection, which comes later.
+        let bytes = unsafe { std::slice::from_raw_parts(view.data.cast::<u8>(), view.len) };
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    fn tlv(conn: *const smtps_conn, kind: u8, ssl: bool) -> Option<Vec<u8>> {
+        let mut value = smtps_bytes::default();
+        // SAFETY: a live connection and a writable view.
+        let found = unsafe {
+            if ssl {
+                smtps_conn_proxy_ssl_tlv(conn, kind, &raw mut value)
+            } else {
+                smtps_conn_proxy_tlv(conn, kind, &raw mut value)
+            }
+        };
+        // SAFETY: the view borrows the connection, alive here.
+        found.then(|| unsafe { std::slice::from_raw_parts(value.data, value.len) }.to_vec())
+    }
+
+    fn addr(text: &str) -> std::net::SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_v2_header_gives_the_client_the_destination_and_the_tlvs() {
+        let mut ssl = vec![0x01, 0, 0, 0, 0];
+        for (kind, value) in [(0x21u8, &b"TLSv1.3"[..]), (0x22, b"client.example")] {
+            ssl.push(kind);
+            ssl.extend_from_slice(&u16::try_from(value.len()).unwrap().to_be_bytes());
+            ssl.extend_from_slice(value);
+        }
+        let header = proxy_v2(
+            addr("[2001:db8::7]:40001"),
+            addr("[2001:db8::1]:25"),
+            &[
+                (SMTPS_PP2_TYPE_AUTHORITY, b"mx.example.org"),
+                (SMTPS_PP2_TYPE_UNIQUE_ID, b"req-42"),
+                (SMTPS_PP2_TYPE_SSL, &ssl),
+                (SMTPS_PP2_TYPE_AUTHORITY, b"second.example.org"),
+            ],
+        );
+        let conn = plain();
+        // SAFETY: a live connection throughout, freed at the end.
+        unsafe {
+            assert_eq!(smtps_conn_expect_proxy_header(conn), smtps_result::Ok);
+            assert_eq!(
+                smtps_conn_expect_proxy_header(conn),
+                smtps_result::Ok,
+                "twice"
+            );
+            assert_eq!(
+                next_kind(conn),
+                smtps_event_kind::None,
+                "nothing before the header"
+            );
+            // The header in two pieces, the second with the client's first command.
+            assert_eq!(feed(conn, &header[..20]), 20);
+            assert_eq!(text(smtps_conn_proxy_client(conn)), "", "not complete yet");
+            assert_eq!(tlv(conn, SMTPS_PP2_TYPE_AUTHORITY, false), None);
+            let mut rest = header[20..].to_vec();
+            rest.extend_from_slice(b"EHLO c.test\r\n");
+            assert_eq!(feed(conn, &rest), rest.len());
+            assert_eq!(text(smtps_conn_proxy_client(conn)), "[2001:db8::7]:40001");
+            assert_eq!(text(smtps_conn_proxy_destination(conn)), "[2001:db8::1]:25");
+            assert_eq!(
+                tlv(conn, SMTPS_PP2_TYPE_AUTHORITY, false).as_deref(),
+                Some(&b"mx.example.org"[..]),
+                "the first of its type"
+            );
+            assert_eq!(
+                tlv(conn, SMTPS_PP2_TYPE_UNIQUE_ID, false).as_deref(),
+                Some(&b"req-42"[..])
+            );
+            assert_eq!(tlv(conn, SMTPS_PP2_TYPE_SSL, false), Some(ssl));
+            assert_eq!(tlv(conn, SMTPS_PP2_TYPE_NETNS, false), None);
+            assert_eq!(
+                tlv(conn, SMTPS_PP2_SUBTYPE_SSL_VERSION, true).as_deref(),
+                Some(&b"TLSv1.3"[..])
+            );
+            assert_eq!(
+                tlv(conn, SMTPS_PP2_SUBTYPE_SSL_CN, true).as_deref(),
+                Some(&b"client.example"[..])
+            );
+            assert_eq!(tlv(conn, 0x23, true), None);
+            // The output view is written only on success, and NULL is refused.
+            let mut untouched = smtps_bytes::new(b"x");
+            assert!(!smtps_conn_proxy_tlv(conn, 0x30, &raw mut untouched));
+            assert_eq!(untouched.len, 1);
+            assert!(!smtps_conn_proxy_tlv(
+                conn,
+                SMTPS_PP2_TYPE_AUTHORITY,
+                null_mut()
+            ));
+            assert!(!smtps_conn_proxy_ssl_tlv(
+                conn,
+                SMTPS_PP2_SUBTYPE_SSL_CN,
+                null_mut()
+            ));
+            // The session starts after the header, and the views outlive later calls.
+            let client = smtps_conn_proxy_client(conn);
+            assert_eq!(next_kind(conn), smtps_event_kind::Connect);
+            assert_eq!(text(client), "[2001:db8::7]:40001");
+            assert_eq!(
+                smtps_conn_expect_proxy_header(conn),
+                smtps_result::WrongState,
+                "the header was read"
+            );
+            smtps_conn_free(conn);
+        }
+    }
+
+    #[test]
+    fn v1_local_and_absent_headers_have_no_client_or_tlvs() {
+        // SAFETY: live connections throughout, each freed at the end.
+        unsafe {
+            let conn = plain();
+            assert_eq!(smtps_conn_expect_proxy_header(conn), smtps_result::Ok);
+            feed(
+                conn,
+                &proxy_v1(addr("192.0.2.1:56324"), addr("198.51.100.7:25")),
+            );
+            assert_eq!(text(smtps_conn_proxy_client(conn)), "192.0.2.1:56324");
+            assert_eq!(text(smtps_conn_proxy_destination(conn)), "198.51.100.7:25");
+            assert_eq!(
+                tlv(conn, SMTPS_PP2_TYPE_AUTHORITY, false),
+                None,
+                "v1 has no TLVs"
+            );
+            smtps_conn_free(conn);
+
+            let conn = plain();
+            assert_eq!(smtps_conn_expect_proxy_header(conn), smtps_result::Ok);
+            feed(conn, &proxy_v2_local());
+            assert_eq!(text(smtps_conn_proxy_client(conn)), "", "a health check");
+            assert_eq!(text(smtps_conn_proxy_destination(conn)), "");
+            assert_eq!(next_kind(conn), smtps_event_kind::Connect);
+            smtps_conn_free(conn);
+
+            let conn = plain();
+            assert_eq!(next_kind(conn), smtps_event_kind::Connect);
+            assert_eq!(text(smtps_conn_proxy_client(conn)), "");
+            assert_eq!(tlv(conn, SMTPS_PP2_TYPE_AUTHORITY, false), None);
+            assert_eq!(
+                smtps_conn_expect_proxy_header(conn),
+                smtps_result::WrongState,
+                "after the session started"
+            );
+            smtps_conn_free(conn);
+
+            assert_eq!(
+                smtps_conn_expect_proxy_header(null_mut()),
+                smtps_result::NullParameter
+            );
+            assert_eq!(text(smtps_conn_proxy_client(null())), "");
+            assert_eq!(text(smtps_conn_proxy_destination(null())), "");
+            assert_eq!(tlv(null(), SMTPS_PP2_TYPE_AUTHORITY, false), None);
+            assert_eq!(tlv(null(), SMTPS_PP2_SUBTYPE_SSL_CN, true), None);
+        }
+    }
+
+    #[test]
+    fn a_bad_or_missing_header_closes_without_a_banner() {
+        // SAFETY: live connections throughout, each freed at the end.
+        unsafe {
+            let conn = plain();
+            assert_eq!(smtps_conn_expect_proxy_header(conn), smtps_result::Ok);
+            feed(conn, b"EHLO c.test\r\n");
+            assert_eq!(next_kind(conn), smtps_event_kind::None);
+            assert!(smtps_conn_is_closed(conn));
+            assert!(!smtps_conn_wants_write(conn), "no banner");
+            assert_eq!(
+                smtps_conn_close_reason(conn),
+                smtps_close_reason::ProxyHeader
+            );
+            assert_eq!(text(smtps_conn_proxy_client(conn)), "");
+            smtps_conn_free(conn);
+
+            let conn = plain();
+            feed(conn, b"EHLO c.test\r\n");
+            assert_eq!(
+                smtps_conn_expect_proxy_header(conn),
+                smtps_result::WrongState,
+                "after input"
+            );
+            assert_eq!(
+                next_kind(conn),
+                smtps_event_kind::Connect,
+                "served as before"
+            );
+            smtps_conn_free(conn);
+        }
     }
 }

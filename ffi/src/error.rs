@@ -68,6 +68,9 @@ pub enum smtps_result {
     KeyMismatch = 305,
     /// Another TLS configuration problem (see `smtps_last_error()`).
     TlsConfig = 306,
+    /// A listener reads PROXY protocol headers (`smtps_config_set_listener_proxy`) but no
+    /// trusted source was added (`smtps_config_add_proxy_trusted`).
+    ProxyNotConfigured = 307,
 
     // 4xx: the operating system.
     /// A listener cannot be bound (address in use, permission denied, not local).
@@ -110,6 +113,7 @@ impl smtps_result {
             Self::PrivateKey => "missing, encrypted or unsupported private key",
             Self::KeyMismatch => "the private key does not match the certificate",
             Self::TlsConfig => "unusable TLS configuration",
+            Self::ProxyNotConfigured => "a listener reads PROXY headers but no source is trusted",
             Self::Bind => "cannot bind a listener",
             Self::Io => "operating-system error",
             Self::WorkerPanicked => "a worker thread panicked",
@@ -121,7 +125,7 @@ impl smtps_result {
 
     /// The result for a raw number from C, if it names one.
     fn from_u32(value: u32) -> Option<Self> {
-        const ALL: [smtps_result; 24] = [
+        const ALL: [smtps_result; 25] = [
             smtps_result::Ok,
             smtps_result::NullParameter,
             smtps_result::InvalidParameter,
@@ -140,6 +144,7 @@ impl smtps_result {
             smtps_result::PrivateKey,
             smtps_result::KeyMismatch,
             smtps_result::TlsConfig,
+            smtps_result::ProxyNotConfigured,
             smtps_result::Bind,
             smtps_result::Io,
             smtps_result::WorkerPanicked,

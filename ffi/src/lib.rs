@@ -17,6 +17,10 @@
 //!   fork-per-connection server); it feeds received bytes, takes events and answers them, and
 //!   sends what the connection gives. STARTTLS happens inside.
 //!
+//! Behind a load balancer both levels read a PROXY protocol header (haproxy's
+//! `doc/proxy-protocol.txt`, v1 or v2) from trusted sources first and report the client it
+//! names (`smtps_config_set_listener_proxy`, `smtps_conn_expect_proxy_header`).
+//!
 //! # Rules every export keeps
 //!
 //! Every export runs inside `ffi_boundary!` (no panic crosses into C), checks its pointers
@@ -36,6 +40,7 @@ mod error;
 mod ffi;
 mod handler;
 mod panic;
+mod proxy;
 mod reply;
 mod server;
 mod session;
@@ -45,6 +50,7 @@ pub use callbacks::*;
 pub use config::*;
 pub use conn::*;
 pub use error::*;
+pub use proxy::*;
 pub use server::*;
 pub use session::*;
 pub use view::*;

@@ -1,8 +1,9 @@
 //! Builds the C programs in `tests/c/` against the staticlib and the cdylib with `cc`, and
 //! drives them with real clients (Python `smtplib`, `openssl s_client`) on 127.0.0.1 ephemeral
-//! ports: messages over both ports arrive byte-exact in the spool. Also runs the C misuse
-//! tests, and an AddressSanitizer build of the host through clients that vanish mid-message
-//! and a stop with sessions open. Every blocking step has a timeout.
+//! ports: messages over both ports arrive byte-exact in the spool, also from behind a pretend
+//! load balancer (a PROXY protocol header first). Also runs the C misuse tests, and an
+//! AddressSanitizer build of the host through clients that vanish mid-message and a stop with
+//! sessions open. Every blocking step has a timeout.
 //!
 //! Needs `cc`, `python3` and `openssl` on the PATH; a test whose tool is missing says so and
 //! passes (set `SMTPS_C_TESTS_REQUIRED=1`, as `ffi/run-c-tests.sh` does, to fail instead).
@@ -579,6 +580,164 @@ fn host_polled_holds_no_message_in_memory_with_a_slow_spool() {
     );
 }
 
+/// The v2 PROXY header a balancer sends for `client` connecting to `destination`, with the
+/// client's SNI (PP2_TYPE_AUTHORITY) and its TLS with the balancer (PP2_TYPE_SSL: version and
+/// client certificate CN), in hex for `client.py send-proxied`. Built by the test kit's
+/// encoder, written apart from the library's parser.
+fn balancer_header(client: &str, destination: &str) -> String {
+    let mut ssl = vec![0x01, 0, 0, 0, 0];
+    for (kind, value) in [(0x21u8, &b"TLSv1.3"[..]), (0x22, b"client.example")] {
+        ssl.push(kind);
+        ssl.extend_from_slice(&u16::try_from(value.len()).unwrap().to_be_bytes());
+        ssl.extend_from_slice(value);
+    }
+    let header = smtps_testkit::proxy_v2(
+        client.parse().unwrap(),
+        destination.parse().unwrap(),
+        &[(0x02, b"mx.example.org"), (0x20, &ssl)],
+    );
+    header.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn send_proxied(mode: &str, port: u16, user: &str, password: &str, header: &str, body: &[u8]) {
+    let file = work_dir().join(format!("msg-proxied-{mode}-{port}.txt"));
+    std::fs::write(&file, body).unwrap();
+    let out = smtplib(
+        "send-proxied",
+        mode,
+        port,
+        &[
+            user,
+            password,
+            header,
+            file.to_str().unwrap(),
+            "rcpt@example.net",
+        ],
+    );
+    assert!(out.contains("SENT {}"), "{out}");
+}
+
+/// A client that sends no PROXY header where one is required: closed without a banner.
+fn assert_closed_without_banner(port: u16) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+    let _ = stream.write_all(b"EHLO direct.test\r\n");
+    let mut said = Vec::new();
+    let _ = stream.read_to_end(&mut said);
+    assert!(said.is_empty(), "{:?}", String::from_utf8_lossy(&said));
+}
+
+const SANITIZER_ENV: [(&str, &str); 2] = [
+    (
+        "ASAN_OPTIONS",
+        "detect_leaks=1:abort_on_error=0:exitcode=23",
+    ),
+    ("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"),
+];
+
+/// The server level behind a load balancer (ASan build): the host's third listener reads a
+/// PROXY v2 header from 127.0.0.1 (`smtps_config_set_listener_proxy`,
+/// `smtps_config_add_proxy_trusted`). `smtps_session_peer` is the client the header names,
+/// `smtps_session_proxied_by` the balancer, and the TLVs are readable; a direct client on the
+/// other listeners is reported as itself; a client without the header gets no banner.
+#[test]
+fn host_reports_the_client_behind_a_balancer() {
+    if !tools_present() {
+        return;
+    }
+    let host = build("host", "asan");
+    let mut env = SANITIZER_ENV.to_vec();
+    env.push(("HOST_PROXY_TRUSTED", "127.0.0.1"));
+    let program = Program::start(&host, &["threads"], "spool-proxy-host", &env);
+    assert_eq!(program.ports.len(), 3, "a PROXY listener");
+    let header = balancer_header("192.0.2.7:40001", "198.51.100.1:587");
+    let sent = vec![message("direct"), message("behind a balancer")];
+    send_smtplib(
+        "implicit",
+        program.ports[0],
+        "alice",
+        "wonderland",
+        &sent[0],
+    );
+    send_proxied(
+        "starttls",
+        program.ports[2],
+        "bob",
+        "builder",
+        &header,
+        &sent[1],
+    );
+    assert_closed_without_banner(program.ports[2]);
+    let spooled = program.spooled();
+    let log = program.stop();
+    assert!(!log.contains("ERROR: "), "sanitizer:\n{log}");
+    let mut sent = sent;
+    sent.sort();
+    assert_eq!(spooled, sent);
+    let sessions: Vec<&str> = log.lines().filter(|l| l.contains(" from ")).collect();
+    assert_eq!(sessions.len(), 2, "{log}");
+    let proxied = sessions
+        .iter()
+        .find(|l| l.contains("from 192.0.2.7:40001 "))
+        .unwrap_or_else(|| panic!("no session from the header's client:\n{log}"));
+    assert!(proxied.contains(" proxied_by 127.0.0.1:"), "{proxied}");
+    assert!(
+        proxied.ends_with(" authority mx.example.org ssl_version TLSv1.3 ssl_cn client.example"),
+        "{proxied}"
+    );
+    let direct = sessions
+        .iter()
+        .find(|l| l.contains("from 127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no direct session:\n{log}"));
+    assert!(
+        direct.ends_with(" proxied_by - authority - ssl_version - ssl_cn -"),
+        "{direct}"
+    );
+}
+
+/// The connection level behind a load balancer: `conn_server` asks
+/// `smtps_config_proxy_trusts` for the socket's peer and calls
+/// `smtps_conn_expect_proxy_header`; `smtps_conn_proxy_client`, `_destination` and
+/// `smtps_conn_proxy_tlv` report the header once read (in front of STARTTLS, under ASan, and in
+/// front of the implicit-TLS ClientHello); a client without the header is closed without a
+/// banner (`SMTPS_CLOSE_REASON_PROXY_HEADER`).
+#[test]
+fn conn_server_reports_the_client_behind_a_balancer() {
+    if !tools_present() {
+        return;
+    }
+    for (flavour, mode, destination) in [
+        ("asan", "starttls", "198.51.100.1:587"),
+        ("static", "implicit", "198.51.100.1:465"),
+    ] {
+        let binary = build("conn_server", flavour);
+        let mut env = SANITIZER_ENV.to_vec();
+        env.push(("CONN_PROXY_TRUSTED", "127.0.0.0/8"));
+        let spool = format!("spool-proxy-conn-{mode}");
+        let program = Program::start(&binary, &[mode], &spool, &env);
+        let port = program.ports[0];
+        let header = balancer_header("192.0.2.7:40001", destination);
+        let sent = message("conn behind a balancer");
+        send_proxied(mode, port, "carol", "secret", &header, &sent);
+        assert_closed_without_banner(port);
+        let spooled = program.spooled();
+        let log = program.stop();
+        assert!(!log.contains("ERROR: "), "sanitizer:\n{log}");
+        assert_eq!(spooled, vec![sent], "{mode}");
+        let want =
+            format!("conn_server: connect from 192.0.2.7:40001 to {destination} via 127.0.0.1:");
+        let connect = log
+            .lines()
+            .find(|l| l.starts_with(&want))
+            .unwrap_or_else(|| panic!("{mode}: no {want:?} in\n{log}"));
+        assert!(connect.ends_with(" authority mx.example.org"), "{connect}");
+        assert!(
+            log.contains("closed without a banner: bad or missing PROXY header"),
+            "{mode}:\n{log}"
+        );
+    }
+}
+
 #[test]
 fn misuse_returns_error_codes() {
     if !have("cc", "--version") {
@@ -606,13 +765,7 @@ fn sanitized_programs_survive_aborts_and_stop() {
     if !tools_present() {
         return;
     }
-    let env = [
-        (
-            "ASAN_OPTIONS",
-            "detect_leaks=1:abort_on_error=0:exitcode=23",
-        ),
-        ("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"),
-    ];
+    let env = SANITIZER_ENV;
     for mode in ["threads", "polled"] {
         let host = build("host", "asan");
         let program = Program::start(&host, &[mode], &format!("spool-asan-{mode}"), &env);

@@ -7,6 +7,9 @@
   client.py hold implicit|starttls PORT CAFILE USER PASSWORD SECONDS
       Starts a message, sends part of the body, then waits (the server stops meanwhile);
       prints the server's last reply, if any.
+  client.py send-proxied implicit|starttls PORT CAFILE USER PASSWORD HEADER_HEX MESSAGE_FILE RCPT...
+      As send, behind a pretend load balancer: the connection's first octets are the PROXY
+      protocol header given in hex (before the TLS ClientHello, or before the banner).
 """
 
 import smtplib
@@ -18,12 +21,35 @@ import time
 TIMEOUT = 15
 
 
-def connect(mode, port, cafile, user, password):
+class HeaderFirst(smtplib.SMTP):
+    """Sends PROXY_HEADER on the new TCP connection before anything else (for SMTP_SSL: before
+    the socket is wrapped, since it comes after this class in the method order)."""
+
+    proxy_header = b""
+
+    def _get_socket(self, host, port, timeout):
+        sock = super()._get_socket(host, port, timeout)
+        sock.sendall(self.proxy_header)
+        return sock
+
+
+class ProxiedSMTP(HeaderFirst):
+    pass
+
+
+class ProxiedSMTP_SSL(smtplib.SMTP_SSL, HeaderFirst):
+    pass
+
+
+def connect(mode, port, cafile, user, password, proxy_header=None):
     context = ssl.create_default_context(cafile=cafile)
+    HeaderFirst.proxy_header = proxy_header or b""
     if mode == "implicit":
-        client = smtplib.SMTP_SSL("localhost", port, context=context, timeout=TIMEOUT)
+        cls = ProxiedSMTP_SSL if proxy_header else smtplib.SMTP_SSL
+        client = cls("localhost", port, context=context, timeout=TIMEOUT)
     else:
-        client = smtplib.SMTP("localhost", port, timeout=TIMEOUT)
+        cls = ProxiedSMTP if proxy_header else smtplib.SMTP
+        client = cls("localhost", port, timeout=TIMEOUT)
         client.ehlo()
         client.starttls(context=context)
     client.ehlo()
@@ -45,11 +71,15 @@ def start_message(client):
 def main():
     action, mode, port, cafile, user, password = sys.argv[1:7]
     port = int(port)
-    if action == "send":
+    if action in ("send", "send-proxied"):
+        header = None
+        if action == "send-proxied":
+            header = bytes.fromhex(sys.argv[7])
+            del sys.argv[7]
         message_file, rcpts = sys.argv[7], sys.argv[8:]
         with open(message_file, "rb") as f:
             message = f.read()
-        client = connect(mode, port, cafile, user, password)
+        client = connect(mode, port, cafile, user, password, header)
         refused = client.sendmail("sender@example.org", rcpts, message)
         client.quit()
         print("SENT", refused)

@@ -11,6 +11,12 @@
  * poll() timeout is smtps_conn_next_timeout_ms(); CONN_COMMAND_TIMEOUT_MS in the
  * environment sets SMTPS_TIMEOUT_COMMAND.
  *
+ * CONN_PROXY_TRUSTED=CIDR in the environment puts the program behind a load balancer: a
+ * connection from CIDR (smtps_config_proxy_trusts) must begin with a PROXY protocol header
+ * (smtps_conn_expect_proxy_header), and the client, the balancer and the header's authority
+ * TLV are logged on stderr at connect; a connection whose header is bad or missing is logged
+ * as closed without a banner.
+ *
  * Left out: fork(), privilege separation, concurrency.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -32,6 +38,8 @@
 
 static const char *spool;
 static unsigned long messages;
+/* The socket's peer of the connection being served, "IP:port". */
+static char socket_peer[INET6_ADDRSTRLEN + 8];
 
 static void fail(const char *what, smtps_result result) {
   char detail[512];
@@ -72,6 +80,24 @@ static void handle_events(smtps_conn *conn, struct message *msg) {
   smtps_event ev;
   while (smtps_conn_next_event(conn, &ev) == SMTPS_RESULT_OK && ev.kind != SMTPS_EVENT_KIND_NONE) {
     switch (ev.kind) {
+    case SMTPS_EVENT_KIND_CONNECT: {
+      /* After a PROXY header the client is the one it names; the socket's peer is the
+       * balancer. The views stay valid until smtps_conn_free. */
+      smtps_str client = smtps_conn_proxy_client(conn);
+      smtps_bytes authority;
+      if (client.len > 0) {
+        smtps_str destination = smtps_conn_proxy_destination(conn);
+        bool found = smtps_conn_proxy_tlv(conn, SMTPS_PP2_TYPE_AUTHORITY, &authority);
+        fprintf(stderr, "conn_server: connect from %.*s to %.*s via %s authority %.*s\n",
+                (int)client.len, client.data, (int)destination.len, destination.data,
+                socket_peer, found ? (int)authority.len : 1,
+                found ? (const char *)authority.data : "-");
+      } else {
+        fprintf(stderr, "conn_server: connect from %s\n", socket_peer);
+      }
+      smtps_conn_decide(conn, ev.decision, 0, NULL, NULL);
+      break;
+    }
     case SMTPS_EVENT_KIND_AUTH:
       if (ev.secret.len == 6 && memcmp(ev.secret.data, "secret", 6) == 0) {
         smtps_conn_decide(conn, ev.decision, 0, NULL, NULL);
@@ -136,6 +162,14 @@ static void serve(const smtps_config *config, smtps_mode mode, int sock) {
     fail("smtps_conn_new", result);
     return;
   }
+  /* Only a trusted balancer may send a PROXY header, and then it must: decided before the
+   * connection sees any input. */
+  if (smtps_config_proxy_trusts(config, socket_peer) &&
+      (result = smtps_conn_expect_proxy_header(conn)) != SMTPS_RESULT_OK) {
+    fail("smtps_conn_expect_proxy_header", result);
+    smtps_conn_free(conn);
+    return;
+  }
   for (;;) {
     struct pollfd pfd;
     int ready;
@@ -194,6 +228,10 @@ static void serve(const smtps_config *config, smtps_mode mode, int sock) {
     close(msg.fd);
     unlink(msg.tmp);
   }
+  if (smtps_conn_close_reason(conn) == SMTPS_CLOSE_REASON_PROXY_HEADER) {
+    fprintf(stderr, "conn_server: %s closed without a banner: bad or missing PROXY header\n",
+            socket_peer);
+  }
   smtps_conn_free(conn);
 }
 
@@ -215,6 +253,12 @@ int main(int argc, char **argv) {
   config = smtps_config_new();
   if (config == NULL || smtps_config_set_hostname(config, "conn.test") != SMTPS_RESULT_OK ||
       smtps_config_set_certificate_files(config, argv[3], argv[4]) != SMTPS_RESULT_OK) {
+    return 1;
+  }
+  if (getenv("CONN_PROXY_TRUSTED") != NULL &&
+      (result = smtps_config_add_proxy_trusted(config, getenv("CONN_PROXY_TRUSTED"))) !=
+          SMTPS_RESULT_OK) {
+    fail("smtps_config_add_proxy_trusted", result);
     return 1;
   }
   if (getenv("CONN_COMMAND_TIMEOUT_MS") != NULL &&
@@ -262,8 +306,15 @@ int main(int argc, char **argv) {
       }
     }
     if (fds[0].revents & POLLIN) {
-      int sock = accept(lsock, NULL, NULL);
+      struct sockaddr_in peer;
+      socklen_t peer_len = sizeof peer;
+      int sock = accept(lsock, (struct sockaddr *)&peer, &peer_len);
       if (sock >= 0) {
+        char ip[INET6_ADDRSTRLEN];
+        if (inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof ip) == NULL) {
+          strcpy(ip, "?");
+        }
+        snprintf(socket_peer, sizeof socket_peer, "%s:%u", ip, (unsigned)ntohs(peer.sin_port));
         serve(config, mode, sock);
         close(sock);
       }

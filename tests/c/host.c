@@ -12,6 +12,12 @@
  *
  * HOST_BODY_DELAY_US in the environment makes on_body sleep that long per chunk (a slow spool).
  *
+ * HOST_PROXY_TRUSTED=CIDR in the environment adds a third listener, STARTTLS-required behind a
+ * load balancer: connections from CIDR must begin with a PROXY protocol header (others are
+ * closed without a banner), and "PORTS" lists its port third. on_connect logs every session's
+ * client, the balancer it came through and the header's TLVs (authority, TLS version and
+ * client certificate CN).
+ *
  * Messages may be up to 100 MiB. AUTH (required before MAIL) checks a small user table. Each message body is streamed into
  * SPOOL/tmp/; at its end a commit thread fsyncs the file, renames it into SPOOL/new/ and
  * fsyncs the directory, and only then answers 250 through the deferred reply.
@@ -90,9 +96,36 @@ static void discard(struct session *s) {
   }
 }
 
+/* Prints a TLV value, or "-" if the header has none (or there is no header). */
+static void print_tlv(const char *name, bool found, smtps_bytes value) {
+  if (found) {
+    fprintf(stderr, " %s %.*s", name, (int)value.len, (const char *)value.data);
+  } else {
+    fprintf(stderr, " %s -", name);
+  }
+}
+
 static smtps_answer on_connect(void *ud, const smtps_session *session) {
   struct session *s = calloc(1, sizeof *s);
+  smtps_str peer = smtps_session_peer(session);
+  smtps_str balancer = smtps_session_proxied_by(session);
+  smtps_bytes value;
+  bool found;
   (void)ud;
+  /* Behind a balancer, peer is the client the PROXY header names. The line is written in
+   * parts: flockfile keeps it whole when sessions connect at once on different workers. */
+  flockfile(stderr);
+  fprintf(stderr, "host: session %llu from %.*s proxied_by %.*s",
+          (unsigned long long)smtps_session_id(session), (int)peer.len, peer.data,
+          balancer.len ? (int)balancer.len : 1, balancer.len ? balancer.data : "-");
+  found = smtps_session_proxy_tlv(session, SMTPS_PP2_TYPE_AUTHORITY, &value);
+  print_tlv("authority", found, value);
+  found = smtps_session_proxy_ssl_tlv(session, SMTPS_PP2_SUBTYPE_SSL_VERSION, &value);
+  print_tlv("ssl_version", found, value);
+  found = smtps_session_proxy_ssl_tlv(session, SMTPS_PP2_SUBTYPE_SSL_CN, &value);
+  print_tlv("ssl_cn", found, value);
+  fprintf(stderr, "\n");
+  funlockfile(stderr);
   if (s == NULL) {
     return SMTPS_ANSWER_REJECT;
   }
@@ -290,13 +323,24 @@ static int stdin_closed(void) {
   return n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN);
 }
 
+/* "PORTS <implicit> <starttls>[ <proxy>]" on stdout: the test driver reads it. */
+static void print_ports(uint16_t implicit_port, uint16_t starttls_port, uint16_t proxy_port) {
+  printf("PORTS %u %u", (unsigned)implicit_port, (unsigned)starttls_port);
+  if (proxy_port != 0) {
+    printf(" %u", (unsigned)proxy_port);
+  }
+  printf("\n");
+  fflush(stdout);
+}
+
 int main(int argc, char **argv) {
   struct host host;
   smtps_callbacks callbacks;
   smtps_config *config;
   smtps_result result;
   pthread_t committer;
-  uint16_t implicit_port = 0, starttls_port = 0;
+  uint16_t implicit_port = 0, starttls_port = 0, proxy_port = 0;
+  const char *proxy_trusted = getenv("HOST_PROXY_TRUSTED");
   char path[600];
   int polled;
 
@@ -334,6 +378,14 @@ int main(int argc, char **argv) {
           SMTPS_RESULT_OK) {
     die("configuration", result);
   }
+  if (proxy_trusted != NULL &&
+      ((result = smtps_config_add_listener(config, "127.0.0.1:0",
+                                           SMTPS_MODE_START_TLS_REQUIRED)) != SMTPS_RESULT_OK ||
+       (result = smtps_config_set_listener_proxy(config, 2, SMTPS_PROXY_REQUIRED)) !=
+           SMTPS_RESULT_OK ||
+       (result = smtps_config_add_proxy_trusted(config, proxy_trusted)) != SMTPS_RESULT_OK)) {
+    die("PROXY protocol configuration", result);
+  }
 
   memset(&callbacks, 0, sizeof callbacks);
   callbacks.on_connect = on_connect;
@@ -353,6 +405,9 @@ int main(int argc, char **argv) {
   }
   smtps_server_local_port(host.server, 0, &implicit_port);
   smtps_server_local_port(host.server, 1, &starttls_port);
+  if (proxy_trusted != NULL) {
+    smtps_server_local_port(host.server, 2, &proxy_port);
+  }
   if (pthread_create(&committer, NULL, commit_thread, &host) != 0) {
     die("pthread_create", SMTPS_RESULT_IO);
   }
@@ -361,8 +416,7 @@ int main(int argc, char **argv) {
     if ((result = smtps_server_start(host.server)) != SMTPS_RESULT_OK) {
       die("smtps_server_start", result);
     }
-    printf("PORTS %u %u\n", (unsigned)implicit_port, (unsigned)starttls_port);
-    fflush(stdout);
+    print_ports(implicit_port, starttls_port, proxy_port);
     while (!stdin_closed()) {
     }
   } else {
@@ -370,8 +424,7 @@ int main(int argc, char **argv) {
     if ((result = smtps_server_start_polled(host.server, &fd)) != SMTPS_RESULT_OK) {
       die("smtps_server_start_polled", result);
     }
-    printf("PORTS %u %u\n", (unsigned)implicit_port, (unsigned)starttls_port);
-    fflush(stdout);
+    print_ports(implicit_port, starttls_port, proxy_port);
     for (;;) {
       struct pollfd fds[2];
       size_t dispatched = 0;

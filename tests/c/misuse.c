@@ -219,6 +219,127 @@ int main(int argc, char **argv) {
   check("server_start(free while running)", smtps_server_start(server), SMTPS_RESULT_OK);
   smtps_server_free(server);
 
+  /* PROXY protocol: configuration. */
+  server = NULL;
+  config = smtps_config_new();
+  check("add_proxy_trusted(NULL config)", smtps_config_add_proxy_trusted(NULL, "10.0.0.0/8"),
+        SMTPS_RESULT_NULL_PARAMETER);
+  check("add_proxy_trusted(NULL cidr)", smtps_config_add_proxy_trusted(config, NULL),
+        SMTPS_RESULT_NULL_PARAMETER);
+  check("add_proxy_trusted(host bits set)", smtps_config_add_proxy_trusted(config, "10.0.0.1/8"),
+        SMTPS_RESULT_INVALID_ADDRESS);
+  smtps_last_error(buf, sizeof buf, &n);
+  check_true("last_error names the bad CIDR", strstr(buf, "10.0.0.1/8") != NULL);
+  check("add_proxy_trusted(a host name)", smtps_config_add_proxy_trusted(config, "lb.example.org"),
+        SMTPS_RESULT_INVALID_ADDRESS);
+  check("add_proxy_trusted(prefix too long)", smtps_config_add_proxy_trusted(config, "::/129"),
+        SMTPS_RESULT_INVALID_ADDRESS);
+  check("set_listener_proxy(NULL config)", smtps_config_set_listener_proxy(NULL, 0, SMTPS_PROXY_REQUIRED),
+        SMTPS_RESULT_NULL_PARAMETER);
+  check("set_listener_proxy(no listener yet)",
+        smtps_config_set_listener_proxy(config, 0, SMTPS_PROXY_REQUIRED),
+        SMTPS_RESULT_INVALID_PARAMETER);
+  smtps_config_add_listener(config, "127.0.0.1:0", SMTPS_MODE_PLAIN);
+  check("set_listener_proxy(index out of range)",
+        smtps_config_set_listener_proxy(config, 1, SMTPS_PROXY_REQUIRED),
+        SMTPS_RESULT_INVALID_PARAMETER);
+  check("set_listener_proxy(bad mode)", smtps_config_set_listener_proxy(config, 0, 42),
+        SMTPS_RESULT_INVALID_PARAMETER);
+  check("set_listener_proxy(required)", smtps_config_set_listener_proxy(config, 0, SMTPS_PROXY_REQUIRED),
+        SMTPS_RESULT_OK);
+  check("server_new(PROXY listener, nothing trusted)",
+        smtps_server_new(config, &callbacks, NULL, &server), SMTPS_RESULT_PROXY_NOT_CONFIGURED);
+  smtps_last_error(buf, sizeof buf, &n);
+  check_true("last_error names the listener and the fix",
+             strstr(buf, "listener 0") != NULL &&
+                 strstr(buf, "smtps_config_add_proxy_trusted") != NULL);
+  check_true("server_out untouched on a PROXY failure", server == NULL);
+  check_true("proxy_trusts(nothing trusted) is false", !smtps_config_proxy_trusts(config, "127.0.0.1"));
+  check("add_proxy_trusted(block)", smtps_config_add_proxy_trusted(config, "127.0.0.0/8"),
+        SMTPS_RESULT_OK);
+  check("add_proxy_trusted(address)", smtps_config_add_proxy_trusted(config, "::1"), SMTPS_RESULT_OK);
+  check_true("proxy_trusts(IP)", smtps_config_proxy_trusts(config, "127.0.0.1"));
+  check_true("proxy_trusts(IP:port)", smtps_config_proxy_trusts(config, "127.0.0.1:40000"));
+  check_true("proxy_trusts([v6]:port)", smtps_config_proxy_trusts(config, "[::1]:25"));
+  check_true("proxy_trusts(v6)", smtps_config_proxy_trusts(config, "::1"));
+  check_true("proxy_trusts(untrusted) is false", !smtps_config_proxy_trusts(config, "192.0.2.1"));
+  check_true("proxy_trusts(not an IP) is false", !smtps_config_proxy_trusts(config, "localhost"));
+  check_true("proxy_trusts(NULL ip) is false", !smtps_config_proxy_trusts(config, NULL));
+  check_true("proxy_trusts(NULL config) is false", !smtps_config_proxy_trusts(NULL, "127.0.0.1"));
+  check("set_timeout(PROXY header)", smtps_config_set_timeout(config, SMTPS_TIMEOUT_PROXY_HEADER, 3000),
+        SMTPS_RESULT_OK);
+  check("server_new(PROXY listener, trusted)", smtps_server_new(config, &callbacks, NULL, &server),
+        SMTPS_RESULT_OK);
+  smtps_server_free(server);
+  server = NULL;
+  smtps_config_free(config);
+
+  /* PROXY protocol: connection level. */
+  config = smtps_config_new();
+  smtps_conn_new(config, SMTPS_MODE_PLAIN, &conn);
+  check("conn_feed(before expect)", smtps_conn_feed(conn, (const uint8_t *)"NOOP\r\n", 6, &n),
+        SMTPS_RESULT_OK);
+  check("conn_expect_proxy_header(after input)", smtps_conn_expect_proxy_header(conn),
+        SMTPS_RESULT_WRONG_STATE);
+  smtps_last_error(buf, sizeof buf, &n);
+  check_true("last_error says when to call it", strstr(buf, "smtps_conn_new") != NULL);
+  smtps_conn_free(conn);
+  smtps_conn_new(config, SMTPS_MODE_PLAIN, &conn);
+  smtps_conn_next_event(conn, &ev);
+  check("conn_expect_proxy_header(after an event)", smtps_conn_expect_proxy_header(conn),
+        SMTPS_RESULT_WRONG_STATE);
+  smtps_conn_free(conn);
+  smtps_conn_new(config, SMTPS_MODE_PLAIN, &conn);
+  check("conn_expect_proxy_header", smtps_conn_expect_proxy_header(conn), SMTPS_RESULT_OK);
+  check("conn_expect_proxy_header(twice)", smtps_conn_expect_proxy_header(conn), SMTPS_RESULT_OK);
+  s = smtps_conn_proxy_client(conn);
+  check_true("conn_proxy_client before the header is empty", s.len == 0 && s.data != NULL);
+  {
+    static const char header[] = "PROXY TCP4 192.0.2.1 198.51.100.7 56324 25\r\n";
+    smtps_bytes value = {NULL, 0};
+    check("conn_feed(v1 header)",
+          smtps_conn_feed(conn, (const uint8_t *)header, sizeof header - 1, &n), SMTPS_RESULT_OK);
+    s = smtps_conn_proxy_client(conn);
+    check_true("conn_proxy_client", s.len == 15 && memcmp(s.data, "192.0.2.1:56324", 15) == 0);
+    s = smtps_conn_proxy_destination(conn);
+    check_true("conn_proxy_destination", s.len == 15 && memcmp(s.data, "198.51.100.7:25", 15) == 0);
+    check_true("conn_proxy_tlv(v1 header) is false",
+               !smtps_conn_proxy_tlv(conn, SMTPS_PP2_TYPE_AUTHORITY, &value) && value.data == NULL);
+    check_true("conn_proxy_ssl_tlv(v1 header) is false",
+               !smtps_conn_proxy_ssl_tlv(conn, SMTPS_PP2_SUBTYPE_SSL_CN, &value));
+    check_true("conn_proxy_tlv(NULL out) is false",
+               !smtps_conn_proxy_tlv(conn, SMTPS_PP2_TYPE_AUTHORITY, NULL));
+    smtps_conn_next_event(conn, &ev);
+    check_true("CONNECT after the header", ev.kind == SMTPS_EVENT_KIND_CONNECT);
+  }
+  smtps_conn_free(conn);
+  smtps_conn_new(config, SMTPS_MODE_PLAIN, &conn);
+  smtps_conn_expect_proxy_header(conn);
+  check("conn_feed(no header)", smtps_conn_feed(conn, (const uint8_t *)"EHLO x\r\n", 8, &n),
+        SMTPS_RESULT_OK);
+  check_true("no header: closed", smtps_conn_is_closed(conn));
+  check_true("no header: reason PROXY_HEADER",
+             smtps_conn_close_reason(conn) == SMTPS_CLOSE_REASON_PROXY_HEADER);
+  smtps_conn_take_output(conn, (uint8_t *)buf, sizeof buf, &n);
+  check_true("no header: no banner", n == 0);
+  smtps_conn_free(conn);
+  smtps_config_free(config);
+  check("conn_expect_proxy_header(NULL)", smtps_conn_expect_proxy_header(NULL),
+        SMTPS_RESULT_NULL_PARAMETER);
+  s = smtps_conn_proxy_client(NULL);
+  check_true("conn_proxy_client(NULL) is empty", s.len == 0 && s.data != NULL);
+  s = smtps_conn_proxy_destination(NULL);
+  check_true("conn_proxy_destination(NULL) is empty", s.len == 0 && s.data != NULL);
+  check_true("conn_proxy_tlv(NULL) is false", !smtps_conn_proxy_tlv(NULL, SMTPS_PP2_TYPE_SSL, NULL));
+  check_true("conn_proxy_ssl_tlv(NULL) is false",
+             !smtps_conn_proxy_ssl_tlv(NULL, SMTPS_PP2_SUBTYPE_SSL_VERSION, NULL));
+  s = smtps_session_proxied_by(NULL);
+  check_true("session_proxied_by(NULL) is empty", s.len == 0 && s.data != NULL);
+  check_true("session_proxy_tlv(NULL) is false",
+             !smtps_session_proxy_tlv(NULL, SMTPS_PP2_TYPE_AUTHORITY, NULL));
+  check_true("session_proxy_ssl_tlv(NULL) is false",
+             !smtps_session_proxy_ssl_tlv(NULL, SMTPS_PP2_SUBTYPE_SSL_CN, NULL));
+
   if (argc == 3) {
     config = smtps_config_new();
     smtps_config_set_certificate_files(config, argv[1], argv[2]);

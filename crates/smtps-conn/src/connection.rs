@@ -55,6 +55,8 @@ pub struct Connection {
     proxy: ProxyStage,
     /// The PROXY header's octets: being read, then exactly the header.
     proxy_octets: Vec<u8>,
+    /// Octets from the client were taken (too late for [`Connection::expect_proxy_header`]).
+    input_taken: bool,
     timers: Timers,
 }
 
@@ -154,6 +156,7 @@ impl Connection {
             abandoned: false,
             proxy: ProxyStage::Off,
             proxy_octets: Vec::new(),
+            input_taken: false,
             reason: None,
             timers: Timers {
                 timeouts: Timeouts::default(),
@@ -179,11 +182,17 @@ impl Connection {
     /// TLS and before the session starts — within [`Timeouts::proxy_header`]. A malformed,
     /// truncated or unsupported header, or none, closes the connection without a word
     /// ([`CloseReason::ProxyHeader`]); nothing of it is applied. Call it right after
-    /// [`Connection::new`], before any other call; later it does nothing.
-    pub fn expect_proxy_header(&mut self) {
-        if self.session.is_none() && self.proxy == ProxyStage::Off && !self.transport_eof {
+    /// [`Connection::new`], before any other call.
+    ///
+    /// Returns whether the connection expects the header: true when this call (or an earlier
+    /// one) took effect, false when it came too late — after input was taken, the end of
+    /// stream, or the start of the session — and changed nothing.
+    pub fn expect_proxy_header(&mut self) -> bool {
+        if self.proxy == ProxyStage::Off && self.session.is_none() && !self.input_taken && !self.eof
+        {
             self.proxy = ProxyStage::Reading;
         }
+        self.proxy == ProxyStage::Reading
     }
 
     /// The PROXY header the client's stream began with, once read: the real client's and the
@@ -217,6 +226,7 @@ impl Connection {
             return Ok(0);
         }
         self.timers.idle_since = now;
+        self.input_taken = true;
         let header = if self.proxy == ProxyStage::Reading {
             self.read_proxy_header(data)
         } else {
@@ -277,6 +287,7 @@ impl Connection {
             return Ok(0);
         }
         self.timers.idle_since = now;
+        self.input_taken = true;
         let header = if self.proxy == ProxyStage::Reading {
             self.read_proxy_header(&buf[..n])
         } else {

@@ -560,3 +560,37 @@ fn a_client_leaving_inside_the_proxy_header_closes_the_connection() {
     assert!(conn.is_finished());
     assert_eq!(conn.close_reason(), Some(&CloseReason::ClientClosed));
 }
+
+#[test]
+fn expecting_a_proxy_header_too_late_is_refused_and_changes_nothing() {
+    let now = Instant::now();
+    let mut conn = plain(now);
+    assert!(conn.expect_proxy_header(), "right after new");
+    assert!(conn.expect_proxy_header(), "twice is still expecting");
+
+    // Once the session started (any call that polls it), a header is no longer read.
+    let mut conn = plain(now);
+    assert!(conn.poll_event().is_some(), "connect");
+    assert!(!conn.expect_proxy_header());
+
+    // Implicit TLS: a partial ClientHello taken leaves no session yet, but it is too late.
+    let mut conn =
+        Connection::new(Mode::ImplicitTls, config(), Some(acceptor()), now).expect("implicit");
+    conn.feed(now, &[0x16, 0x03, 0x01]).expect("partial hello");
+    assert!(!conn.expect_proxy_header());
+    assert!(conn.proxy_header().is_none());
+    assert!(!conn.is_closed(), "the handshake goes on: {conn:?}");
+
+    // After the header was read.
+    let mut conn = proxied(now);
+    conn.feed(now, b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 25\r\n")
+        .expect("feed");
+    assert!(conn.proxy_header().is_some());
+    assert!(!conn.expect_proxy_header());
+
+    // After the client's end of stream.
+    let mut conn =
+        Connection::new(Mode::ImplicitTls, config(), Some(acceptor()), now).expect("implicit");
+    conn.feed_eof();
+    assert!(!conn.expect_proxy_header());
+}

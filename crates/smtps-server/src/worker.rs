@@ -333,10 +333,8 @@ impl<H: Handler> Worker<H> {
             }
         };
         conn.set_timeouts(shared.config.timeouts);
-        let awaiting_header = admission == Admission::ExpectHeader;
-        if awaiting_header {
-            conn.expect_proxy_header();
-        }
+        // Right after `new`, expecting the header always takes effect.
+        let awaiting_header = admission == Admission::ExpectHeader && conn.expect_proxy_header();
         let index = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use smtps_relay::backend::Identity;
 use smtps_server::{Mode, Network, Untrusted};
 
 /// The text `--help` prints.
@@ -55,6 +56,15 @@ LISTENERS AND CERTIFICATES:
 DELIVERY AND AUTH:
     --maildir PATH              deliver into this Maildir (created if missing)
     --sink                      accept and discard every message (for benchmarks)
+    --relay smtp://HOST:PORT[+xclient|+proxy-v2][+starttls]
+                                relay each transaction in real time to a backend MTA (an
+                                unmodified Postfix or Exim): its verdicts, its queue. +xclient
+                                names the client with XCLIENT (Postfix
+                                smtpd_authorized_xclient_hosts), +proxy-v2 with a PROXY v2
+                                header (Postfix smtpd_upstream_proxy_protocol, Exim
+                                hosts_proxy); +starttls speaks TLS to a remote backend,
+                                verified against --relay-ca
+    --relay-ca FILE             CA certificates (PEM) for the backend's certificate
     --users FILE                AUTH PLAIN/LOGIN users, one `name:$argon2id$...` a line
     --hostname NAME             our name in the greeting and Received: headers
                                 (default: the system's host name)
@@ -164,6 +174,22 @@ pub enum SpoolOption {
     Maildir(PathBuf),
     /// `--sink`.
     Sink,
+    /// `--relay`.
+    Relay(RelayTarget),
+}
+
+/// One `--relay smtp://HOST:PORT[+xclient|+proxy-v2][+starttls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayTarget {
+    /// `HOST:PORT`.
+    pub address: String,
+    /// How the backend learns the client.
+    pub identity: Identity,
+    /// STARTTLS to the backend.
+    pub starttls: bool,
+    /// `--relay-ca`: the CA bundle that verifies the backend.
+    pub ca: Option<PathBuf>,
 }
 
 /// Size and count limits; `None` keeps the server's default.
@@ -330,8 +356,10 @@ pub enum ConfigError {
         /// The first listener that needs one.
         listener: SocketAddr,
     },
-    /// Neither `--maildir` nor `--sink` (nor `--dev`).
+    /// Neither `--maildir` nor `--sink` nor `--relay` (nor `--dev`).
     NoSpool,
+    /// `--relay ...+starttls` without `--relay-ca`, or the reverse.
+    RelayCa,
     /// A `+proxy` listener, but no `--proxy-trusted`.
     NoProxyTrusted {
         /// The first `+proxy` listener.
@@ -389,7 +417,13 @@ impl fmt::Display for ConfigError {
             ),
             Self::NoSpool => write!(
                 f,
-                "no delivery target: pass --maildir PATH, or --sink to discard messages"
+                "no delivery target: pass --maildir PATH, --relay smtp://HOST:PORT, \
+                 or --sink to discard messages"
+            ),
+            Self::RelayCa => write!(
+                f,
+                "--relay ...+starttls needs --relay-ca FILE (the CA that signed the backend's \
+                 certificate), and --relay-ca is only for +starttls"
             ),
             Self::NoProxyTrusted { listener } => write!(
                 f,
@@ -438,6 +472,8 @@ impl Flag {
         Flag::value("--log-level"),
         Flag::value("--proxy-trusted"),
         Flag::value("--ticket-keys"),
+        Flag::value("--relay"),
+        Flag::value("--relay-ca"),
     ];
 
     const fn switch(name: &'static str) -> Self {
@@ -465,6 +501,8 @@ impl Flag {
 struct Builder {
     dev: bool,
     sink: bool,
+    relay: Option<RelayTarget>,
+    relay_ca: Option<PathBuf>,
     no_resumption: bool,
     ticket_keys: Option<PathBuf>,
     proxy_trusted: Vec<Network>,
@@ -507,6 +545,7 @@ impl Builder {
             "--maildir" => set_once(flag, &mut self.maildir, PathBuf::from(value))?,
             "--users" => set_once(flag, &mut self.users, PathBuf::from(value))?,
             "--ticket-keys" => set_once(flag, &mut self.ticket_keys, PathBuf::from(value))?,
+            "--relay-ca" => set_once(flag, &mut self.relay_ca, PathBuf::from(value))?,
             _ => self.take_text(flag, text(flag, &value)?)?,
         }
         Ok(())
@@ -534,6 +573,7 @@ impl Builder {
                 })?;
                 self.proxy_trusted.push(network);
             }
+            "--relay" => set_once(flag, &mut self.relay, parse_relay(value)?)?,
             "--workers" => set_once(flag, &mut self.workers, count(flag, value)?)?,
             "--hostname" => set_once(flag, &mut self.hostname, parse_hostname(value)?)?,
             "--max-message-size" => {
@@ -566,25 +606,47 @@ impl Builder {
         Ok(())
     }
 
-    fn finish(self) -> Result<Options, ConfigError> {
+    fn finish(mut self) -> Result<Options, ConfigError> {
         if let Some(chain) = self.pending_cert {
             return Err(ConfigError::UnpairedCertificate {
                 flag: "--cert",
                 value: chain.display().to_string(),
             });
         }
-        let spool = match (self.maildir, self.sink) {
-            (Some(_), true) => {
+        let spool = match (self.maildir, self.sink, self.relay) {
+            (Some(_), true, _) => {
                 return Err(ConfigError::Conflict {
                     first: "--maildir",
                     second: "--sink",
                 });
             }
-            (Some(path), false) => SpoolOption::Maildir(path),
-            (None, true) => SpoolOption::Sink,
-            (None, false) if self.dev => SpoolOption::Maildir(PathBuf::from("./maildir")),
-            (None, false) => return Err(ConfigError::NoSpool),
+            (Some(_), _, Some(_)) => {
+                return Err(ConfigError::Conflict {
+                    first: "--maildir",
+                    second: "--relay",
+                });
+            }
+            (None, true, Some(_)) => {
+                return Err(ConfigError::Conflict {
+                    first: "--sink",
+                    second: "--relay",
+                });
+            }
+            (Some(path), false, None) => SpoolOption::Maildir(path),
+            (None, true, None) => SpoolOption::Sink,
+            (None, false, Some(mut relay)) => {
+                if relay.starttls != self.relay_ca.is_some() {
+                    return Err(ConfigError::RelayCa);
+                }
+                relay.ca = self.relay_ca.take();
+                SpoolOption::Relay(relay)
+            }
+            (None, false, None) if self.dev => SpoolOption::Maildir(PathBuf::from("./maildir")),
+            (None, false, None) => return Err(ConfigError::NoSpool),
         };
+        if self.relay_ca.is_some() {
+            return Err(ConfigError::RelayCa);
+        }
         let mut listeners = self.listeners;
         if listeners.is_empty() {
             if !self.dev {
@@ -710,6 +772,38 @@ fn parse_listener(value: &str) -> Result<Listener, ConfigError> {
         )
     })?;
     Ok(Listener { addr, mode, proxy })
+}
+
+/// `smtp://HOST:PORT[+xclient|+proxy-v2][+starttls]`.
+fn parse_relay(value: &str) -> Result<RelayTarget, ConfigError> {
+    const EXPECTED: &str = "smtp://HOST:PORT with optional +xclient or +proxy-v2 and +starttls, \
+                            e.g. smtp://127.0.0.1:10025+xclient";
+    let Some(rest) = value.strip_prefix("smtp://") else {
+        return Err(invalid("--relay", value, EXPECTED));
+    };
+    let mut parts = rest.split('+');
+    let address = parts.next().unwrap_or_default();
+    let port_ok = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok {
+        return Err(invalid("--relay", value, EXPECTED));
+    }
+    let mut target = RelayTarget {
+        address: address.to_owned(),
+        identity: Identity::None,
+        starttls: false,
+        ca: None,
+    };
+    for option in parts {
+        match option {
+            "xclient" if target.identity == Identity::None => target.identity = Identity::Xclient,
+            "proxy-v2" if target.identity == Identity::None => target.identity = Identity::ProxyV2,
+            "starttls" if !target.starttls => target.starttls = true,
+            _ => return Err(invalid("--relay", value, EXPECTED)),
+        }
+    }
+    Ok(target)
 }
 
 /// A host name for the greeting: letters, digits, `-` and `.`, at most 255 characters, no
@@ -987,6 +1081,32 @@ mod tests {
     }
 
     #[test]
+    fn relay_targets_parse_with_their_options() {
+        let o = run(&["--dev", "--relay", "smtp://127.0.0.1:10025+xclient"]);
+        assert_eq!(
+            o.spool,
+            SpoolOption::Relay(RelayTarget {
+                address: "127.0.0.1:10025".into(),
+                identity: Identity::Xclient,
+                starttls: false,
+                ca: None,
+            })
+        );
+        let o = run(&[
+            "--dev",
+            "--relay=smtp://mx.internal:25+proxy-v2+starttls",
+            "--relay-ca",
+            "/etc/ssl/internal-ca.pem",
+        ]);
+        let SpoolOption::Relay(target) = o.spool else {
+            panic!("relay");
+        };
+        assert_eq!(target.identity, Identity::ProxyV2);
+        assert!(target.starttls);
+        assert_eq!(target.ca, Some(PathBuf::from("/etc/ssl/internal-ca.pem")));
+    }
+
+    #[test]
     fn resumption_is_on_unless_turned_off() {
         let args = ["--listen", "127.0.0.1:2525=plain", "--sink"];
         assert!(!run(&args).no_resumption);
@@ -1102,6 +1222,29 @@ mod tests {
                 "--no-resumption and --ticket-keys exclude each other",
             ),
             (&["gen-ticket-key", "now"], "unexpected argument \"now\""),
+            (
+                &["--dev", "--relay", "127.0.0.1:25"],
+                "for --relay: expected smtp://",
+            ),
+            (&["--dev", "--relay", "smtp://127.0.0.1"], "for --relay"),
+            (&["--dev", "--relay", "smtp://[::1]:0"], "for --relay"),
+            (
+                &["--dev", "--relay", "smtp://h:25+xclient+proxy-v2"],
+                "for --relay",
+            ),
+            (&["--dev", "--relay", "smtp://h:25+tls"], "for --relay"),
+            (
+                &["--dev", "--maildir", "m", "--relay", "smtp://h:25"],
+                "--maildir and --relay exclude each other",
+            ),
+            (
+                &["--dev", "--relay", "smtp://h:25+starttls"],
+                "needs --relay-ca FILE",
+            ),
+            (
+                &["--dev", "--relay", "smtp://h:25", "--relay-ca", "ca.pem"],
+                "needs --relay-ca FILE",
+            ),
         ];
         for (args, needle) in cases {
             let message = error(args).to_string();

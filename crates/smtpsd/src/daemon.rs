@@ -13,10 +13,12 @@ use smtps_server::{
 };
 use smtps_tls::{CertificateSource, SessionTickets, TicketKeys, TlsAcceptor, TlsSettings};
 
-use crate::config::{Options, SpoolOption};
+use crate::config::{Options, RelayTarget, SpoolOption};
 use crate::maildir::{Delivery, DeliveryError, Maildir, Spool};
 use crate::users::UserFile;
+use smtps_relay::backend::BackendConfig;
 use smtps_relay::received::Received;
+use smtps_relay::relay::{Authenticator, Relay};
 
 /// Files in the Maildir's `tmp/` older than this are leftovers of a crash (the Maildir
 /// convention).
@@ -42,6 +44,8 @@ pub enum StartError {
     Users(crate::users::UsersError),
     /// The ticket key file could not be used.
     TicketKeys(crate::ticket_keys::TicketKeyError),
+    /// The `--relay-ca` file could not be used.
+    RelayCa(PathBuf, String),
     /// A listener could not be opened, or the loop could not start.
     Server(smtps_server::Error),
 }
@@ -54,6 +58,12 @@ impl fmt::Display for StartError {
             Self::Maildir(e) => write!(f, "{e}"),
             Self::Users(e) => write!(f, "{e}"),
             Self::TicketKeys(e) => write!(f, "{e}"),
+            Self::RelayCa(path, reason) => write!(
+                f,
+                "cannot use {} as --relay-ca: {reason}; give the PEM certificates of the CA that \
+                 signed the backend's certificate",
+                path.display()
+            ),
             Self::Server(e) => write!(f, "{e}"),
         }
     }
@@ -63,7 +73,7 @@ impl std::error::Error for StartError {}
 
 /// A server built from the options, ready to run.
 pub struct Daemon {
-    server: Server<Delivering>,
+    server: Host,
     tls: Option<Arc<TlsAcceptor>>,
     ticket_keys: Option<(PathBuf, Arc<TicketKeys>)>,
     /// The development certificate, when one was generated.
@@ -119,6 +129,7 @@ impl Daemon {
             }
         };
         let spool = match &options.spool {
+            SpoolOption::Relay(_) => None,
             SpoolOption::Maildir(path) => {
                 let maildir = Maildir::open_or_create(path)
                     .map_err(StartError::Maildir)?
@@ -130,9 +141,9 @@ impl Daemon {
                         path.display()
                     );
                 }
-                Spool::Maildir(maildir)
+                Some(Spool::Maildir(maildir))
             }
-            _ => Spool::Sink,
+            _ => Some(Spool::Sink),
         };
         let users = match &options.users {
             Some(path) => Some(Arc::new(UserFile::load(path).map_err(StartError::Users)?)),
@@ -178,8 +189,22 @@ impl Daemon {
         if let Some(t) = timeouts.session {
             config.timeouts.session = t;
         }
-        let handler = Delivering::new(spool, users, options.hostname.clone());
-        let server = Server::bind(config, handler).map_err(StartError::Server)?;
+        let server = match (spool, &options.spool) {
+            (Some(spool), _) => {
+                let handler = Delivering::new(spool, users, options.hostname.clone());
+                Host::Deliver(Server::bind(config, handler).map_err(StartError::Server)?)
+            }
+            (None, SpoolOption::Relay(target)) => {
+                // The relay sends DATA: binary bodies could not reach the backend.
+                config.session.extensions = config
+                    .session
+                    .extensions
+                    .without(smtps_proto::Extensions::BINARY_MIME);
+                let relay = relay(target, &options.hostname, users)?;
+                Host::Relay(Server::bind(config, relay).map_err(StartError::Server)?)
+            }
+            (None, _) => unreachable!("only --relay has no spool"),
+        };
         Ok(Self {
             server,
             tls,
@@ -200,13 +225,19 @@ impl Daemon {
     /// The bound addresses, in the order of the options' listeners.
     #[must_use]
     pub fn local_addrs(&self) -> &[std::net::SocketAddr] {
-        self.server.local_addrs()
+        match &self.server {
+            Host::Deliver(server) => server.local_addrs(),
+            Host::Relay(server) => server.local_addrs(),
+        }
     }
 
     /// A handle for shutting down.
     #[must_use]
     pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
+        match &self.server {
+            Host::Deliver(server) => server.handle(),
+            Host::Relay(server) => server.handle(),
+        }
     }
 
     /// Serves until shut down.
@@ -214,7 +245,63 @@ impl Daemon {
     /// # Errors
     /// A worker failure.
     pub fn run(self) -> Result<(), smtps_server::Error> {
-        self.server.run()
+        match self.server {
+            Host::Deliver(server) => server.run(),
+            Host::Relay(server) => server.run(),
+        }
+    }
+}
+
+/// The server with its host: delivering into the spool, or relaying to a backend.
+enum Host {
+    Deliver(Server<Delivering>),
+    Relay(Server<Relay>),
+}
+
+/// The relay front for `--relay`.
+fn relay(
+    target: &RelayTarget,
+    hostname: &str,
+    users: Option<Arc<UserFile>>,
+) -> Result<Relay, StartError> {
+    let mut backend = BackendConfig::new(target.address.clone(), hostname);
+    backend.identity = target.identity;
+    if let Some(ca) = &target.ca {
+        backend.starttls = Some(backend_tls(ca)?);
+    }
+    let mut relay = Relay::new(backend, hostname);
+    if let Some(users) = users {
+        relay = relay.with_authenticator(users);
+    }
+    Ok(relay)
+}
+
+/// A TLS client configuration trusting the CA certificates in `ca` (PEM).
+fn backend_tls(ca: &std::path::Path) -> Result<Arc<smtps_tls::rustls::ClientConfig>, StartError> {
+    use smtps_tls::rustls;
+    use smtps_tls::rustls::pki_types::CertificateDer;
+    use smtps_tls::rustls::pki_types::pem::PemObject;
+    let bad = |reason: String| StartError::RelayCa(ca.to_owned(), reason);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+impl Authenticator for UserFile {
+    fn verify(&self, user: &str, password: &[u8]) -> bool {
+        UserFile::verify(self, user, password)
     }
 }
 

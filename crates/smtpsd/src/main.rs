@@ -119,6 +119,7 @@ fn print_dev_instructions(
 ) {
     let maildir = match &options.spool {
         config::SpoolOption::Maildir(path) => path.display().to_string(),
+        config::SpoolOption::Relay(target) => format!("the backend at {}", target.address),
         _ => "(sink: messages are discarded)".to_owned(),
     };
     let implicit = options
