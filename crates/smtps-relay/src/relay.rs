@@ -27,18 +27,12 @@ use smtps_proto::{
 };
 use smtps_server::{Answer, CloseReason, Context, Credentials, Handler, Responder, SessionInfo};
 
+use crate::auth::{Authenticator, authenticate};
 use crate::backend::{Backend, BackendConfig, BackendError, ClientIdentity};
 use crate::body::DataEncoder;
 use crate::params::{MailParams, RcptParams, mail_command, rcpt_command};
 use crate::received::Received;
 use crate::reply::BackendReply;
-
-/// Checks AUTH credentials for the front (the backend learns the user through XCLIENT LOGIN).
-pub trait Authenticator: Send + Sync + 'static {
-    /// Whether `password` is `user`'s. May take time (a password hash): it runs on a thread
-    /// of its own, never on a worker.
-    fn verify(&self, user: &str, password: &[u8]) -> bool;
-}
 
 /// The relay front: a [`Handler`] relaying each transaction to one backend.
 pub struct Relay {
@@ -171,31 +165,7 @@ impl Handler for Relay {
         cx: &mut Context<'_>,
         credentials: &Credentials<'_>,
     ) -> Answer {
-        let refused = || {
-            Answer::Reject(Reply::new(
-                ReplyCode::AUTH_INVALID,
-                EnhancedStatus::new(5, 7, 8),
-                "Authentication credentials invalid",
-            ))
-        };
-        let Some(authenticator) = &self.authenticator else {
-            return refused();
-        };
-        if !credentials.authorization_id.is_empty()
-            && credentials.authorization_id != credentials.authentication_id
-        {
-            return refused();
-        }
-        let Some(responder) = cx.defer() else {
-            return refused();
-        };
-        verify_in_background(
-            Arc::clone(authenticator),
-            credentials.authentication_id.to_owned(),
-            credentials.password.as_bytes().to_vec(),
-            responder,
-        );
-        Answer::Deferred
+        authenticate(self.authenticator.as_ref(), cx, credentials)
     }
 
     fn mail(
@@ -309,33 +279,6 @@ impl Handler for Relay {
         // Dropping the queue ends the thread: QUIT between transactions, a plain close in the
         // middle of one (no final dot, so nothing half-sent is delivered).
         drop(session);
-    }
-}
-
-/// Verifies AUTH off the worker and answers `235` or `535 5.7.8`.
-pub fn verify_in_background(
-    authenticator: Arc<dyn Authenticator>,
-    user: String,
-    password: Vec<u8>,
-    responder: Responder,
-) {
-    let spawned = std::thread::Builder::new()
-        .name("smtps-auth".into())
-        .spawn(move || {
-            if authenticator.verify(&user, &password) {
-                responder.accept();
-            } else {
-                log::warn!("smtps: authentication failed for {user:?}");
-                responder.reject(Reply::new(
-                    ReplyCode::AUTH_INVALID,
-                    EnhancedStatus::new(5, 7, 8),
-                    "Authentication credentials invalid",
-                ));
-            }
-        });
-    if let Err(error) = spawned {
-        // The responder went down with the closure: it answers 451 by itself.
-        log::error!("smtps: cannot start an authentication thread: {error}");
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use smtps_proto::SessionConfig;
 use smtps_relay::backend::{BackendConfig, Identity};
-use smtps_relay::relay::{Authenticator, Relay};
+use smtps_relay::auth::Authenticator;
+use smtps_relay::relay::Relay;
 use smtps_server::{Mode, RunningServer, Server, ServerConfig};
 use smtps_testkit::{IO_TIMEOUT, SmtpClient, acceptor, client_config};
 

@@ -16,9 +16,10 @@ use smtps_tls::{CertificateSource, SessionTickets, TicketKeys, TlsAcceptor, TlsS
 use crate::config::{Options, RelayTarget, SpoolOption};
 use crate::maildir::{Delivery, DeliveryError, Maildir, Spool};
 use crate::users::UserFile;
+use smtps_relay::auth::{Authenticator, authenticate};
 use smtps_relay::backend::BackendConfig;
 use smtps_relay::received::Received;
-use smtps_relay::relay::{Authenticator, Relay};
+use smtps_relay::relay::Relay;
 
 /// Files in the Maildir's `tmp/` older than this are leftovers of a crash (the Maildir
 /// convention).
@@ -145,7 +146,7 @@ impl Daemon {
             }
             _ => Some(Spool::Sink),
         };
-        let users = match &options.users {
+        let users: Option<Arc<dyn Authenticator>> = match &options.users {
             Some(path) => Some(Arc::new(UserFile::load(path).map_err(StartError::Users)?)),
             None => None,
         };
@@ -262,7 +263,7 @@ enum Host {
 fn relay(
     target: &RelayTarget,
     hostname: &str,
-    users: Option<Arc<UserFile>>,
+    users: Option<Arc<dyn Authenticator>>,
 ) -> Result<Relay, StartError> {
     let mut backend = BackendConfig::new(target.address.clone(), hostname);
     backend.identity = target.identity;
@@ -358,13 +359,13 @@ fn certificate_names(chain: &PathBuf, key: &PathBuf) -> Result<Vec<String>, Star
 /// `250` only after the message is durable.
 pub struct Delivering {
     spool: Spool,
-    users: Option<Arc<UserFile>>,
+    users: Option<Arc<dyn Authenticator>>,
     hostname: String,
     commits: Mutex<mpsc::Sender<(Delivery, Responder)>>,
 }
 
 impl Delivering {
-    fn new(spool: Spool, users: Option<Arc<UserFile>>, hostname: String) -> Self {
+    fn new(spool: Spool, users: Option<Arc<dyn Authenticator>>, hostname: String) -> Self {
         let (sender, receiver) = mpsc::channel::<(Delivery, Responder)>();
         let receiver = Arc::new(Mutex::new(receiver));
         for index in 0..COMMITTERS {
@@ -438,43 +439,7 @@ impl Handler for Delivering {
         cx: &mut Context<'_>,
         credentials: &Credentials<'_>,
     ) -> Answer {
-        let Some(users) = &self.users else {
-            return Answer::Reject(auth_failed());
-        };
-        // smtpsd has no rules for acting as another user (RFC 4616 §2): an authorization
-        // identity other than the user's own is refused.
-        if !credentials.authorization_id.is_empty()
-            && credentials.authorization_id != credentials.authentication_id
-        {
-            log::warn!(
-                "smtpsd: {:?} asked to act as {:?}: refused",
-                credentials.authentication_id,
-                credentials.authorization_id
-            );
-            return Answer::Reject(auth_failed());
-        }
-        let Some(responder) = cx.defer() else {
-            return Answer::Reject(auth_failed());
-        };
-        // argon2 costs tens of milliseconds: verify off the worker thread.
-        let users = Arc::clone(users);
-        let user = credentials.authentication_id.to_owned();
-        let password = credentials.password.as_bytes().to_vec();
-        let spawned = std::thread::Builder::new()
-            .name("smtpsd-auth".into())
-            .spawn(move || {
-                if users.verify(&user, &password) {
-                    responder.accept();
-                } else {
-                    log::warn!("smtpsd: authentication failed for {user:?}");
-                    responder.reject(auth_failed());
-                }
-            });
-        if let Err(error) = spawned {
-            // The responder went down with the closure: it answers 451 by itself.
-            log::error!("smtpsd: cannot start an authentication thread: {error}");
-        }
-        Answer::Deferred
+        authenticate(self.users.as_ref(), cx, credentials)
     }
 
     fn data_start(&self, session: &mut Session, cx: &mut Context<'_>) -> Answer {
@@ -561,12 +526,4 @@ impl Handler for Delivering {
     fn disconnect(&self, session: Session, _cx: &mut Context<'_>, _reason: CloseReason) {
         drop(session);
     }
-}
-
-fn auth_failed() -> Reply {
-    Reply::new(
-        smtps_proto::ReplyCode::AUTH_INVALID,
-        smtps_proto::EnhancedStatus::new(5, 7, 8),
-        "Authentication credentials invalid",
-    )
 }
