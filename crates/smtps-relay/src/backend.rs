@@ -257,7 +257,28 @@ impl Backend {
     /// I/O, timeout, or a malformed reply.
     pub fn command(&mut self, line: &str) -> Result<BackendReply, BackendError> {
         self.send(line)?;
-        self.reply()
+        self.last_reply()
+    }
+
+    /// Reads the reply to the last command sent: nothing may follow it (a second reply would
+    /// answer the next command and shift every verdict after it).
+    ///
+    /// # Errors
+    /// As [`Backend::reply`], and [`ReplyError::Unsolicited`] for octets after it.
+    pub fn last_reply(&mut self) -> Result<BackendReply, BackendError> {
+        let reply = self.reply()?;
+        self.expect_nothing_buffered()?;
+        Ok(reply)
+    }
+
+    fn expect_nothing_buffered(&self) -> Result<(), BackendError> {
+        match self.reader.buffer() {
+            [] => Ok(()),
+            extra => Err(ReplyError::Unsolicited(
+                String::from_utf8_lossy(&extra[..extra.len().min(64)]).into_owned(),
+            )
+            .into()),
+        }
     }
 
     /// Sends one command line without reading its reply (PIPELINING, RFC 2920).
@@ -294,7 +315,7 @@ impl Backend {
     pub fn end_of_data(&mut self) -> Result<BackendReply, BackendError> {
         self.reader.get_mut().flush()?;
         self.set_timeout(self.data_timeout)?;
-        let reply = self.reply();
+        let reply = self.last_reply();
         self.set_timeout(self.command_timeout)?;
         reply
     }
@@ -364,16 +385,11 @@ impl Backend {
         if !self.capabilities.starttls {
             return Err(BackendError::Missing("STARTTLS"));
         }
+        // `command` refuses octets after the 220: they would be plaintext injected into the
+        // TLS session (CVE-2011-0411 from the other side).
         let reply = self.command("STARTTLS")?;
         if reply.code != 220 {
             return Err(BackendError::Refused("STARTTLS", reply));
-        }
-        // Anything the backend sent after its 220 would be injected plaintext (CVE-2011-0411
-        // from the other side): refuse it.
-        if !self.reader.buffer().is_empty() {
-            return Err(BackendError::Tls(
-                "the backend sent octets after its 220 to STARTTLS".into(),
-            ));
         }
         let name = config
             .server_name

@@ -436,7 +436,7 @@ impl State<'_> {
                     backend.send("RSET")?;
                     backend.send(&line)?;
                     backend.reply()?;
-                    return backend.reply().map(|r| verdict(&r));
+                    return backend.last_reply().map(|r| verdict(&r));
                 }
                 backend.command("RSET")?;
             }

@@ -34,6 +34,8 @@ pub enum ReplyError {
     LineTooLong,
     /// More than [`MAX_LINES`] lines.
     TooManyLines,
+    /// Octets came after a reply that nothing had asked for (starting with these).
+    Unsolicited(String),
     /// A continuation line has another code than the first.
     CodeChanged {
         /// The first line's code.
@@ -49,6 +51,7 @@ impl fmt::Display for ReplyError {
             Self::Malformed(line) => write!(f, "malformed reply line {line:?}"),
             Self::LineTooLong => write!(f, "reply line over {MAX_LINE} octets"),
             Self::TooManyLines => write!(f, "reply of more than {MAX_LINES} lines"),
+            Self::Unsolicited(start) => write!(f, "unsolicited octets after a reply: {start:?}"),
             Self::CodeChanged { first, then } => {
                 write!(
                     f,

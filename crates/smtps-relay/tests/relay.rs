@@ -10,8 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use smtps_proto::SessionConfig;
-use smtps_relay::backend::{BackendConfig, Identity};
 use smtps_relay::auth::Authenticator;
+use smtps_relay::backend::{BackendConfig, Identity};
 use smtps_relay::relay::Relay;
 use smtps_server::{Mode, RunningServer, Server, ServerConfig};
 use smtps_testkit::{IO_TIMEOUT, SmtpClient, acceptor, client_config};
@@ -27,6 +27,8 @@ struct Script {
     close_at_end_of_data: bool,
     /// Answer MAIL with this malformed line.
     garbage_at_mail: bool,
+    /// Answer MAIL twice.
+    two_replies_to_mail: bool,
 }
 
 /// What the backend saw: per connection, everything it read.
@@ -105,6 +107,8 @@ fn converse(stream: TcpStream, script: &Script, seen: &Mutex<Seen>) {
             say("220 backend.test ESMTP\r\n");
         } else if text.starts_with("MAIL") && script.garbage_at_mail {
             say("2x0 what\r\n");
+        } else if text.starts_with("MAIL") && script.two_replies_to_mail {
+            say("250 2.1.0 Ok\r\n250 2.1.5 this would answer the RCPT\r\n");
         } else if text.starts_with("MAIL") {
             say("250 2.1.0 Ok\r\n");
         } else if text.starts_with("RCPT") && text.contains("NOBODY") {
@@ -369,6 +373,21 @@ fn malformed_backend_reply_gives_451() {
         c.command("MAIL FROM:<a@client.test>")
             .starts_with("451 4.4.2")
     );
+}
+
+#[test]
+fn a_second_reply_the_backend_was_not_asked_for_gives_451_not_a_shifted_verdict() {
+    let backend = backend(Script {
+        two_replies_to_mail: true,
+        ..Script::default()
+    });
+    let front = front(backend.addr, Identity::None);
+    let mut c = client(&front);
+    assert!(
+        c.command("MAIL FROM:<a@client.test>")
+            .starts_with("451 4.4.2")
+    );
+    assert!(c.command("RCPT TO:<b@backend.test>").starts_with("503"));
 }
 
 #[test]
