@@ -369,11 +369,21 @@ impl Backend {
     }
 
     fn ehlo(&mut self) -> Result<(), BackendError> {
-        let reply = self.command(&format!("EHLO {}", self.helo_name))?;
+        let name = self.helo_name.clone();
+        self.greet("EHLO", &name)
+    }
+
+    /// `EHLO name` (the capabilities come from its reply) or `HELO name` (none).
+    fn greet(&mut self, verb: &'static str, name: &str) -> Result<(), BackendError> {
+        let reply = self.command(&format!("{verb} {name}"))?;
         if !reply.is_positive() {
-            return Err(BackendError::Refused("EHLO", reply));
+            return Err(BackendError::Refused(verb, reply));
         }
-        self.capabilities = Capabilities::from_ehlo(&reply);
+        self.capabilities = if verb == "EHLO" {
+            Capabilities::from_ehlo(&reply)
+        } else {
+            Capabilities::default()
+        };
         Ok(())
     }
 
@@ -460,7 +470,14 @@ impl Backend {
             }
         }
         self.sent_identity = Some(client.clone());
-        self.ehlo()
+        // XCLIENT resets the session: greet again as the client did, with its name (Postfix's
+        // XCLIENT_README), or the next EHLO would replace the HELO name XCLIENT just gave and
+        // every HELO restriction would judge the front instead of the client.
+        match &client.helo {
+            Some(name) if !client.extended => self.greet("HELO", name),
+            Some(name) => self.greet("EHLO", name),
+            None => self.ehlo(),
+        }
     }
 }
 

@@ -103,6 +103,8 @@ fn converse(stream: TcpStream, script: &Script, seen: &Mutex<Seen>) {
             }
             reply.push_str("250 ENHANCEDSTATUSCODES\r\n");
             say(&reply);
+        } else if text.starts_with("HELO") {
+            say("250 backend.test\r\n");
         } else if text.starts_with("XCLIENT") {
             say("220 backend.test ESMTP\r\n");
         } else if text.starts_with("MAIL") && script.garbage_at_mail {
@@ -289,9 +291,32 @@ fn xclient_names_the_client_its_helo_and_login() {
     ] {
         assert!(xclient.contains(attribute), "{attribute} in {xclient}");
     }
-    // XCLIENT, then EHLO again, then MAIL.
-    let order: Vec<&str> = wire.lines().map(|l| &l[..4]).collect();
-    assert_eq!(order, ["EHLO", "XCLI", "EHLO", "MAIL"]);
+    // XCLIENT, then EHLO again with the client's own name (a front-named EHLO would replace
+    // the HELO that XCLIENT gave), then MAIL.
+    let lines: Vec<&str> = wire.lines().collect();
+    assert_eq!(lines[0], "EHLO front.test");
+    assert!(lines[1].starts_with("XCLIENT "));
+    assert_eq!(lines[2], "EHLO client.test");
+    assert!(lines[3].starts_with("MAIL FROM:"));
+    assert_eq!(lines.len(), 4);
+}
+
+#[test]
+fn xclient_for_a_helo_client_says_proto_smtp_and_greets_with_helo() {
+    let backend = backend(Script {
+        extensions: vec!["XCLIENT NAME ADDR PORT PROTO HELO LOGIN"],
+        ..Script::default()
+    });
+    let front = front(backend.addr, Identity::Xclient);
+    let mut c = SmtpClient::connect_tls(front.addr, &client_config());
+    assert!(c.reply().starts_with("220"));
+    assert!(c.command("HELO old.client.test").starts_with("250"));
+    assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
+    let seen = backend.seen.lock().unwrap();
+    let wire = String::from_utf8_lossy(&seen.connections[0]).into_owned();
+    let lines: Vec<&str> = wire.lines().collect();
+    assert!(lines[1].contains("PROTO=SMTP") && lines[1].contains("HELO=old.client.test"));
+    assert_eq!(lines[2], "HELO old.client.test");
 }
 
 #[test]
