@@ -186,6 +186,7 @@ pub struct Backend {
     identity: Identity,
     command_timeout: Duration,
     data_timeout: Duration,
+    /// The name this connection's EHLO gives.
     helo_name: String,
 }
 
@@ -215,7 +216,13 @@ impl Backend {
             identity: config.identity,
             command_timeout: config.command_timeout,
             data_timeout: config.data_timeout,
-            helo_name: config.helo_name.clone(),
+            // With a PROXY header the backend takes the connection for the client's own, so
+            // it gets the client's name too (Exim logs and checks `helo=`); otherwise the
+            // front introduces itself (and, with XCLIENT, the client after it).
+            helo_name: match (config.identity, &client.helo) {
+                (Identity::ProxyV2, Some(name)) => name.clone(),
+                _ => config.helo_name.clone(),
+            },
         };
         if config.identity == Identity::ProxyV2 {
             let header = proxy_v2_header(client.addr, client.local);

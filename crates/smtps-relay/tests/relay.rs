@@ -343,11 +343,19 @@ fn proxy_v2_header_names_the_client_before_the_greeting() {
     let header = &seen.connections[0][..28];
     assert_eq!(&header[..13], b"\r\n\r\n\0\r\nQUIT\n\x21");
     assert_eq!(&header[16..20], &[127, 0, 0, 1], "the client's address");
-    assert_eq!(&header[24..26], &c_port(&header[24..26]).to_be_bytes());
-}
-
-fn c_port(bytes: &[u8]) -> u16 {
-    u16::from_be_bytes([bytes[0], bytes[1]])
+    assert_eq!(
+        &header[20..24],
+        &[127, 0, 0, 1],
+        "the address it connected to"
+    );
+    assert_eq!(
+        &header[26..28],
+        &front.addr.port().to_be_bytes(),
+        "the front's port"
+    );
+    // The backend takes the connection for the client's: it gets the client's name too.
+    let wire = String::from_utf8_lossy(&seen.connections[0][28..]).into_owned();
+    assert_eq!(wire.lines().next(), Some("EHLO client.test"));
 }
 
 #[test]
