@@ -410,6 +410,14 @@ impl Connection {
     /// progress is aborted, and the connection closes once the output is sent. Before the
     /// session began (during the implicit-TLS handshake) it just closes.
     pub fn close(&mut self, reply: &Reply, reason: CloseReason) {
+        if self.proxy == ProxyStage::Reading {
+            // Nothing has spoken yet, not even TLS: close as a bad header does, in silence.
+            self.reason.get_or_insert(reason);
+            self.dead = true;
+            self.abandon_output();
+            self.advance();
+            return;
+        }
         self.advance();
         if !self.is_closed() {
             self.reason.get_or_insert(reason);

@@ -536,6 +536,21 @@ fn a_bad_or_missing_proxy_header_closes_without_a_banner() {
 }
 
 #[test]
+fn closing_before_the_proxy_header_sends_nothing_not_even_tls() {
+    for mode in [Mode::ImplicitTls, Mode::StartTls, Mode::Plain] {
+        let now = Instant::now();
+        let mut conn = Connection::new(mode, config(), Some(acceptor()), now).expect("new");
+        assert!(conn.expect_proxy_header());
+        conn.feed(now, b"PROXY TCP4 192.0").expect("feed");
+        conn.close(&replies::shutting_down(), CloseReason::Shutdown);
+        assert!(accept_all(&mut conn).is_empty());
+        assert!(conn.output().is_empty(), "{mode}: {:?}", conn.output());
+        assert!(conn.is_finished(), "{mode}");
+        assert_eq!(conn.close_reason(), Some(&CloseReason::Shutdown));
+    }
+}
+
+#[test]
 fn a_proxy_header_that_does_not_come_in_time_closes_the_connection() {
     let start = Instant::now();
     let mut conn = proxied(start);
