@@ -2,15 +2,18 @@
 //! ([`smtps_conn::Connection`], TLS and SMTP together) driven through its Rust entry points by
 //! a client that speaks plaintext, real TLS (rustls) after a proper STARTTLS or from the first
 //! octet, or raw bytes; the wire between them carries arbitrary chunk sizes and may be
-//! tampered with.
+//! tampered with. A load balancer may stand in front of the client: the connection then
+//! expects a PROXY protocol header, and the input supplies one ([`ProxySpec`]).
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
 use smtps_conn::{CloseReason, Connection, Mode, Timer};
 use smtps_proto::{DecisionId, Event, Reply, SessionConfig, Verdict};
+use smtps_proxy::{MAX_V2_HEADER_LEN, Status, parse_header};
 use smtps_tls::rustls::ClientConnection;
 use smtps_tls::rustls::pki_types::ServerName;
 
@@ -18,6 +21,10 @@ use crate::command::map_tokens;
 use crate::session::SESSION_TOKENS;
 use crate::tls::fixture;
 use crate::wire::{check_replies, show};
+
+mod proxy;
+
+pub use proxy::{Expected, MAX_TLVS, ProxySpec, TlvSpec, V2Spec};
 
 /// One step of a [`ConnInput`]. The byte encoding is that of [`ConnInput::encode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,25 +59,40 @@ pub enum ConnOp {
     Wait(u8),
 }
 
-/// What the `conn` target reads: a header octet and operations.
+/// What the `conn` target reads: a header octet, a PROXY header if its bit 7 is set, and
+/// operations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnInput {
     /// Bits 0–1: mode (STARTTLS, implicit TLS, plain, STARTTLS); bit 2: the implicit-TLS
     /// client does not start TLS (it sends raw octets); bit 3: MAIL needs TLS; bit 4: at most
-    /// 2 recipients and 200-octet messages.
+    /// 2 recipients and 200-octet messages. Bit 7 of the encoded octet stands for
+    /// [`ConnInput::proxy`] and is not kept here.
     pub header: u8,
+    /// The connection expects a PROXY protocol header (`expect_proxy_header`), and the
+    /// client's side sends these octets first, before its TLS or SMTP; encoded right after
+    /// the header octet. `None` for a connection without a balancer (every input written
+    /// before this existed: bit 7 was never set in the committed corpus).
+    pub proxy: Option<ProxySpec>,
     /// The operations, in order.
     pub ops: Vec<ConnOp>,
 }
 
 const OP_COUNT: u8 = 13;
+/// The header octet's bit that announces a [`ProxySpec`].
+const PROXY_BIT: u8 = 0x80;
 const REJECT_CODES: [u16; 6] = [421, 450, 451, 550, 554, 535];
 /// Total octets one input may put on the wire, so a run stays fast.
 const WIRE_BUDGET: usize = 128 * 1024;
 
 impl<'a> Arbitrary<'a> for ConnInput {
     fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
-        let header = u.arbitrary()?;
+        let octet: u8 = u.arbitrary()?;
+        let proxy = if octet & PROXY_BIT == 0 {
+            None
+        } else {
+            Some(u.arbitrary()?)
+        };
+        let header = octet & !PROXY_BIT;
         let mut ops = Vec::new();
         while !u.is_empty() {
             let op: u8 = u.arbitrary()?;
@@ -90,7 +112,7 @@ impl<'a> Arbitrary<'a> for ConnInput {
                 _ => ConnOp::Wait(u.arbitrary()?),
             });
         }
-        Ok(Self { header, ops })
+        Ok(Self { header, proxy, ops })
     }
 }
 
@@ -105,7 +127,11 @@ impl ConnInput {
     /// Byte strings longer than 255 octets are cut.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![self.header];
+        let mut out = vec![self.header & !PROXY_BIT];
+        if let Some(proxy) = &self.proxy {
+            out[0] |= PROXY_BIT;
+            proxy.encode_into(&mut out);
+        }
         for op in &self.ops {
             let (code, arg, bytes): (u8, Option<u8>, Option<&[u8]>) = match op {
                 ConnOp::Send(b) => (0, None, Some(b)),
@@ -158,7 +184,15 @@ impl ConnInput {
 /// - at most one decision is outstanding; body octets come only after an accepted DATA/BDAT
 ///   and before the end of that message; a stale decision is refused;
 /// - time: after `handle_timeout(now)` no timer is still due, and a finished connection has
-///   none.
+///   none;
+/// - behind a balancer (a [`ProxySpec`]): until the PROXY header is read there is no event
+///   (no `Connect`) and no output; the engine's `proxy_header()` is what `parse_header` makes
+///   of the octets it took — once they hold a whole header, exactly that header (and for a
+///   generated one that arrived untouched, exactly the generated addresses, command and
+///   TLVs); while they could still begin one, none, and the connection closes only on the
+///   header timer, the client's end of stream or the host's close; once they cannot, it is
+///   closed with `CloseReason::ProxyHeader` and that error. After a good header every check
+///   above holds for the session that follows.
 ///
 /// # Panics
 /// When a check fails.
@@ -178,6 +212,12 @@ pub struct ConnReport {
     pub codes: Vec<u16>,
     /// The connection was closed when the operations ran out.
     pub closed: bool,
+    /// Why, as the engine displays it.
+    pub close_reason: Option<String>,
+    /// A PROXY header was read (the connection expected one).
+    pub proxy_read: bool,
+    /// The source and destination it reported.
+    pub proxy_addresses: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// Runs one input (also used by the seed writer's self-check).
@@ -190,9 +230,35 @@ pub fn run(input: &ConnInput) -> ConnReport {
     }
     let mode = input.mode();
     let acceptor = Some(Arc::clone(&fixture().acceptor));
-    let conn =
+    let mut conn =
         Connection::new(mode, Arc::new(config), acceptor, Instant::now()).expect("connection");
+    if input.proxy.is_some() {
+        conn.expect_proxy_header();
+    }
     let mut h = Harness::new(conn, mode);
+    if let Some(spec) = &input.proxy {
+        // The balancer's octets come first, below the client's TLS.
+        let octets = spec.octets();
+        let expected = spec.expected();
+        let exact = proxy::is_one_header(&octets);
+        if let Some(Ok(_)) = expected {
+            assert!(
+                exact,
+                "a generated header does not parse: {}",
+                show(&octets)
+            );
+        }
+        // Anything but one whole header mixes balancer octets into the client's stream.
+        h.tampered = !exact;
+        h.client.wire.extend_from_slice(&octets);
+        h.proxy = Some(ProxyState {
+            octets,
+            expected,
+            stream: Vec::new(),
+            read: false,
+            checked: None,
+        });
+    }
     if mode == Mode::ImplicitTls {
         // The server speaks TLS from the first octet, whether or not the client does.
         h.server_tls = true;
@@ -205,8 +271,27 @@ pub fn run(input: &ConnInput) -> ConnReport {
     }
     h.exchange(0);
     h.report.closed = h.conn.is_closed();
+    h.report.close_reason = h.conn.close_reason().map(ToString::to_string);
+    if let Some(header) = h.conn.proxy_header() {
+        h.report.proxy_read = true;
+        h.report.proxy_addresses = header.addresses.map(|a| (a.source, a.destination));
+    }
     h.finish();
     h.report
+}
+
+/// The PROXY header side of a run.
+struct ProxyState {
+    /// What the balancer sent first.
+    octets: Vec<u8>,
+    /// What they must give, for a generated header.
+    expected: Option<Result<Expected, smtps_proxy::Error>>,
+    /// The first octets the connection took while open (at most [`MAX_V2_HEADER_LEN`]).
+    stream: Vec<u8>,
+    /// The header was read: no need to ask the engine again for each event.
+    read: bool,
+    /// The length of `stream` and whether the connection was closed when last checked.
+    checked: Option<(usize, bool)>,
 }
 
 fn event_name(event: &Event<'_>) -> &'static str {
@@ -294,6 +379,9 @@ struct Harness {
     /// After a STARTTLS upgrade, until a new HELO/EHLO.
     fresh_after_tls: bool,
     saw_start_tls: bool,
+    /// The client's end of stream was fed.
+    eof_sent: bool,
+    proxy: Option<ProxyState>,
     report: ConnReport,
 }
 
@@ -321,6 +409,8 @@ impl Harness {
             body_open: false,
             fresh_after_tls: false,
             saw_start_tls: false,
+            eof_sent: false,
+            proxy: None,
             report: ConnReport::default(),
         }
     }
@@ -349,7 +439,10 @@ impl Harness {
                     self.decide(Verdict::Accept);
                 }
             }
-            ConnOp::Eof => self.conn.feed_eof(),
+            ConnOp::Eof => {
+                self.eof_sent = true;
+                self.conn.feed_eof();
+            }
             ConnOp::Close => {
                 let reply = Reply::from_parts(421, Some("4.4.2"), "Timeout").expect("valid");
                 self.conn
@@ -392,6 +485,7 @@ impl Harness {
             }
         }
         self.drain_events();
+        self.check_proxy();
     }
 
     /// A proper STARTTLS: the command, then TLS once the server upgraded.
@@ -428,9 +522,11 @@ impl Harness {
     fn drain_events(&mut self) {
         for _ in 0..100_000 {
             let handshaken = self.conn.tls_info().is_some();
+            let header_read = self.header_read();
             let Some(event) = self.conn.poll_event() else {
                 return;
             };
+            assert!(header_read, "an event before the PROXY header: {event:?}");
             if self.mode == Mode::ImplicitTls || self.saw_start_tls {
                 assert!(
                     handshaken,
@@ -512,6 +608,7 @@ impl Harness {
             let mut moved = false;
             while !self.client.wire.is_empty() && self.wire_total < WIRE_BUDGET {
                 let n = piece.min(self.client.wire.len());
+                let open = !self.conn.is_closed() && !self.eof_sent;
                 let taken = match self.conn.feed(self.now, &self.client.wire[..n]) {
                     Ok(taken) => taken,
                     Err(_) => {
@@ -520,6 +617,16 @@ impl Harness {
                     }
                 };
                 assert!(taken <= n, "feed took {taken} of {n} octets");
+                if open && let Some(proxy) = &mut self.proxy {
+                    let room = MAX_V2_HEADER_LEN.saturating_sub(proxy.stream.len());
+                    let recorded = proxy.stream.len();
+                    proxy
+                        .stream
+                        .extend_from_slice(&self.client.wire[..taken.min(room)]);
+                    if proxy.stream.len() > recorded {
+                        self.check_proxy();
+                    }
+                }
                 self.client.wire.drain(..taken);
                 self.wire_total += taken;
                 moved |= taken > 0;
@@ -553,6 +660,7 @@ impl Harness {
 
     /// Reads the connection's output in pieces; returns whether there was any.
     fn receive(&mut self, piece: usize) -> bool {
+        let header_read = self.header_read();
         let mut buf = vec![0u8; piece.min(16 * 1024)];
         let mut wire = Vec::new();
         loop {
@@ -565,6 +673,11 @@ impl Harness {
         if wire.is_empty() {
             return false;
         }
+        assert!(
+            header_read,
+            "output before the PROXY header was read: {:02x?}",
+            &wire[..wire.len().min(64)]
+        );
         match (&mut self.client.tls, self.server_tls) {
             (None, false) => self.client.replies.extend_from_slice(&wire),
             (Some(tls), true) if !self.client.failed => {
@@ -611,7 +724,84 @@ impl Harness {
         self.client.replies.drain(..whole);
     }
 
+    /// Whether the connection expects no PROXY header or has read it.
+    fn header_read(&mut self) -> bool {
+        match &mut self.proxy {
+            None => true,
+            Some(proxy) => {
+                proxy.read = proxy.read || self.conn.proxy_header().is_some();
+                proxy.read
+            }
+        }
+    }
+
+    /// The PROXY header checks (see [`conn`]) on what the connection took so far; again only
+    /// once it took more or closed.
+    fn check_proxy(&mut self) {
+        let closed = self.conn.is_closed();
+        let Some(proxy) = &mut self.proxy else {
+            return;
+        };
+        if proxy.checked == Some((proxy.stream.len(), closed)) {
+            return;
+        }
+        proxy.checked = Some((proxy.stream.len(), closed));
+        let read = self.conn.proxy_header();
+        let reason = self.conn.close_reason();
+        let stream = &proxy.stream;
+        match parse_header(stream) {
+            Ok(Status::Complete((_, header))) => assert_eq!(
+                read,
+                Some(header),
+                "the engine read another PROXY header from {}",
+                show(stream)
+            ),
+            Ok(Status::Partial) => {
+                assert!(read.is_none(), "a PROXY header from {}", show(stream));
+                // The host's close is the harness's `Close` (`Timeout(Command)`).
+                assert!(
+                    matches!(
+                        reason,
+                        None | Some(
+                            CloseReason::ClientClosed
+                                | CloseReason::Timeout(Timer::ProxyHeader | Timer::Command)
+                        )
+                    ),
+                    "closed as {reason:?} inside the PROXY header {}",
+                    show(stream)
+                );
+            }
+            Err(error) => {
+                assert!(read.is_none(), "a PROXY header from {}", show(stream));
+                assert_eq!(
+                    reason,
+                    Some(&CloseReason::ProxyHeader(error)),
+                    "a bad PROXY header {}",
+                    show(stream)
+                );
+            }
+        }
+        let Some(expected) = &proxy.expected else {
+            return;
+        };
+        if !stream.starts_with(&proxy.octets) {
+            return; // not all there yet, or tampered with
+        }
+        match expected {
+            Ok(want) => {
+                let header = read.expect("the generated header was not read");
+                assert_eq!(header.version, want.version);
+                assert_eq!(header.command, want.command);
+                let addresses = header.addresses.map(|a| (a.source, a.destination));
+                assert_eq!(addresses, want.addresses, "the PROXY header's addresses");
+                assert_eq!(header.tlvs.as_bytes(), want.tlvs, "the PROXY header's TLVs");
+            }
+            Err(error) => assert_eq!(reason, Some(&CloseReason::ProxyHeader(*error))),
+        }
+    }
+
     fn finish(&mut self) {
+        self.check_proxy();
         if self.conn.is_closed() {
             self.drain_events();
             assert!(self.conn.poll_event().is_none(), "an event after close");
@@ -696,5 +886,108 @@ mod tests {
     fn tampered_record_seed_ends_the_connection_without_an_event() {
         let report = seed("implicit-tampered-record");
         assert_eq!(report.events, ["Connect"], "{report:?}");
+    }
+
+    fn addresses(source: &str, destination: &str) -> Option<(SocketAddr, SocketAddr)> {
+        Some((
+            source.parse().expect("source"),
+            destination.parse().expect("destination"),
+        ))
+    }
+
+    #[test]
+    fn proxy_v1_seed_delivers_over_implicit_tls_with_the_real_client() {
+        let report = seed("proxy-v1-implicit-message");
+        assert!(report.proxy_read);
+        let want = addresses("192.0.2.1:56324", "198.51.100.7:465");
+        assert_eq!(report.proxy_addresses, want);
+        assert_eq!(report.events.first(), Some(&"Connect"), "{report:?}");
+        assert!(report.events.contains(&"MessageEnd"), "{report:?}");
+        assert_eq!(report.codes.first(), Some(&220));
+        assert_eq!(report.codes.last(), Some(&221), "{report:?}");
+    }
+
+    #[test]
+    fn proxy_v2_seed_with_tlvs_delivers_after_starttls() {
+        let report = seed("proxy-v2-tlvs-starttls");
+        let want = addresses("[2001:db8::1]:49152", "[2001:db8:0:1::25]:25");
+        assert_eq!(report.proxy_addresses, want);
+        assert!(report.events.contains(&"StartTls"), "{report:?}");
+        assert!(report.events.contains(&"MessageEnd"), "{report:?}");
+    }
+
+    #[test]
+    fn proxy_headers_split_over_many_feeds_are_read() {
+        for name in ["proxy-v1-tcp6-byte-by-byte", "proxy-v2-implicit-split"] {
+            let report = seed(name);
+            assert!(report.proxy_addresses.is_some(), "{name}: {report:?}");
+            assert_eq!(report.codes.first(), Some(&220), "{name}: {report:?}");
+            assert_eq!(report.codes.last(), Some(&221), "{name}: {report:?}");
+        }
+    }
+
+    #[test]
+    fn proxy_local_and_unknown_seeds_report_no_addresses() {
+        for name in ["proxy-v2-local-health-check", "proxy-v1-unknown"] {
+            let report = seed(name);
+            assert!(report.proxy_read, "{name}: {report:?}");
+            assert_eq!(report.proxy_addresses, None, "{name}");
+            assert_eq!(report.codes.last(), Some(&221), "{name}: {report:?}");
+        }
+    }
+
+    #[test]
+    fn bad_or_missing_proxy_headers_close_without_a_banner() {
+        for name in ["proxy-bad-v1", "proxy-bad-crc-implicit", "proxy-missing"] {
+            let report = seed(name);
+            assert!(report.events.is_empty(), "{name}: {report:?}");
+            assert!(report.codes.is_empty(), "{name}: {report:?}");
+            assert!(report.closed, "{name}: {report:?}");
+            let reason = report.close_reason.as_deref().unwrap_or_default();
+            assert!(reason.starts_with("proxy_header ("), "{name}: {reason}");
+        }
+    }
+
+    #[test]
+    fn a_late_or_cut_proxy_header_closes_on_its_timer_or_the_eof() {
+        let report = seed("proxy-header-timeout");
+        assert!(report.events.is_empty(), "{report:?}");
+        assert_eq!(report.close_reason.as_deref(), Some("timeout_proxy_header"));
+        let report = seed("proxy-eof-inside-header");
+        assert!(report.events.is_empty(), "{report:?}");
+        assert_eq!(report.close_reason.as_deref(), Some("client_closed"));
+    }
+
+    #[test]
+    fn proxy_specs_round_trip_and_parse_as_expected() {
+        let mut u = Unstructured::new(&[0; 0]);
+        assert!(
+            ProxySpec::arbitrary(&mut u).is_ok(),
+            "an empty spec is zeros"
+        );
+        for seed in crate::seeds::all() {
+            if seed.target != "conn" {
+                continue;
+            }
+            let input =
+                ConnInput::arbitrary_take_rest(Unstructured::new(&seed.bytes)).expect("input");
+            let Some(spec) = input.proxy else {
+                continue;
+            };
+            let octets = spec.octets();
+            match spec.expected() {
+                Some(Ok(want)) => {
+                    let Ok(Status::Complete((len, header))) = parse_header(&octets) else {
+                        panic!("{}: {:?}", seed.name, parse_header(&octets));
+                    };
+                    assert_eq!(len, octets.len(), "{}", seed.name);
+                    let got = header.addresses.map(|a| (a.source, a.destination));
+                    assert_eq!(got, want.addresses, "{}", seed.name);
+                    assert_eq!(header.tlvs.as_bytes(), want.tlvs, "{}", seed.name);
+                }
+                Some(Err(error)) => assert_eq!(parse_header(&octets), Err(error)),
+                None => {}
+            }
+        }
     }
 }

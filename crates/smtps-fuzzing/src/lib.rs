@@ -13,7 +13,7 @@
 //! | `session` | [`session()`] | reply syntax, legal event order, STARTTLS boundary |
 //! | `data_decoder` | [`data_decoder()`] | differential against [`data::reference_decode`]; stuffing round trip |
 //! | `tls_transport` | [`tls_transport()`] | no panic; nothing pre-TLS or forged comes out after the upgrade |
-//! | `conn` | [`conn()`] | the C ABI's connection object (`smtps_conn::Connection`) with a real TLS client: reply syntax, valid record stream, no event before the handshake, nothing pre-TLS acted on |
+//! | `conn` | [`conn()`] | the C ABI's connection object (`smtps_conn::Connection`) with a real TLS client, optionally behind a PROXY protocol header: reply syntax, valid record stream, no event before the handshake, nothing pre-TLS acted on; no event or output before the PROXY header, the header read is the one sent, a bad one closes with `ProxyHeader` |
 //! | `proxy_header` | [`proxy_header()`] | `smtps_proxy::parse_header` never panics, takes at most the input, gives the same header on exactly its octets, with one more octet and after every split; v1 and v2 encodings of the same addresses parse equal |
 //!
 //! # Known issues

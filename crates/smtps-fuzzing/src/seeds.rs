@@ -2,7 +2,7 @@
 //! input of the test suites, encoded for each target. `examples/write_seeds.rs` writes them to
 //! `fuzz/corpus/<target>/seed-<name>.bin`; `tests/corpus.rs` checks the files for drift.
 
-use crate::conn::{ConnInput, ConnOp};
+use crate::conn::{ConnInput, ConnOp, ProxySpec, TlvSpec, V2Spec};
 use crate::data::DecoderInput;
 use crate::session::{Op, SessionInput};
 use crate::tls::TlsInput;
@@ -607,6 +607,8 @@ fn tokens(words: &[&str]) -> Vec<u8> {
 }
 
 fn conn_seeds(seeds: &mut Vec<Seed>) {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
     use ConnOp::{
         Accept, AutoAccept, Close, Eof, Exchange, Flip, RefuseMessage, Reject, Send, SendRaw,
         Stale, StartTls, Wait,
@@ -636,9 +638,11 @@ fn conn_seeds(seeds: &mut Vec<Seed>) {
         ]))
     };
     let quit = || Send(tokens(&["QUIT\r\n"]));
-    let mut seed = |name: &str, header: u8, ops: Vec<ConnOp>| {
-        push(seeds, "conn", name, ConnInput { header, ops }.encode());
+    let mut seed_with = |name: &str, header: u8, proxy: Option<ProxySpec>, ops: Vec<ConnOp>| {
+        let input = ConnInput { header, proxy, ops };
+        push(seeds, "conn", name, input.encode());
     };
+    let mut seed = |name: &str, header: u8, ops: Vec<ConnOp>| seed_with(name, header, None, ops);
     seed(
         "implicit-message",
         IMPLICIT,
@@ -845,6 +849,152 @@ fn conn_seeds(seeds: &mut Vec<Seed>) {
             Close,
             Exchange(0),
         ],
+    );
+
+    // Behind a load balancer: a PROXY header first, then TLS or SMTP on the next octet.
+    let v4 = (
+        SocketAddr::new(Ipv4Addr::new(192, 0, 2, 1).into(), 56324),
+        SocketAddr::new(Ipv4Addr::new(198, 51, 100, 7).into(), 465),
+    );
+    let v6 = (
+        SocketAddr::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(), 49152),
+        SocketAddr::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x25).into(), 25),
+    );
+    let v1 = |(source, destination)| {
+        Some(ProxySpec::V1 {
+            source,
+            destination,
+        })
+    };
+    let tlv = |kind: u8, value: &[u8]| TlvSpec {
+        kind,
+        value: value.to_vec(),
+    };
+    // ALPN, AUTHORITY, UNIQUE_ID, SSL (client flags 7, verify 0, common name) and a custom
+    // type; then a CRC32C.
+    let tlvs = vec![
+        tlv(0, b"smtp"),
+        tlv(1, b"mx.example.org"),
+        tlv(3, b"4f2a1c0de"),
+        tlv(4, b"\x07\0\0\0\0client.example"),
+        tlv(6 | 0x08, b"\x01\x02"),
+    ];
+    seed_with(
+        "proxy-v1-implicit-message",
+        IMPLICIT,
+        v1(v4),
+        vec![
+            AutoAccept(255),
+            Exchange(0),
+            ehlo(),
+            Exchange(0),
+            envelope(),
+            Exchange(0),
+            body(),
+            quit(),
+            Exchange(0),
+        ],
+    );
+    seed_with(
+        "proxy-v2-tlvs-starttls",
+        STARTTLS | REQUIRE_TLS,
+        Some(ProxySpec::V2(V2Spec {
+            local: false,
+            addresses: Some(v6),
+            tlvs: tlvs.clone(),
+            crc: Some(true),
+        })),
+        vec![
+            AutoAccept(255),
+            Exchange(0),
+            ehlo(),
+            Exchange(0),
+            StartTls,
+            Exchange(0),
+            ehlo(),
+            envelope(),
+            Exchange(7),
+            body(),
+            quit(),
+            Exchange(0),
+        ],
+    );
+    // The header one octet per feed, then the session in the same small pieces.
+    seed_with(
+        "proxy-v1-tcp6-byte-by-byte",
+        PLAIN,
+        v1(v6),
+        vec![AutoAccept(255), Exchange(1), ehlo(), quit(), Exchange(1)],
+    );
+    // A v2 header and the ClientHello behind it, in 3-octet pieces.
+    seed_with(
+        "proxy-v2-implicit-split",
+        IMPLICIT,
+        Some(ProxySpec::V2(V2Spec {
+            local: false,
+            addresses: Some(v4),
+            tlvs,
+            crc: None,
+        })),
+        vec![AutoAccept(255), ehlo(), quit(), Exchange(3)],
+    );
+    seed_with(
+        "proxy-v2-local-health-check",
+        PLAIN,
+        Some(ProxySpec::V2(V2Spec {
+            local: true,
+            addresses: None,
+            tlvs: Vec::new(),
+            crc: None,
+        })),
+        vec![AutoAccept(255), Exchange(0), quit(), Exchange(0)],
+    );
+    seed_with(
+        "proxy-v1-unknown",
+        STARTTLS,
+        Some(ProxySpec::V1Unknown { trailer: Some(v6) }),
+        vec![AutoAccept(255), ehlo(), Exchange(0), quit(), Exchange(0)],
+    );
+    // No destination port: closed without a banner.
+    seed_with(
+        "proxy-bad-v1",
+        PLAIN,
+        Some(ProxySpec::Raw(
+            b"PROXY TCP4 192.0.2.1 198.51.100.7 56324\r\n".to_vec(),
+        )),
+        vec![AutoAccept(255), ehlo(), Exchange(0), quit(), Exchange(0)],
+    );
+    seed_with(
+        "proxy-bad-crc-implicit",
+        IMPLICIT,
+        Some(ProxySpec::V2(V2Spec {
+            local: false,
+            addresses: Some(v4),
+            tlvs: vec![tlv(0, b"smtp")],
+            crc: Some(false),
+        })),
+        vec![AutoAccept(255), Exchange(0), ehlo(), Exchange(0)],
+    );
+    // The client speaks first, with no header at all.
+    seed_with(
+        "proxy-missing",
+        PLAIN,
+        Some(ProxySpec::Raw(Vec::new())),
+        vec![AutoAccept(255), ehlo(), Exchange(0)],
+    );
+    // Half a header (and no ClientHello behind it), then 16 s of nothing: the 10 s header
+    // timer.
+    seed_with(
+        "proxy-header-timeout",
+        IMPLICIT | RAW_CLIENT,
+        Some(ProxySpec::Raw(b"PROXY TCP4 192.0".to_vec())),
+        vec![Exchange(0), Wait(2), Exchange(0)],
+    );
+    seed_with(
+        "proxy-eof-inside-header",
+        STARTTLS,
+        Some(ProxySpec::Raw(b"\r\n\r\n\0\r\nQUIT\n\x21\x11".to_vec())),
+        vec![Exchange(0), Eof, Exchange(0)],
     );
 }
 
