@@ -77,6 +77,9 @@ pub(crate) struct Plan {
     pub(crate) message_bytes: u64,
     /// Whether to pipeline MAIL, RCPT and DATA when the server offers PIPELINING.
     pub(crate) pipelining: bool,
+    /// Messages mode: QUIT after this many messages and open a new connection; the first
+    /// message of each connection then counts from the connect.
+    pub(crate) per_connection: Option<u64>,
     /// No new operation starts after this.
     pub(crate) deadline: Instant,
     /// Every connection still open then is abandoned as a timeout.
@@ -217,6 +220,10 @@ struct Conn {
     pipelining: bool,
     /// QUIT was sent because the load is over (not a session's own QUIT).
     finishing: bool,
+    /// Messages mode: messages started on this connection.
+    messages: u64,
+    /// Messages mode: QUIT was sent after `per_connection` messages; a new connection follows.
+    recycle: bool,
     /// STARTTLS was just accepted: no plaintext may follow the 220.
     tls_switched: bool,
     /// The code of the last reply read.
@@ -415,6 +422,8 @@ impl Worker<'_> {
             deadline: Some(now + self.plan.op_timeout),
             pipelining: false,
             finishing: false,
+            messages: 0,
+            recycle: false,
             tls_switched: false,
             last_code: 0,
         })
@@ -436,6 +445,7 @@ impl Worker<'_> {
     /// Closes a connection; sessions start the next one.
     fn close(&mut self, slot: usize, mut conn: Conn, failure: Option<&'static str>) {
         let _ = self.poll.registry().deregister(&mut conn.sock);
+        let recycle = conn.recycle;
         drop(conn);
         self.free.push(slot);
         self.live -= 1;
@@ -452,8 +462,11 @@ impl Worker<'_> {
                 self.start_paced(now);
             }
             Mode::Sessions if self.plan.claim(now) => self.open(now),
-            // A broken persistent connection is replaced while the load lasts.
-            Mode::Messages if failure.is_some() && now < self.plan.deadline => self.open(now),
+            // A broken persistent connection is replaced while the load lasts, and so is one
+            // that sent its `per_connection` messages.
+            Mode::Messages if (failure.is_some() || recycle) && now < self.plan.deadline => {
+                self.open(now);
+            }
             _ => {}
         }
     }
@@ -698,13 +711,27 @@ impl Worker<'_> {
     /// Starts the next message, or QUIT when the load is over.
     fn next_message(&mut self, conn: &mut Conn) {
         let now = Instant::now();
+        if self
+            .plan
+            .per_connection
+            .is_some_and(|limit| conn.messages >= limit)
+        {
+            conn.recycle = true;
+            conn.deadline = Some(now + self.plan.op_timeout);
+            conn.send(Chunk::Owned(b"QUIT\r\n".to_vec()), State::Quit);
+            return;
+        }
         if !self.plan.claim(now) {
             conn.finishing = true;
             conn.deadline = Some(now + self.plan.op_timeout);
             conn.send(Chunk::Owned(b"QUIT\r\n".to_vec()), State::Quit);
             return;
         }
-        conn.started = now;
+        // With `per_connection`, a connection's first message counts from the connect.
+        if conn.messages > 0 || self.plan.per_connection.is_none() {
+            conn.started = now;
+        }
+        conn.messages += 1;
         conn.deadline = Some(now + self.plan.op_timeout);
         if conn.pipelining {
             let mut all = Vec::with_capacity(96);

@@ -67,6 +67,10 @@ LOAD:
     --count N               stop after N operations (sessions or messages)
     --size BYTES            messages: message size (default: 2048)
     --no-pipelining         messages: one command at a time even with PIPELINING
+    --per-connection N      messages: QUIT after N messages and open a new connection (the
+                            first message of each connection counts from the connect, so
+                            with 1 a message's latency and CPU include the TLS session);
+                            default: persistent connections
     --rate R                sessions: start at most R sessions per second in all (an
                             offered load below saturation, for latency); default: as fast
                             as the workers go
@@ -89,7 +93,8 @@ MEASURING THE SERVER:
 SUMMARY KEYS:
     always:   mode tls proxy target threads (proxy_source with --proxy)
     sessions: sessions rate p50_ms p90_ms p99_ms max_ms errors replies
-    messages: messages rate mb_s p50_ms .. max_ms errors replies (non-250 replies by code)
+    messages: messages rate mb_s p50_ms .. max_ms errors replies (non-250 replies by code),
+              per_connection with --per-connection
     idle:     established rss_kib_per_conn pss_kib_per_conn
     with --pid: server_cpu_s server_cpu_us_per_op server_procs; always client_cpu_us_per_op
 ";
@@ -110,6 +115,7 @@ struct Options {
     count: Option<u64>,
     size: usize,
     pipelining: bool,
+    per_connection: Option<u64>,
     rate: Option<f64>,
     hold: Duration,
     timeout: Duration,
@@ -154,6 +160,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         count: None,
         size: 2048,
         pipelining: true,
+        per_connection: None,
         rate: None,
         hold: Duration::from_secs(3),
         timeout: Duration::from_secs(30),
@@ -244,6 +251,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             "--duration" => o.duration = Some(secs(&value)?),
             "--count" => o.count = Some(num(&value)?),
             "--size" => o.size = size(&value)?,
+            "--per-connection" => o.per_connection = Some(num(&value)?.max(1)),
             "--hold" => o.hold = secs(&value)?,
             "--rate" => {
                 o.rate = Some(
@@ -406,6 +414,7 @@ fn run(o: &Options) -> Result<String, String> {
         payload: message::dot_stuff(&message).into(),
         message_bytes: u64::try_from(message.len()).unwrap_or(0),
         pipelining: o.pipelining,
+        per_connection: o.per_connection,
         deadline,
         hard_deadline,
         count: o.count,
@@ -536,10 +545,12 @@ fn run(o: &Options) -> Result<String, String> {
             #[allow(clippy::cast_precision_loss)]
             let mb_s = total.bytes as f64 / secs / 1e6;
             line += &format!(
-                " connections={connections} size={} pipelining={} duration_s={secs:.2} \
+                " connections={connections} size={} pipelining={}{} duration_s={secs:.2} \
                  messages={} rate={rate:.1}/s mb_s={mb_s:.2} {}",
                 plan.message_bytes,
                 o.pipelining,
+                o.per_connection
+                    .map_or_else(String::new, |n| format!(" per_connection={n}")),
                 total.ops,
                 stats::latency_fields(&mut total.latencies_us)
             );
@@ -602,6 +613,13 @@ mod tests {
         ))
         .unwrap()
         .unwrap();
+        assert_eq!(o.per_connection, None);
+        let one = parse_args(&args(
+            "messages --target 127.0.0.1:2465 --insecure --per-connection 1",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(one.per_connection, Some(1));
         assert_eq!(o.mode, Mode::Messages);
         assert_eq!(o.target.port(), 2465);
         assert_eq!(o.connections, Some(8));
