@@ -14,24 +14,26 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// From the start of TLS (accept for implicit TLS, the `220` for STARTTLS) to the end of
-    /// the handshake.
+    /// the handshake. Default 30 s.
     pub handshake: Duration,
-    /// Waiting for the next command (§4.5.3.2.7: 5 minutes).
+    /// Waiting for the next command (§4.5.3.2.7: 5 minutes). Default 300 s.
     pub command: Duration,
     /// Waiting for the next block of message data (§4.5.3.2.5: 3 minutes on the client side).
+    /// Default 180 s.
     pub data_block: Duration,
     /// Waiting for the host to decide (for example to commit a message): past it the command
     /// is answered `451 4.3.0` so that the client retries rather than times out
     /// (§4.5.3.2.6 gives the client 10 minutes after the final dot). Enforced by the driver
-    /// that relays the host's answers (the mio server, the C server level).
+    /// that relays the host's answers (the mio server, the C server level). Default 300 s.
     pub decision: Duration,
-    /// A whole session, however active.
+    /// A whole session, however active. Default 3600 s.
     pub session: Duration,
     /// From accept to the end of the PROXY protocol header, on connections that expect one
-    /// (the specification asks for at least 3 s).
+    /// (the specification asks for at least 3 s). Default 10 s.
     pub proxy_header: Duration,
     /// How long a closing connection may take to send its last replies and `close_notify` to
-    /// a client that does not read; then the rest is dropped and the socket closed.
+    /// a client that does not read; then the rest is dropped and the socket closed. Default
+    /// 5 s.
     pub close_linger: Duration,
 }
 

@@ -164,26 +164,30 @@ pub enum VrfyPolicy {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: 512).
+    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4). Default 512; a longer one
+    /// is read to its end and answered `500 5.5.2`.
     pub command_line: usize,
-    /// Longest AUTH command or SASL response line, CRLF included (RFC 4954 §4: 12288).
+    /// Longest AUTH command or SASL response line, CRLF included (RFC 4954 §4). Default 12288.
     pub auth_line: usize,
     /// Longest message text line, CRLF included (RFC 5321 §4.5.3.1.6: 1000); `None` accepts
-    /// any length.
+    /// any length. Default `Some(1000)`.
     pub text_line: Option<usize>,
     /// Recipients per message; the next RCPT gets `452 4.5.3` (RFC 5321 §4.5.3.1.8, §4.5.3.1.10).
+    /// Default 100, advertised as LIMITS RCPTMAX (RFC 9422).
     pub recipients: usize,
-    /// Largest message in octets, advertised with SIZE (RFC 1870).
+    /// Largest message in octets, advertised with SIZE (RFC 1870); a larger one is read to its
+    /// end and answered `552 5.3.4`. Default 25 MiB (26,214,400).
     pub message_size: u64,
-    /// Protocol errors before the session is closed with `421 4.7.0`.
+    /// Protocol errors before the session is closed with `421 4.7.0`. Default 10.
     pub errors: u32,
     /// Transactions per session; `None` for no limit. Advertised as LIMITS MAILMAX (RFC 9422).
+    /// Default `None`.
     pub transactions: Option<u32>,
     /// NOOP, RSET, VRFY, EXPN and HELP commands since the last accepted message; the next one
     /// is answered `421 4.7.0` and the session closes (as Postfix's
-    /// `smtpd_junk_command_limit`, but closing rather than slowing down).
+    /// `smtpd_junk_command_limit`, but closing rather than slowing down). Default 1000.
     pub junk_commands: u64,
-    /// Largest body chunk handed to the host in one event.
+    /// Largest body chunk handed to the host in one event. Default 64 KiB.
     pub body_chunk: usize,
 }
 
@@ -207,18 +211,22 @@ impl Default for Limits {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Policy {
-    /// Bare LF / CR in command lines.
+    /// Bare LF / CR in command lines. Default [`LineEndingPolicy::Normalize`].
     pub bare_line_ending_in_commands: LineEndingPolicy,
-    /// Bare LF / CR in message bodies.
+    /// Bare LF / CR in message bodies. Default [`LineEndingPolicy::Normalize`]: taken as a
+    /// line ending inside the message, never as part of its end (only `CRLF.CRLF` ends a
+    /// message, whatever the policy: SMTP smuggling).
     pub bare_line_ending_in_body: LineEndingPolicy,
     /// Refuse MAIL with `530 5.7.0` until TLS is active (RFC 3207 §4; a submission port should,
-    /// RFC 8314 §3.3).
+    /// RFC 8314 §3.3). Default off; a listener in STARTTLS-required mode turns it on.
     pub require_tls_for_mail: bool,
-    /// Refuse MAIL with `530 5.7.0` until the client has authenticated (RFC 4954 §6).
+    /// Refuse MAIL with `530 5.7.0` until the client has authenticated (RFC 4954 §6). Default
+    /// off.
     pub require_auth_for_mail: bool,
     /// Offer and accept AUTH without TLS. Sends passwords in clear text: only for testing.
+    /// Default off: AUTH is advertised and accepted only over TLS.
     pub danger_allow_plaintext_auth: bool,
-    /// How VRFY is answered.
+    /// How VRFY is answered. Default [`VrfyPolicy::CannotVerify`] (`252 2.5.0`).
     pub vrfy: VrfyPolicy,
 }
 
@@ -228,13 +236,15 @@ pub struct Policy {
 pub struct SessionConfig {
     /// The server's name, used in the greeting and the EHLO reply (RFC 5321 §4.3.1).
     pub hostname: String,
-    /// Extensions that may be advertised.
+    /// Extensions that may be advertised. Default: every one but REQUIRETLS (PIPELINING, SIZE,
+    /// 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8, CHUNKING, BINARYMIME, DSN, STARTTLS where the
+    /// transport can upgrade, AUTH over TLS, LIMITS).
     pub extensions: Extensions,
-    /// SASL mechanisms offered with AUTH.
+    /// SASL mechanisms offered with AUTH. Default PLAIN and LOGIN.
     pub auth_mechanisms: AuthMechanisms,
-    /// Size and count limits.
+    /// Size and count limits; see [`Limits`] for each default.
     pub limits: Limits,
-    /// Policies.
+    /// Policies; see [`Policy`] for each default.
     pub policy: Policy,
 }
 

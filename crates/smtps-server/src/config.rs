@@ -44,9 +44,10 @@ impl ListenerConfig {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Connections open at once, over all listeners.
+    /// Connections open at once, over all listeners. Default 10,000.
     pub connections: usize,
-    /// Connections open at once from one client IP address.
+    /// Connections open at once from one client IP address (behind a PROXY listener: the
+    /// client the header names, never the balancer). Default 50.
     pub connections_per_ip: usize,
 }
 
@@ -71,11 +72,11 @@ pub struct ServerConfig {
     /// SMTP settings: host name, extensions, limits, policies. Listener modes adjust it
     /// (`StartTlsRequired` sets `require_tls_for_mail`).
     pub session: SessionConfig,
-    /// Worker threads, each with its own `mio::Poll`; 0 means one per core.
+    /// Worker threads, each with its own `mio::Poll`; 0 (the default) means one per core.
     pub workers: usize,
-    /// Timers.
+    /// Timers; see [`Timeouts`] for each default.
     pub timeouts: Timeouts,
-    /// Connection limits.
+    /// Connection limits; see [`ConnectionLimits`] for each default.
     pub limits: ConnectionLimits,
 }
 
