@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use mio::Token;
@@ -26,6 +27,18 @@ pub(crate) struct HostSide<S> {
     pub(crate) counted_ip: Option<IpAddr>,
     /// A PROXY header is expected and not applied yet.
     pub(crate) awaiting_header: bool,
+    /// The decision a [`Responder`](crate::Responder) may still answer, as its number plus
+    /// one (0: none), shared with every responder of the session so that
+    /// [`Responder::is_closed`](crate::Responder::is_closed) can tell from another thread.
+    pub(crate) awaited: Arc<AtomicU64>,
+}
+
+impl<S> HostSide<S> {
+    /// Takes the outstanding decision: no responder can answer it any more.
+    pub(crate) fn take_pending(&mut self) -> Option<Pending> {
+        self.awaited.store(0, Ordering::Release);
+        self.pending.take()
+    }
 }
 
 /// A decision the host deferred.
@@ -64,6 +77,7 @@ pub(crate) fn dispatch<H: Handler>(
             info,
             pending,
             over_limit,
+            awaited,
             ..
         } = &mut *side;
         let Some(event) = conn.poll_event() else {
@@ -71,6 +85,10 @@ pub(crate) fn dispatch<H: Handler>(
         };
         any = true;
         let decision = event.decision();
+        if let Some(decision) = decision {
+            // Before the host sees the responder: another thread may ask at once.
+            awaited.store(decision.as_u64() + 1, Ordering::Release);
+        }
         let mut cx = Context {
             info,
             defer: decision.map(|decision| DeferSlot {
@@ -78,6 +96,7 @@ pub(crate) fn dispatch<H: Handler>(
                 token,
                 session: info.id,
                 decision,
+                awaited: Arc::clone(awaited),
             }),
             deferred: false,
         };
@@ -205,7 +224,7 @@ pub(crate) fn dispatch<H: Handler>(
 pub(crate) fn resolve<S>(conn: &mut Connection, side: &mut HostSide<S>, verdict: Verdict) {
     let Some(Pending {
         decision, update, ..
-    }) = side.pending.take()
+    }) = side.take_pending()
     else {
         return;
     };

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use mio::{Token, Waker};
 use smtps_conn::{CloseReason, Mode};
@@ -103,10 +104,22 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The whole message has arrived. Accept only once it is stored durably: the `250` is the
     /// promise to deliver.
+    ///
+    /// A deferred `message_end` can outlive the client's patience: when the server's decision
+    /// timeout (`Timeouts::decision`) passes first, the client gets `451 4.3.0` and will send
+    /// the message again, the [`Responder`] reports [`Responder::is_closed`], and the host must
+    /// discard what it stored (keeping it delivers the message twice). A client that merely
+    /// disconnects while the host commits is still answered (the decision is awaited), as RFC
+    /// 5321 §6.1 prefers a possible duplicate to a loss.
     fn message_end(&self, session: &mut Self::Session, cx: &mut Context<'_>, size: u64) -> Answer;
 
     /// The message in progress was dropped (too large, client gone, shutdown): discard what
     /// was spooled. It will never be acknowledged.
+    ///
+    /// It can arrive while a deferred [`Handler::message_end`] is still being committed (the
+    /// session closed on a shutdown's grace or a `421`): the client never got `250`, so the
+    /// stored copy must go even if the commit finishes later; the responder answers nobody
+    /// ([`Responder::is_closed`] is `true`).
     fn message_aborted(
         &self,
         session: &mut Self::Session,
@@ -237,6 +250,8 @@ pub(crate) struct DeferSlot {
     pub(crate) token: Token,
     pub(crate) session: u64,
     pub(crate) decision: DecisionId,
+    /// The session's awaited decision (see `HostSide::awaited`).
+    pub(crate) awaited: Arc<AtomicU64>,
 }
 
 /// A worker's inbox for answers given from other threads.
@@ -283,6 +298,19 @@ impl Responder {
     #[must_use]
     pub fn session_id(&self) -> u64 {
         self.slot.as_ref().map_or(0, |slot| slot.session)
+    }
+
+    /// Whether an answer can no longer reach the client: the session closed, or the decision
+    /// was settled without this responder (the server's decision timeout answered `451 4.3.0`,
+    /// a shutdown's grace ended). Like `oneshot::Sender::is_closed`: `true` is final, `false`
+    /// may turn `true` the next moment. A host can check it before costly work for an answer
+    /// nobody awaits (a `message_end` whose client left: the message must not be kept, see
+    /// [`Handler::message_aborted`]).
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.slot.as_ref().is_none_or(|slot| {
+            slot.awaited.load(Ordering::Acquire) != slot.decision.as_u64() + 1
+        })
     }
 
     /// Gives the answer.

@@ -270,7 +270,7 @@ impl<H: Handler> Worker<H> {
         {
             for index in 0..self.slots.len() {
                 if let Some(Some(slot)) = self.slots.get_mut(index) {
-                    slot.side.pending = None;
+                    slot.side.take_pending();
                     slot.conn
                         .close(&replies::shutting_down(), CloseReason::Shutdown);
                     self.service(index, now);
@@ -383,6 +383,7 @@ impl<H: Handler> Worker<H> {
                 },
                 host: None,
                 pending: None,
+                awaited: Arc::default(),
                 over_limit,
                 counted_ip,
                 awaiting_header,
@@ -476,6 +477,7 @@ impl<H: Handler> Worker<H> {
             .close_reason()
             .cloned()
             .unwrap_or(CloseReason::ClientClosed);
+        slot.side.take_pending();
         log::info!(
             "smtps: session={} event=close reason={reason} messages={} duration_ms={}",
             slot.side.info.id,
@@ -500,7 +502,7 @@ impl<H: Handler> Worker<H> {
 /// finish within the grace.
 fn shutdown_if_idle<S>(conn: &mut Connection, side: &mut HostSide<S>) {
     if !conn.in_transaction() {
-        side.pending = None;
+        side.take_pending();
         conn.close(&replies::shutting_down(), CloseReason::Shutdown);
     }
 }

@@ -369,6 +369,33 @@ fn dropped_responder_answers_451() {
 }
 
 #[test]
+fn responder_is_closed_once_the_decision_timeout_answered_for_the_host() {
+    let (sender, receiver) = mpsc::channel::<Responder>();
+    let fx = start(
+        |config| config.timeouts.decision = Duration::from_secs(1),
+        Some(sender),
+    );
+    let mut client = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
+    client.reply();
+    client.command("EHLO c.test");
+    client.command("MAIL FROM:<a@x.test>");
+    client.send(b"RCPT TO:<b@y.test>\r\n");
+    let first = receiver.recv_timeout(IO_TIMEOUT).unwrap();
+    assert!(!first.is_closed(), "the decision is awaited");
+    assert!(client.reply().starts_with("451 4.3.0"));
+    assert!(first.is_closed(), "the server answered for the host");
+    // The next decision of the same session gets a live responder; the stale one stays closed
+    // and its answer reaches nobody.
+    client.send(b"RCPT TO:<c@y.test>\r\n");
+    let second = receiver.recv_timeout(IO_TIMEOUT).unwrap();
+    assert!(!second.is_closed());
+    assert!(first.is_closed());
+    first.reject(Reply::from_parts(550, Some("5.7.1"), "stale").unwrap());
+    second.accept();
+    assert!(client.reply().starts_with("250"), "the live answer is the one given");
+}
+
+#[test]
 fn command_timeout_answers_421_rfc5321_4_5_3_2() {
     let fx = start(|c| c.timeouts.command = Duration::from_millis(300), None);
     let mut client = SmtpClient::connect_tls(fx.implicit, &fx.client_config);
