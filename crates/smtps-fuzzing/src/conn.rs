@@ -372,6 +372,8 @@ struct Harness {
     wire_total: usize,
     pending: Option<DecisionId>,
     pending_data: bool,
+    /// The outstanding decision is the connection's (refused only with 554 or 421).
+    pending_connect: bool,
     answered: Option<DecisionId>,
     auto_accept: u8,
     /// Body octets may arrive.
@@ -404,6 +406,7 @@ impl Harness {
             wire_total: 0,
             pending: None,
             pending_data: false,
+            pending_connect: false,
             answered: None,
             auto_accept: 0,
             body_open: false,
@@ -429,7 +432,11 @@ impl Harness {
             ConnOp::Exchange(chunk) => self.exchange(*chunk),
             ConnOp::Accept => self.decide(Verdict::Accept),
             ConnOp::Reject(code) => {
-                let code = REJECT_CODES[usize::from(*code) % REJECT_CODES.len()];
+                let mut code = REJECT_CODES[usize::from(*code) % REJECT_CODES.len()];
+                if self.pending_connect && code != 421 {
+                    // RFC 5321 §4.3.2: 554 is the only refusal instead of the greeting.
+                    code = 554;
+                }
                 let reply = Reply::from_parts(code, None, "no").expect("valid reply");
                 self.decide(Verdict::Reject(reply));
             }
@@ -517,6 +524,7 @@ impl Harness {
             assert!(self.conn.is_closed(), "the awaited decision was refused");
         }
         self.pending_data = false;
+        self.pending_connect = false;
     }
 
     fn drain_events(&mut self) {
@@ -535,7 +543,10 @@ impl Harness {
             }
             self.report.events.push(event_name(&event));
             let decision = match event {
-                Event::Connect { decision } => Some(decision),
+                Event::Connect { decision } => {
+                    self.pending_connect = true;
+                    Some(decision)
+                }
                 Event::Helo { decision, .. } => {
                     self.fresh_after_tls = false;
                     Some(decision)

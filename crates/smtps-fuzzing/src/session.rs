@@ -857,16 +857,26 @@ impl Host {
             return;
         };
         let verdict = verdict(kind);
+        // RFC 5321 §4.3.2: the codes each command may be answered with.
         let valid = match &verdict {
             Verdict::AcceptWith(reply) => {
-                let class = reply.code().class();
-                if kind == (Kind::Data { chunked: false }) {
-                    class == 3
-                } else {
-                    class == 2
+                let code = reply.code().as_u16();
+                match kind {
+                    Kind::Connect => code == 220,
+                    Kind::Auth => code == 235,
+                    Kind::Data { chunked: false } => code == 354,
+                    Kind::Rcpt => code == 250 || code == 251,
+                    _ => code == 250,
                 }
             }
-            Verdict::Reject(reply) => reply.code().is_negative(),
+            Verdict::Reject(reply) => {
+                let code = reply.code().as_u16();
+                if kind == Kind::Connect {
+                    code == 421 || code == 554
+                } else {
+                    reply.code().is_negative()
+                }
+            }
             _ => true,
         };
         let accepted = !matches!(verdict, Verdict::Reject(_));

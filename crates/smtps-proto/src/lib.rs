@@ -102,5 +102,5 @@ pub use params::{
 };
 pub use reply::{EnhancedStatus, Reply, ReplyCode};
 pub use session::{
-    AbortReason, AuthMechanism, DecisionId, Event, Security, ServerSession, Verdict,
+    AbortReason, AuthMechanism, DecisionId, DecisionKind, Event, Security, ServerSession, Verdict,
 };

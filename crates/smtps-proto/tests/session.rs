@@ -712,3 +712,57 @@ fn host_refusal_suppresses_a_queued_abort_notice() {
     );
     assert!(!peer.session.in_transaction());
 }
+
+fn reply(code: u16) -> Reply {
+    Reply::from_parts(code, None, "text").expect("reply")
+}
+
+#[test]
+fn verdicts_take_only_the_codes_rfc5321_4_3_2_allows_for_the_command() {
+    // The greeting: 220 accepts; only 554 (or 421) refuses.
+    let mut peer = Peer {
+        session: ServerSession::new(Arc::new(config()), Security::Tls),
+        auto_accept: false,
+        seen: Vec::new(),
+        output: Vec::new(),
+    };
+    peer.pump();
+    let connect = peer.last_decision("connect");
+    for wrong in [Verdict::AcceptWith(reply(250)), Verdict::Reject(reply(550))] {
+        assert_eq!(
+            peer.session.decide(connect, wrong.clone()),
+            Err(Error::InvalidVerdict),
+            "{wrong:?} taken for the greeting"
+        );
+    }
+    peer.session
+        .decide(connect, Verdict::AcceptWith(reply(220)))
+        .expect("220 greets");
+    assert_eq!(peer.take_output(), "220 text\r\n");
+
+    // RCPT may be accepted with 251 (RFC 5321 §3.4), MAIL only with 250, DATA with 354.
+    peer.auto_accept = true;
+    peer.send(b"EHLO client.example\r\n");
+    peer.auto_accept = false;
+    peer.send(b"MAIL FROM:<a@x.org>\r\n");
+    let mail = peer.last_decision("mail");
+    assert_eq!(
+        peer.session.decide(mail, Verdict::AcceptWith(reply(251))),
+        Err(Error::InvalidVerdict)
+    );
+    peer.session.decide(mail, Verdict::Accept).expect("mail");
+    peer.send(b"RCPT TO:<b@x.org>\r\n");
+    let rcpt = peer.last_decision("rcpt");
+    peer.session
+        .decide(rcpt, Verdict::AcceptWith(reply(251)))
+        .expect("251 forwards");
+    peer.send(b"DATA\r\n");
+    let data = peer.last_decision("data");
+    assert_eq!(
+        peer.session.decide(data, Verdict::AcceptWith(reply(250))),
+        Err(Error::InvalidVerdict)
+    );
+    peer.session
+        .decide(data, Verdict::Reject(reply(451)))
+        .expect("any 4xx refuses DATA");
+}

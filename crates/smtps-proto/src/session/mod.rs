@@ -280,6 +280,67 @@ enum PendingKind {
     MessageEnd,
 }
 
+/// What a decision is about, for checking the reply a host gives to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecisionKind {
+    /// The connection: the greeting (RFC 5321 §4.3.2 "CONNECTION ESTABLISHMENT").
+    Connect,
+    /// HELO or EHLO.
+    Helo,
+    /// AUTH (RFC 4954).
+    Auth,
+    /// MAIL.
+    Mail,
+    /// RCPT.
+    Rcpt,
+    /// DATA (its `354`).
+    Data,
+    /// A BDAT chunk (RFC 3030).
+    Bdat,
+    /// The end of a message.
+    MessageEnd,
+}
+
+impl DecisionKind {
+    /// Whether `code` accepts this decision (RFC 5321 §4.3.2, RFC 4954 §6): `220` for the
+    /// connection, `235` for AUTH, `354` for DATA, `250` or `251` for RCPT, `250` otherwise.
+    #[must_use]
+    pub fn accepts(self, code: u16) -> bool {
+        match self {
+            Self::Connect => code == 220,
+            Self::Auth => code == 235,
+            Self::Data => code == 354,
+            Self::Rcpt => matches!(code, 250 | 251),
+            Self::Helo | Self::Mail | Self::Bdat | Self::MessageEnd => code == 250,
+        }
+    }
+
+    /// Whether `code` refuses this decision: 4xx or 5xx; a connection is refused with `554`
+    /// (or closed with `421`), the only refusals a client expects instead of the greeting.
+    #[must_use]
+    pub fn refuses(self, code: u16) -> bool {
+        match self {
+            Self::Connect => matches!(code, 421 | 554),
+            _ => (400..600).contains(&code),
+        }
+    }
+}
+
+impl PendingKind {
+    fn decision_kind(self) -> DecisionKind {
+        match self {
+            Self::Connect => DecisionKind::Connect,
+            Self::Helo { .. } => DecisionKind::Helo,
+            Self::Auth => DecisionKind::Auth,
+            Self::Mail { .. } => DecisionKind::Mail,
+            Self::Rcpt => DecisionKind::Rcpt,
+            Self::Data => DecisionKind::Data,
+            Self::Bdat { .. } => DecisionKind::Bdat,
+            Self::MessageEnd => DecisionKind::MessageEnd,
+        }
+    }
+}
+
 /// Input offered at once from this size on is bulk (see `ServerSession::handle_input`).
 const BULK_INPUT: usize = 4 * 1024;
 
@@ -414,24 +475,23 @@ impl ServerSession {
     ///
     /// # Errors
     /// [`Error::UnknownDecision`] if `id` is not the outstanding decision (already answered,
-    /// or the session was closed); [`Error::InvalidVerdict`] if the reply's class does not fit
-    /// the verdict (an `AcceptWith` must be 2xx, or 3xx for DATA; a `Reject` 4xx or 5xx).
+    /// or the session was closed); [`Error::InvalidVerdict`] if the reply's code is not one
+    /// RFC 5321 §4.3.2 allows for the command: an `AcceptWith` is `220` for the connection,
+    /// `235` for AUTH (RFC 4954 §6), `354` for DATA, `250` or `251` for RCPT, `250` for the
+    /// rest; a `Reject` is 4xx or 5xx, and for the connection `554` or `421` only.
     pub fn decide(&mut self, id: DecisionId, verdict: Verdict) -> Result<(), Error> {
         let kind = match &self.pending {
             Some(pending) if pending.id == id => pending.kind,
             _ => return Err(Error::UnknownDecision),
         };
-        let accepting_class = if matches!(kind, PendingKind::Data) {
-            3
-        } else {
-            2
-        };
         let (accepted, reply) = match verdict {
             Verdict::Accept => (true, None),
-            Verdict::AcceptWith(reply) if reply.code().class() == accepting_class => {
+            Verdict::AcceptWith(reply) if kind.decision_kind().accepts(reply.code().as_u16()) => {
                 (true, Some(reply))
             }
-            Verdict::Reject(reply) if reply.code().is_negative() => (false, Some(reply)),
+            Verdict::Reject(reply) if kind.decision_kind().refuses(reply.code().as_u16()) => {
+                (false, Some(reply))
+            }
             Verdict::AcceptWith(_) | Verdict::Reject(_) => return Err(Error::InvalidVerdict),
         };
         self.pending = None;
