@@ -19,6 +19,11 @@ pub struct ListenerConfig {
     /// with a policy, trusted balancers must start every connection with a v1 or v2 header
     /// and the session reports the client it names ([`crate::SessionInfo::peer`]).
     pub proxy: Option<ProxyPolicy>,
+    /// Share the port with listeners another process (or server) already has on it
+    /// (`SO_REUSEPORT`, same user): the kernel then spreads new clients across both. Off (the
+    /// default), binding a port that anyone listens on fails with "address in use". On for a
+    /// zero-downtime upgrade: start the new process beside the old one, then stop the old.
+    pub share_port: bool,
 }
 
 impl ListenerConfig {
@@ -29,7 +34,15 @@ impl ListenerConfig {
             addr,
             mode,
             proxy: None,
+            share_port: false,
         }
+    }
+
+    /// Shares the port with another process's listeners ([`ListenerConfig::share_port`]).
+    #[must_use]
+    pub fn share_port(mut self) -> Self {
+        self.share_port = true;
+        self
     }
 
     /// Reads a PROXY protocol header from the sources `policy` trusts.

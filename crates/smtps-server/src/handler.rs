@@ -2,8 +2,8 @@
 //! sees, and the [`Responder`] that answers later from any thread.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use mio::{Token, Waker};
 use smtps_conn::{CloseReason, Mode};
@@ -308,9 +308,9 @@ impl Responder {
     /// [`Handler::message_aborted`]).
     #[must_use]
     pub fn is_closed(&self) -> bool {
-        self.slot.as_ref().is_none_or(|slot| {
-            slot.awaited.load(Ordering::Acquire) != slot.decision.as_u64() + 1
-        })
+        self.slot
+            .as_ref()
+            .is_none_or(|slot| slot.awaited.load(Ordering::Acquire) != slot.decision.as_u64() + 1)
     }
 
     /// Gives the answer.

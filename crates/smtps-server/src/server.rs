@@ -116,6 +116,9 @@ impl<H: Handler> Server<H> {
         let mut local_addrs = Vec::new();
         for listener in &config.listeners {
             let mut addr = listener.addr;
+            if !listener.share_port {
+                addr = claim_alone(addr)?;
+            }
             for worker in &mut sockets {
                 let socket = bind_reuseport(addr)?;
                 if addr.port() == 0 {
@@ -364,6 +367,27 @@ impl RunningServer {
             Ok(())
         }
     }
+}
+
+/// Checks that nobody listens on `addr` (the workers' sockets share it among themselves with
+/// SO_REUSEPORT, which would let them join another process's listeners unnoticed): a socket
+/// without SO_REUSEPORT binds only where no one else is. Returns the address with the port
+/// the kernel picked for port 0.
+fn claim_alone(addr: SocketAddr) -> Result<SocketAddr, Error> {
+    let bind_error = |source| Error::Bind { addr, source };
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(bind_error)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true).map_err(bind_error)?;
+    }
+    // SO_REUSEADDR only: a port in TIME_WAIT is free, a listening one is not.
+    probe.set_reuse_address(true).map_err(bind_error)?;
+    probe.bind(&addr.into()).map_err(bind_error)?;
+    probe
+        .local_addr()
+        .map_err(bind_error)?
+        .as_socket()
+        .ok_or_else(|| bind_error(std::io::ErrorKind::InvalidData.into()))
 }
 
 /// A non-blocking listening socket with SO_REUSEADDR and SO_REUSEPORT.

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use smtps_proto::{AbortReason, Reply, SessionConfig};
 use smtps_server::{
-    Answer, CloseReason, Context, Handler, Mode, ProxyPolicy, Responder, RunningServer, Server,
-    ServerConfig, Timer, Untrusted,
+    Answer, CloseReason, Context, Handler, ListenerConfig, Mode, ProxyPolicy, Responder,
+    RunningServer, Server, ServerConfig, Timer, Untrusted,
 };
 use smtps_testkit::{
     IO_TIMEOUT, SmtpClient, acceptor, client_config, proxy_v1, proxy_v2, proxy_v2_local,
@@ -392,7 +392,10 @@ fn responder_is_closed_once_the_decision_timeout_answered_for_the_host() {
     assert!(first.is_closed());
     first.reject(Reply::from_parts(550, Some("5.7.1"), "stale").unwrap());
     second.accept();
-    assert!(client.reply().starts_with("250"), "the live answer is the one given");
+    assert!(
+        client.reply().starts_with("250"),
+        "the live answer is the one given"
+    );
 }
 
 #[test]
@@ -546,6 +549,37 @@ fn port_in_use_is_named_in_the_error() {
         text.contains(&addr.to_string()) && text.contains("another process"),
         "{text}"
     );
+}
+
+#[test]
+fn a_port_another_server_listens_on_is_refused_unless_sharing_is_asked_for() {
+    let bind = |addr: SocketAddr, share: bool| {
+        let mut listener = ListenerConfig::new(addr, Mode::Plain);
+        if share {
+            listener = listener.share_port();
+        }
+        let config = ServerConfig::new(SessionConfig::new("mx.test")).add_listener(listener);
+        Server::bind(
+            config,
+            Recorder {
+                log: Arc::default(),
+                defer_to: None,
+            },
+        )
+    };
+    // The first server's workers share their port among themselves (SO_REUSEPORT)...
+    let first = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+    let addr = first.local_addrs()[0];
+    // ...which must not let a second server join them unasked.
+    let error = bind(addr, false).err().expect("a busy port must fail");
+    assert!(
+        error.to_string().contains(&addr.to_string())
+            && error.to_string().contains("another process"),
+        "{error}"
+    );
+    // Asked for (the zero-downtime upgrade), both listen on it.
+    let second = bind(addr, true).expect("sharing asked for");
+    assert_eq!(second.local_addrs()[0], addr);
 }
 
 #[test]
