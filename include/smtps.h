@@ -135,13 +135,14 @@ enum smtps_result
    */
   SMTPS_RESULT_WRONG_STATE = 200,
   /**
-   * No decision is awaited from this session id: it never deferred, was answered already,
-   * or the session has closed.
+   * No longer returned (since 0.2 replies name a decision, `SMTPS_RESULT_UNKNOWN_DECISION`);
+   * kept so that the numbers stay stable.
    */
   SMTPS_RESULT_UNKNOWN_SESSION = 201,
   /**
-   * The decision id is not the one the connection awaits (answered already, or never
-   * issued).
+   * The decision is not awaited: answered already (by the host, or by the library after its
+   * decision timeout or at shutdown), its session or connection closed, or the number was
+   * never a decision id. Nothing changed.
    */
   SMTPS_RESULT_UNKNOWN_DECISION = 202,
   /**
@@ -548,8 +549,9 @@ typedef struct smtps_event {
  * A callback's answer: one of the `SMTPS_ANSWER_*` values.
  *
  * A callback may instead give a reply of its own, with text, by calling
- * `smtps_server_reply()` for its session before it returns: that reply wins over the return
- * value.
+ * `smtps_server_reply(server, smtps_session_decision_id(session), ...)` before it returns:
+ * that reply wins over the return value. A value outside `SMTPS_ANSWER_*` is a host bug: the
+ * client gets `451 4.3.0` (it retries later) and the library logs an error.
  */
 typedef uint32_t smtps_answer;
 
@@ -607,10 +609,21 @@ typedef struct smtps_callbacks {
   /**
    * The whole message (`size` octets) has arrived. Accept only once it is stored durably:
    * the `250` is the promise to deliver. Required.
+   *
+   * A deferred commit can lose the race with the library: when `SMTPS_TIMEOUT_DECISION`
+   * passes first (or a shutdown's grace ends), the client gets `451 4.3.0` and will send
+   * the message again, and `smtps_server_reply` returns `SMTPS_RESULT_UNKNOWN_DECISION`:
+   * delete the stored copy then, or the message is delivered twice. A client that merely
+   * disconnects during the commit is still answered (`SMTPS_RESULT_OK`), as RFC 5321 §6.1
+   * prefers a possible duplicate to a loss.
    */
   smtps_answer (*on_message_end)(void *userdata, const struct smtps_session *session, uint64_t size);
   /**
-   * The message in progress was dropped and will never be acknowledged.
+   * The message in progress was dropped and will never be acknowledged: discard what was
+   * spooled. It may arrive while a deferred `on_message_end` commit is still running on
+   * the host's threads (the session closed at shutdown or on `421`): the client never got
+   * `250`, so the stored copy must go even if the commit completes later; its reply then
+   * gets `SMTPS_RESULT_UNKNOWN_DECISION`.
    */
   void (*on_message_aborted)(void *userdata,
                              const struct smtps_session *session,
@@ -642,9 +655,12 @@ typedef struct smtps_callbacks {
 #define SMTPS_ANSWER_REJECT 1
 
 /**
- * Answer later with `smtps_server_reply(server, session_id, ...)`, from any thread. Until
- * then the session waits (up to `SMTPS_TIMEOUT_DECISION`, then `451 4.3.0`). For `on_body`
- * and the notices, the same as `SMTPS_ANSWER_ACCEPT`.
+ * Answer later with `smtps_server_reply(server, decision_id, ...)`, from any thread, where
+ * `decision_id` is `smtps_session_decision_id(session)` read in this callback. Until then the
+ * session waits (up to `SMTPS_TIMEOUT_DECISION`, then the library answers `451 4.3.0` and a
+ * late reply gets `SMTPS_RESULT_UNKNOWN_DECISION`). The reply may even come from another
+ * thread before this callback returns. For `on_body` and the notices, the same as
+ * `SMTPS_ANSWER_ACCEPT`.
  */
 #define SMTPS_ANSWER_DEFER 2
 
@@ -847,6 +863,23 @@ smtps_result smtps_config_add_listener(struct smtps_config *config,
 smtps_result smtps_config_set_listener_proxy(struct smtps_config *config,
                                              size_t listener_index,
                                              smtps_proxy_mode mode);
+
+/**
+ * Sets whether listener `listener_index` (from 0, in `smtps_config_add_listener` order) may
+ * share its port with listeners another process already has on it (`SO_REUSEPORT`, same
+ * user): the kernel then spreads new clients across both. `false` (the default): a port
+ * anyone listens on makes `smtps_server_new` fail with `SMTPS_RESULT_BIND` naming
+ * it. `true` for a zero-downtime upgrade: start the new process beside the old, then stop the
+ * old one (`smtps_server_stop` finishes its sessions).
+ *
+ * `SMTPS_RESULT_INVALID_PARAMETER` for a listener index not added yet.
+ *
+ * # Safety
+ * `config` is NULL or a live config.
+ */
+smtps_result smtps_config_set_listener_share_port(struct smtps_config *config,
+                                                  size_t listener_index,
+                                                  bool share);
 
 /**
  * Adds a source trusted to send PROXY protocol headers: a NUL-terminated IPv4 or IPv6 block
@@ -1420,25 +1453,31 @@ smtps_result smtps_server_shutdown(const struct smtps_server *server, uint32_t g
 smtps_result smtps_server_stop(const struct smtps_server *server, uint32_t grace_ms);
 
 /**
- * Answers the decision a session awaits, from any thread, once: during the callback (a reply
- * with text of the host's own) or after the callback returned `SMTPS_ANSWER_DEFER`.
+ * Answers one decision, from any thread, once: during its callback (a reply with text of
+ * the host's own) or after the callback returned `SMTPS_ANSWER_DEFER`. `decision_id` is
+ * `smtps_session_decision_id(session)` read in that callback: every decision has its own, so
+ * a reply can only ever answer the command it was meant for.
  *
- * `code` 0 accepts with the default reply (`enhanced` and `text` ignored). 2xx accepts (3xx
- * for `on_data_start`) with the host's reply; 4xx and 5xx refuse (`421` also closes).
- * `enhanced` is NULL or an RFC 3463 status such as `"2.0.0"` of the code's class; `text` is
- * NULL (a default text) or UTF-8, one line (CR and LF are replaced). Both are copied. In
- * `on_body`, a 4xx/5xx refuses the message.
+ * `code` 0 accepts with the default reply (`enhanced` and `text` ignored). Otherwise the code
+ * must be one RFC 5321 §4.3.2 allows for the command: `220` greets (`on_connect`, refused
+ * only with `554`, or `421` which closes), `235` accepts AUTH, `354` DATA, `250` or `251`
+ * RCPT, `250` the rest; 4xx and 5xx refuse (`421` also closes). `enhanced` is NULL or an
+ * RFC 3463 status such as `"2.0.0"` of the code's class; `text` is NULL (a default text) or
+ * UTF-8, one line (CR and LF are replaced). Both are copied. In `on_body`, a 4xx/5xx refuses
+ * the message (nothing else is accepted there).
  *
- * Returns `SMTPS_RESULT_UNKNOWN_SESSION` if no decision is awaited from `session_id` (it
- * never deferred, was answered already, or has closed); `SMTPS_RESULT_INVALID_REPLY` if the
- * reply is malformed or does not fit (the decision then still waits);
+ * Returns `SMTPS_RESULT_UNKNOWN_DECISION` if that decision is not awaited: it was answered
+ * already, the library answered it itself (`451 4.3.0` after `SMTPS_TIMEOUT_DECISION`, `421`
+ * at shutdown), its session closed, or the number is not a decision id (a session id passed
+ * by mistake); nothing changes then. `SMTPS_RESULT_INVALID_REPLY` if the reply is malformed
+ * or does not answer the command (the decision then still waits);
  * `SMTPS_RESULT_SERVER_STOPPED` after a stop.
  *
  * # Safety
  * `server` is NULL or a live server; `enhanced` and `text` are NULL or NUL-terminated.
  */
 smtps_result smtps_server_reply(const struct smtps_server *server,
-                                uint64_t session_id,
+                                uint64_t decision_id,
                                 uint16_t code,
                                 const char *enhanced,
                                 const char *text);
@@ -1466,7 +1505,22 @@ smtps_result smtps_server_local_port(const struct smtps_server *server,
 smtps_result smtps_server_reload_certificates(const struct smtps_server *server);
 
 /**
- * The session's id: unique within the process, the key for `smtps_server_reply`. 0 for NULL.
+ * The id of the decision the running callback is asked for: pass it to
+ * `smtps_server_reply` to answer this decision, now or after returning `SMTPS_ANSWER_DEFER`.
+ * Every decision (`on_connect`, `on_helo`, `on_auth`, `on_mail`, `on_rcpt`, `on_data_start`,
+ * `on_message_end`, and an `on_body` call, which only refuses) gets its own id, never reused,
+ * so a late or repeated reply can never answer a later command of the session: it gets
+ * `SMTPS_RESULT_UNKNOWN_DECISION`. Decision ids are at least 2^32, never a session id. 0 in
+ * the notices (`on_message_aborted`, `on_reset`, `on_disconnect`) and for NULL.
+ *
+ * # Safety
+ * `session` is NULL or the session lent to the running callback.
+ */
+uint64_t smtps_session_decision_id(const struct smtps_session *session);
+
+/**
+ * The session's id: unique within the process, for the host's own tables and logs (a reply
+ * names the decision, `smtps_session_decision_id`). 0 for NULL.
  *
  * # Safety
  * `session` is NULL or the session lent to the running callback.

@@ -12,8 +12,9 @@ use crate::view::{smtps_bytes, smtps_str};
 /// A callback's answer: one of the `SMTPS_ANSWER_*` values.
 ///
 /// A callback may instead give a reply of its own, with text, by calling
-/// `smtps_server_reply()` for its session before it returns: that reply wins over the return
-/// value.
+/// `smtps_server_reply(server, smtps_session_decision_id(session), ...)` before it returns:
+/// that reply wins over the return value. A value outside `SMTPS_ANSWER_*` is a host bug: the
+/// client gets `451 4.3.0` (it retries later) and the library logs an error.
 #[allow(non_camel_case_types)]
 pub type smtps_answer = u32;
 /// Accept with the default reply (`250 2.1.0 Sender OK`, `354`, ...). For `on_body`: go on.
@@ -23,9 +24,12 @@ pub const SMTPS_ANSWER_ACCEPT: smtps_answer = 0;
 /// For `on_body`: refuse the message (`451 4.3.0` at its end; the rest of the body is read
 /// and not passed on).
 pub const SMTPS_ANSWER_REJECT: smtps_answer = 1;
-/// Answer later with `smtps_server_reply(server, session_id, ...)`, from any thread. Until
-/// then the session waits (up to `SMTPS_TIMEOUT_DECISION`, then `451 4.3.0`). For `on_body`
-/// and the notices, the same as `SMTPS_ANSWER_ACCEPT`.
+/// Answer later with `smtps_server_reply(server, decision_id, ...)`, from any thread, where
+/// `decision_id` is `smtps_session_decision_id(session)` read in this callback. Until then the
+/// session waits (up to `SMTPS_TIMEOUT_DECISION`, then the library answers `451 4.3.0` and a
+/// late reply gets `SMTPS_RESULT_UNKNOWN_DECISION`). The reply may even come from another
+/// thread before this callback returns. For `on_body` and the notices, the same as
+/// `SMTPS_ANSWER_ACCEPT`.
 pub const SMTPS_ANSWER_DEFER: smtps_answer = 2;
 
 /// Why a message in progress was dropped (`on_message_aborted`). It is never acknowledged;
@@ -179,6 +183,13 @@ pub struct smtps_callbacks {
     >,
     /// The whole message (`size` octets) has arrived. Accept only once it is stored durably:
     /// the `250` is the promise to deliver. Required.
+    ///
+    /// A deferred commit can lose the race with the library: when `SMTPS_TIMEOUT_DECISION`
+    /// passes first (or a shutdown's grace ends), the client gets `451 4.3.0` and will send
+    /// the message again, and `smtps_server_reply` returns `SMTPS_RESULT_UNKNOWN_DECISION`:
+    /// delete the stored copy then, or the message is delivered twice. A client that merely
+    /// disconnects during the commit is still answered (`SMTPS_RESULT_OK`), as RFC 5321 §6.1
+    /// prefers a possible duplicate to a loss.
     pub on_message_end: Option<
         unsafe extern "C" fn(
             userdata: *mut c_void,
@@ -186,7 +197,11 @@ pub struct smtps_callbacks {
             size: u64,
         ) -> smtps_answer,
     >,
-    /// The message in progress was dropped and will never be acknowledged.
+    /// The message in progress was dropped and will never be acknowledged: discard what was
+    /// spooled. It may arrive while a deferred `on_message_end` commit is still running on
+    /// the host's threads (the session closed at shutdown or on `421`): the client never got
+    /// `250`, so the stored copy must go even if the commit completes later; its reply then
+    /// gets `SMTPS_RESULT_UNKNOWN_DECISION`.
     pub on_message_aborted: Option<
         unsafe extern "C" fn(
             userdata: *mut c_void,

@@ -366,6 +366,37 @@ pub unsafe extern "C" fn smtps_config_set_listener_proxy(
     }
 }
 
+/// Sets whether listener `listener_index` (from 0, in `smtps_config_add_listener` order) may
+/// share its port with listeners another process already has on it (`SO_REUSEPORT`, same
+/// user): the kernel then spreads new clients across both. `false` (the default): a port
+/// anyone listens on makes `smtps_server_new` fail with `SMTPS_RESULT_BIND` naming
+/// it. `true` for a zero-downtime upgrade: start the new process beside the old, then stop the
+/// old one (`smtps_server_stop` finishes its sessions).
+///
+/// `SMTPS_RESULT_INVALID_PARAMETER` for a listener index not added yet.
+///
+/// # Safety
+/// `config` is NULL or a live config.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_set_listener_share_port(
+    config: *mut smtps_config,
+    listener_index: usize,
+    share: bool,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        let count = config.listeners.len();
+        let Some(listener) = config.listeners.get_mut(listener_index) else {
+            let detail = format_args!(
+                "no listener {listener_index}: {count} added (smtps_config_add_listener)"
+            );
+            return fail(smtps_result::InvalidParameter, detail);
+        };
+        listener.share_port = share;
+        smtps_result::Ok
+    }
+}
+
 /// Adds a source trusted to send PROXY protocol headers: a NUL-terminated IPv4 or IPv6 block
 /// in CIDR notation (`"10.0.0.0/8"`, `"2001:db8::/32"`) or a single address (`"192.0.2.7"`,
 /// `"::1"`). Repeat for each balancer or network. An IPv4-mapped IPv6 peer

@@ -40,11 +40,12 @@ pub enum smtps_result {
     /// The object is not in a state that allows this call (started twice, dispatch on a
     /// server that does not use the host's poll loop, ...).
     WrongState = 200,
-    /// No decision is awaited from this session id: it never deferred, was answered already,
-    /// or the session has closed.
+    /// No longer returned (since 0.2 replies name a decision, `SMTPS_RESULT_UNKNOWN_DECISION`);
+    /// kept so that the numbers stay stable.
     UnknownSession = 201,
-    /// The decision id is not the one the connection awaits (answered already, or never
-    /// issued).
+    /// The decision is not awaited: answered already (by the host, or by the library after its
+    /// decision timeout or at shutdown), its session or connection closed, or the number was
+    /// never a decision id. Nothing changed.
     UnknownDecision = 202,
     /// The server has been stopped; it can only be freed.
     ServerStopped = 203,
@@ -102,7 +103,9 @@ impl smtps_result {
             Self::InvalidReply => "invalid reply, or one that does not fit the decision",
             Self::WrongState => "the object is not in a state that allows this call",
             Self::UnknownSession => "no decision is awaited from this session",
-            Self::UnknownDecision => "no such decision is awaited by this connection",
+            Self::UnknownDecision => {
+                "this decision is not awaited (answered already, timed out, or closed)"
+            }
             Self::ServerStopped => "the server has been stopped",
             Self::AlreadyStopped => "the server was already stopped",
             Self::InCallback => "this call is not allowed inside a callback",

@@ -5,10 +5,12 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use smtps_proto::{
-    AbortReason, ForwardPath, HeloName, MailParameters, RcptParameters, Reply, ReversePath, Verdict,
+    AbortReason, DecisionKind, ForwardPath, HeloName, MailParameters, RcptParameters, Reply,
+    ReversePath, Verdict,
 };
 use smtps_server::{Answer, CloseReason, Context, Credentials, Handler, Responder};
 
@@ -55,14 +57,23 @@ pub(crate) enum Kind {
     Body,
 }
 
+/// The first decision id: decision ids and session ids never look alike, so a session id
+/// passed to `smtps_server_reply` by mistake is refused, not taken for a decision.
+pub(crate) const FIRST_DECISION_ID: u64 = 1 << 32;
+
 impl Kind {
-    /// The reply class that accepts (`None` for a body chunk, which only refuses).
-    pub(crate) fn accepting_class(self) -> Option<u8> {
-        match self {
-            Self::Data => Some(3),
-            Self::Body => None,
-            _ => Some(2),
-        }
+    /// What the reply must answer (`None` for a body chunk, which only refuses).
+    pub(crate) fn decision_kind(self) -> Option<DecisionKind> {
+        Some(match self {
+            Self::Connect => DecisionKind::Connect,
+            Self::Helo => DecisionKind::Helo,
+            Self::Auth => DecisionKind::Auth,
+            Self::Mail => DecisionKind::Mail,
+            Self::Rcpt => DecisionKind::Rcpt,
+            Self::Data => DecisionKind::Data,
+            Self::MessageEnd => DecisionKind::MessageEnd,
+            Self::Body => return None,
+        })
     }
 
     /// The refusal given for `SMTPS_ANSWER_REJECT`.
@@ -79,7 +90,7 @@ impl Kind {
     }
 }
 
-/// A decision the host has not answered yet, by session id.
+/// A decision the host has not answered yet, by decision id.
 pub(crate) enum Pending {
     /// The callback is running; a reply given meanwhile is kept here.
     InCallback {
@@ -128,9 +139,10 @@ pub(crate) struct Finish {
 pub(crate) struct Core {
     callbacks: smtps_callbacks,
     userdata: UserData,
+    /// Decisions awaited from the host, by decision id; a body chunk in its callback too.
     pub(crate) registry: Mutex<HashMap<u64, Pending>>,
-    /// Sessions whose `on_body` runs now, with the refusal given during the call.
-    pub(crate) in_body: Mutex<HashMap<u64, Option<Verdict>>>,
+    /// The next decision id.
+    next_decision: AtomicU64,
     pub(crate) finish: Mutex<Finish>,
     /// Signalled when the server finishes.
     pub(crate) finished: Condvar,
@@ -142,7 +154,7 @@ impl Core {
             callbacks,
             userdata,
             registry: Mutex::new(HashMap::new()),
-            in_body: Mutex::new(HashMap::new()),
+            next_decision: AtomicU64::new(FIRST_DECISION_ID),
             finish: Mutex::new(Finish::default()),
             finished: Condvar::new(),
         }
@@ -150,10 +162,6 @@ impl Core {
 
     pub(crate) fn registry(&self) -> MutexGuard<'_, HashMap<u64, Pending>> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn in_body(&self) -> MutexGuard<'_, HashMap<u64, Option<Verdict>>> {
-        self.in_body.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn finish_state(&self) -> MutexGuard<'_, Finish> {
@@ -240,19 +248,50 @@ impl Core {
 
     /// Calls `on_body` with the registry marking a body chunk in progress. Returns the refusal,
     /// if the host refused the message.
-    fn body_in_callback(&self, view: &SessionView, chunk: &[u8]) -> Option<Reply> {
+    fn body_in_callback(
+        &self,
+        view: &SessionView,
+        last: &mut Option<u64>,
+        chunk: &[u8],
+    ) -> Option<Reply> {
         self.callbacks.on_body?;
-        let id = view.id;
-        self.in_body().insert(id, None);
+        let id = self.register(view, last, Kind::Body);
         let ret = self.invoke_body(view, chunk);
-        let given = self.in_body().remove(&id).flatten();
+        view.shared.decision.store(0, Ordering::Relaxed);
+        let given = match self.registry().remove(&id) {
+            Some(Pending::InCallback { verdict, .. }) => verdict,
+            _ => None,
+        };
+        *last = None;
         match given {
             Some(Verdict::Reject(reply)) => Some(reply),
             Some(_) => None,
-            None => {
-                (ret == crate::callbacks::SMTPS_ANSWER_REJECT).then(|| Kind::Body.default_refusal())
-            }
+            None => match ret {
+                SMTPS_ANSWER_ACCEPT | SMTPS_ANSWER_DEFER => None,
+                crate::callbacks::SMTPS_ANSWER_REJECT => Some(Kind::Body.default_refusal()),
+                other => Some(invalid_answer(view, Kind::Body, other)),
+            },
         }
+    }
+
+    /// Registers a new decision of `view`'s session, in its callback: the previous one of the
+    /// session (`last`) can no longer be answered, and goes.
+    fn register(&self, view: &SessionView, last: &mut Option<u64>, kind: Kind) -> u64 {
+        let id = self.next_decision.fetch_add(1, Ordering::Relaxed);
+        let mut registry = self.registry();
+        if let Some(previous) = last.replace(id) {
+            registry.remove(&previous);
+        }
+        registry.insert(
+            id,
+            Pending::InCallback {
+                kind,
+                verdict: None,
+            },
+        );
+        drop(registry);
+        view.shared.decision.store(id, Ordering::Relaxed);
+        id
     }
 
     fn invoke_body(&self, view: &SessionView, chunk: &[u8]) -> smtps_answer {
@@ -266,26 +305,29 @@ impl Core {
     }
 
     /// A decision event: calls the host now, on the thread turning the worker.
-    fn decide(&self, view: &SessionView, cx: &mut Context<'_>, kind: Kind, call: &Call) -> Answer {
-        let id = view.id;
-        self.registry().insert(
-            id,
-            Pending::InCallback {
-                kind,
-                verdict: None,
-            },
-        );
+    fn decide(
+        &self,
+        view: &SessionView,
+        last: &mut Option<u64>,
+        cx: &mut Context<'_>,
+        kind: Kind,
+        call: &Call,
+    ) -> Answer {
+        let id = self.register(view, last, kind);
         let ret = self.invoke(view, call);
+        view.shared.decision.store(0, Ordering::Relaxed);
         let mut registry = self.registry();
         let given = match registry.remove(&id) {
             Some(Pending::InCallback { verdict, .. }) => verdict,
             _ => None,
         };
         if let Some(verdict) = given {
+            *last = None;
             return answer_of(verdict);
         }
         if ret != SMTPS_ANSWER_DEFER {
-            return answer_of(verdict_for(kind, ret));
+            *last = None;
+            return answer_of(verdict_for(view, kind, ret));
         }
         match cx.defer() {
             Some(responder) => {
@@ -297,11 +339,30 @@ impl Core {
     }
 }
 
+/// The answer to a callback return value outside `SMTPS_ANSWER_*` (a host bug): `451 4.3.0`
+/// (`421 4.3.0` in place of the greeting), so that the client retries instead of being
+/// refused for good, and an error in the log.
+fn invalid_answer(view: &SessionView, kind: Kind, answer: smtps_answer) -> Reply {
+    let reply = if kind == Kind::Connect {
+        ::smtps_conn::replies::greeting_unavailable()
+    } else {
+        ::smtps_conn::replies::temporary_failure()
+    };
+    log::error!(
+        "smtps-ffi: session={} the {kind:?} callback returned {answer}, which is not an \
+         SMTPS_ANSWER_* value: answered {}",
+        view.id,
+        reply.code().as_u16()
+    );
+    reply
+}
+
 /// The verdict for a callback's return value.
-fn verdict_for(kind: Kind, answer: smtps_answer) -> Verdict {
+fn verdict_for(view: &SessionView, kind: Kind, answer: smtps_answer) -> Verdict {
     match answer {
         SMTPS_ANSWER_ACCEPT | SMTPS_ANSWER_DEFER => Verdict::Accept,
-        _ => Verdict::Reject(kind.default_refusal()),
+        crate::callbacks::SMTPS_ANSWER_REJECT => Verdict::Reject(kind.default_refusal()),
+        other => Verdict::Reject(invalid_answer(view, kind, other)),
     }
 }
 
@@ -337,6 +398,8 @@ pub(crate) struct FfiHandler {
 /// The per-session state: the view callbacks see.
 pub(crate) struct FfiSession {
     view: Arc<SessionView>,
+    /// The session's latest decision id while the registry may hold it.
+    last_decision: Option<u64>,
 }
 
 impl FfiSession {
@@ -346,16 +409,30 @@ impl FfiSession {
     }
 }
 
+impl FfiHandler {
+    /// Brings the session's view up to date and asks the host for a decision.
+    fn decide(
+        &self,
+        session: &mut FfiSession,
+        cx: &mut Context<'_>,
+        kind: Kind,
+        call: &Call,
+    ) -> Answer {
+        SessionView::refresh(&mut session.view, cx.info());
+        self.core
+            .decide(&session.view, &mut session.last_decision, cx, kind, call)
+    }
+}
+
 impl Handler for FfiHandler {
     type Session = FfiSession;
 
     fn connect(&self, cx: &mut Context<'_>) -> (FfiSession, Answer) {
-        let session = FfiSession {
+        let mut session = FfiSession {
             view: Arc::new(SessionView::new(cx.info())),
+            last_decision: None,
         };
-        let answer = self
-            .core
-            .decide(&session.view, cx, Kind::Connect, &Call::Connect);
+        let answer = self.decide(&mut session, cx, Kind::Connect, &Call::Connect);
         (session, answer)
     }
 
@@ -373,7 +450,13 @@ impl Handler for FfiHandler {
         let call = Call::Helo {
             name: name.to_string(),
         };
-        self.core.decide(&session.view, cx, Kind::Helo, &call)
+        self.core.decide(
+            &session.view,
+            &mut session.last_decision,
+            cx,
+            Kind::Helo,
+            &call,
+        )
     }
 
     fn auth(
@@ -382,13 +465,12 @@ impl Handler for FfiHandler {
         cx: &mut Context<'_>,
         credentials: &Credentials<'_>,
     ) -> Answer {
-        let view = session.refresh(cx);
         let call = Call::Auth {
             user: credentials.authentication_id.to_owned(),
             password: credentials.password.to_owned(),
             authzid: credentials.authorization_id.to_owned(),
         };
-        self.core.decide(view, cx, Kind::Auth, &call)
+        self.decide(session, cx, Kind::Auth, &call)
     }
 
     fn mail(
@@ -398,15 +480,10 @@ impl Handler for FfiHandler {
         from: &ReversePath<'_>,
         _params: &MailParameters<'_>,
     ) -> Answer {
-        let view = session.refresh(cx);
-        self.core.decide(
-            view,
-            cx,
-            Kind::Mail,
-            &Call::Mail {
-                from: from.address(),
-            },
-        )
+        let call = Call::Mail {
+            from: from.address(),
+        };
+        self.decide(session, cx, Kind::Mail, &call)
     }
 
     fn rcpt(
@@ -416,14 +493,11 @@ impl Handler for FfiHandler {
         to: &ForwardPath<'_>,
         _params: &RcptParameters<'_>,
     ) -> Answer {
-        let view = session.refresh(cx);
-        self.core
-            .decide(view, cx, Kind::Rcpt, &Call::Rcpt { to: to.address() })
+        self.decide(session, cx, Kind::Rcpt, &Call::Rcpt { to: to.address() })
     }
 
     fn data_start(&self, session: &mut FfiSession, cx: &mut Context<'_>) -> Answer {
-        let view = session.refresh(cx);
-        self.core.decide(view, cx, Kind::Data, &Call::DataStart)
+        self.decide(session, cx, Kind::Data, &Call::DataStart)
     }
 
     fn body_chunk(
@@ -432,17 +506,18 @@ impl Handler for FfiHandler {
         cx: &mut Context<'_>,
         chunk: &[u8],
     ) -> Result<(), Reply> {
-        let view = session.refresh(cx);
-        match self.core.body_in_callback(view, chunk) {
+        SessionView::refresh(&mut session.view, cx.info());
+        match self
+            .core
+            .body_in_callback(&session.view, &mut session.last_decision, chunk)
+        {
             Some(reply) => Err(reply),
             None => Ok(()),
         }
     }
 
     fn message_end(&self, session: &mut FfiSession, cx: &mut Context<'_>, size: u64) -> Answer {
-        let view = session.refresh(cx);
-        self.core
-            .decide(view, cx, Kind::MessageEnd, &Call::MessageEnd(size))
+        self.decide(session, cx, Kind::MessageEnd, &Call::MessageEnd(size))
     }
 
     fn message_aborted(&self, session: &mut FfiSession, cx: &mut Context<'_>, reason: AbortReason) {
@@ -456,10 +531,12 @@ impl Handler for FfiHandler {
     }
 
     fn disconnect(&self, mut session: FfiSession, cx: &mut Context<'_>, reason: CloseReason) {
-        let view = session.refresh(cx);
         // A decision still registered can no longer be answered.
-        let stale = self.core.registry().remove(&view.id);
-        drop(stale);
+        if let Some(last) = session.last_decision.take() {
+            let stale = self.core.registry().remove(&last);
+            drop(stale);
+        }
+        let view = session.refresh(cx);
         self.core.invoke(view, &Call::Disconnect((&reason).into()));
     }
 }

@@ -1,17 +1,18 @@
 //! Replies given by C hosts (code, enhanced status, text) turned into verdicts.
 
-use smtps_proto::{Reply, Verdict};
+use smtps_proto::{DecisionKind, Reply, Verdict};
 
 use crate::error::{fail, smtps_result};
 
 /// The verdict for a host's reply: `code` 0 accepts with the default reply; 2xx and 3xx accept
-/// with the host's reply; 4xx and 5xx refuse. `accepting_class` is 3 for a DATA start, else 2
-/// (`None` leaves the check to the session).
+/// with the host's reply; 4xx and 5xx refuse. With `kind`, the code must be one RFC 5321
+/// §4.3.2 allows for that command (`220` to greet, `354` for DATA, ...); without, the session
+/// checks it when the verdict is applied.
 pub(crate) fn verdict(
     code: u16,
     enhanced: Option<&str>,
     text: Option<&str>,
-    accepting_class: Option<u8>,
+    kind: Option<DecisionKind>,
 ) -> Result<Verdict, smtps_result> {
     if code == 0 {
         return Ok(Verdict::Accept);
@@ -32,20 +33,38 @@ pub(crate) fn verdict(
             ),
         ));
     };
-    if reply.code().is_negative() {
-        return Ok(Verdict::Reject(reply));
-    }
-    if let Some(expected) = accepting_class
-        && reply.code().class() != expected
+    let negative = reply.code().is_negative();
+    if let Some(kind) = kind
+        && !(if negative {
+            kind.refuses(code)
+        } else {
+            kind.accepts(code)
+        })
     {
         return Err(fail(
             smtps_result::InvalidReply,
             format_args!(
-                "{code} does not accept this command (expected {expected}xx, or 4xx/5xx to refuse)"
+                "{code} does not answer {kind:?} (RFC 5321 4.3.2: {})",
+                expected_codes(kind)
             ),
         ));
     }
-    Ok(Verdict::AcceptWith(reply))
+    Ok(if negative {
+        Verdict::Reject(reply)
+    } else {
+        Verdict::AcceptWith(reply)
+    })
+}
+
+/// The codes a decision takes, for error messages.
+fn expected_codes(kind: DecisionKind) -> &'static str {
+    match kind {
+        DecisionKind::Connect => "220 greets, 554 or 421 refuse",
+        DecisionKind::Auth => "235 accepts, 4xx or 5xx refuse",
+        DecisionKind::Data => "354 accepts, 4xx or 5xx refuse",
+        DecisionKind::Rcpt => "250 or 251 accept, 4xx or 5xx refuse",
+        _ => "250 accepts, 4xx or 5xx refuse",
+    }
 }
 
 /// A fixed reply of this crate (known-good parts).
@@ -60,17 +79,18 @@ mod tests {
 
     #[test]
     fn codes_map_to_verdicts() {
-        assert_eq!(verdict(0, None, None, Some(2)), Ok(Verdict::Accept));
+        let rcpt = Some(DecisionKind::Rcpt);
+        assert_eq!(verdict(0, None, None, rcpt), Ok(Verdict::Accept));
         assert!(matches!(
-            verdict(250, Some("2.0.0"), Some("queued"), Some(2)),
+            verdict(250, Some("2.0.0"), Some("queued"), rcpt),
             Ok(Verdict::AcceptWith(_))
         ));
         assert!(matches!(
-            verdict(550, Some("5.1.1"), None, Some(2)),
+            verdict(550, Some("5.1.1"), None, rcpt),
             Ok(Verdict::Reject(_))
         ));
         assert_eq!(
-            verdict(354, None, None, Some(2)),
+            verdict(354, None, None, rcpt),
             Err(smtps_result::InvalidReply)
         );
         assert_eq!(
@@ -81,5 +101,26 @@ mod tests {
             verdict(999, None, None, None),
             Err(smtps_result::InvalidReply)
         );
+    }
+
+    #[test]
+    fn the_greeting_is_220_and_refused_only_with_554_or_421() {
+        let connect = Some(DecisionKind::Connect);
+        assert_eq!(
+            verdict(250, None, None, connect),
+            Err(smtps_result::InvalidReply)
+        );
+        assert_eq!(
+            verdict(550, None, None, connect),
+            Err(smtps_result::InvalidReply)
+        );
+        assert!(matches!(
+            verdict(220, None, Some("mx ready"), connect),
+            Ok(Verdict::AcceptWith(_))
+        ));
+        assert!(matches!(
+            verdict(554, None, None, connect),
+            Ok(Verdict::Reject(_))
+        ));
     }
 }

@@ -19,7 +19,7 @@ use crate::ffi::{
     Castable, OwnershipBox, check_out, take_box, to_boxed_ptr, try_ref_from_ptr, try_str_opt,
     write_out,
 };
-use crate::handler::{Core, FfiHandler, Pending, UserData, in_callback};
+use crate::handler::{Core, FIRST_DECISION_ID, FfiHandler, Kind, Pending, UserData, in_callback};
 use crate::panic::ffi_boundary;
 use crate::reply::verdict;
 
@@ -521,18 +521,24 @@ pub unsafe extern "C" fn smtps_server_stop(
     }
 }
 
-/// Answers the decision a session awaits, from any thread, once: during the callback (a reply
-/// with text of the host's own) or after the callback returned `SMTPS_ANSWER_DEFER`.
+/// Answers one decision, from any thread, once: during its callback (a reply with text of
+/// the host's own) or after the callback returned `SMTPS_ANSWER_DEFER`. `decision_id` is
+/// `smtps_session_decision_id(session)` read in that callback: every decision has its own, so
+/// a reply can only ever answer the command it was meant for.
 ///
-/// `code` 0 accepts with the default reply (`enhanced` and `text` ignored). 2xx accepts (3xx
-/// for `on_data_start`) with the host's reply; 4xx and 5xx refuse (`421` also closes).
-/// `enhanced` is NULL or an RFC 3463 status such as `"2.0.0"` of the code's class; `text` is
-/// NULL (a default text) or UTF-8, one line (CR and LF are replaced). Both are copied. In
-/// `on_body`, a 4xx/5xx refuses the message.
+/// `code` 0 accepts with the default reply (`enhanced` and `text` ignored). Otherwise the code
+/// must be one RFC 5321 §4.3.2 allows for the command: `220` greets (`on_connect`, refused
+/// only with `554`, or `421` which closes), `235` accepts AUTH, `354` DATA, `250` or `251`
+/// RCPT, `250` the rest; 4xx and 5xx refuse (`421` also closes). `enhanced` is NULL or an
+/// RFC 3463 status such as `"2.0.0"` of the code's class; `text` is NULL (a default text) or
+/// UTF-8, one line (CR and LF are replaced). Both are copied. In `on_body`, a 4xx/5xx refuses
+/// the message (nothing else is accepted there).
 ///
-/// Returns `SMTPS_RESULT_UNKNOWN_SESSION` if no decision is awaited from `session_id` (it
-/// never deferred, was answered already, or has closed); `SMTPS_RESULT_INVALID_REPLY` if the
-/// reply is malformed or does not fit (the decision then still waits);
+/// Returns `SMTPS_RESULT_UNKNOWN_DECISION` if that decision is not awaited: it was answered
+/// already, the library answered it itself (`451 4.3.0` after `SMTPS_TIMEOUT_DECISION`, `421`
+/// at shutdown), its session closed, or the number is not a decision id (a session id passed
+/// by mistake); nothing changes then. `SMTPS_RESULT_INVALID_REPLY` if the reply is malformed
+/// or does not answer the command (the decision then still waits);
 /// `SMTPS_RESULT_SERVER_STOPPED` after a stop.
 ///
 /// # Safety
@@ -540,7 +546,7 @@ pub unsafe extern "C" fn smtps_server_stop(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smtps_server_reply(
     server: *const smtps_server,
-    session_id: u64,
+    decision_id: u64,
     code: u16,
     enhanced: *const c_char,
     text: *const c_char,
@@ -552,52 +558,45 @@ pub unsafe extern "C" fn smtps_server_reply(
         if matches!(*server.state(), State::Stopped) {
             return fail(smtps_result::ServerStopped, "the server has been stopped");
         }
-        {
-            let mut in_body = server.core.in_body();
-            if let Some(slot) = in_body.get_mut(&session_id) {
-                if slot.is_some() {
-                    return fail(smtps_result::UnknownSession, "the message was refused already");
-                }
-                return match verdict(code, enhanced, text, None) {
-                    Ok(smtps_proto::Verdict::AcceptWith(_)) => fail(
-                        smtps_result::InvalidReply,
-                        "during a body chunk only a 4xx or 5xx reply refuses the message",
-                    ),
-                    Ok(given) => {
-                        *slot = Some(given);
-                        smtps_result::Ok
-                    }
-                    Err(error) => error,
-                };
-            }
+        if decision_id < FIRST_DECISION_ID {
+            return fail(
+                smtps_result::UnknownDecision,
+                format_args!("{decision_id} is not a decision id: pass smtps_session_decision_id(session), read in the callback"),
+            );
         }
         let mut registry = server.core.registry();
-        let (kind, answered) = match registry.get(&session_id) {
-            None => {
+        let kind = match registry.get(&decision_id) {
+            Some(Pending::InCallback { verdict: None, kind }) => *kind,
+            Some(Pending::Deferred { kind, responder }) if !responder.is_closed() => *kind,
+            Some(Pending::Deferred { .. }) => {
+                // The library answered it (decision timeout, shutdown): the client has moved on.
+                registry.remove(&decision_id);
                 return fail(
-                    smtps_result::UnknownSession,
-                    format_args!("session {session_id} awaits no decision (never deferred, answered, or closed)"),
+                    smtps_result::UnknownDecision,
+                    format_args!("decision {decision_id} was answered by the library (timeout or shutdown)"),
                 );
             }
-            Some(Pending::InCallback { kind, verdict }) => (*kind, verdict.is_some()),
-            Some(Pending::Deferred { kind, .. }) => (*kind, false),
+            _ => {
+                return fail(
+                    smtps_result::UnknownDecision,
+                    format_args!("decision {decision_id} is not awaited (answered already, or its session closed)"),
+                );
+            }
         };
-        if answered {
-            return fail(smtps_result::UnknownSession, format_args!("session {session_id} was answered already"));
-        }
-        let verdict = match verdict(code, enhanced, text, kind.accepting_class()) {
-            Ok(smtps_proto::Verdict::AcceptWith(_)) if kind.accepting_class().is_none() => {
+        let verdict = match verdict(code, enhanced, text, kind.decision_kind()) {
+            Ok(smtps_proto::Verdict::AcceptWith(_)) if kind == Kind::Body =>
+            {
                 return fail(smtps_result::InvalidReply, "during a body chunk only a 4xx or 5xx reply refuses the message");
             }
             Ok(verdict) => verdict,
             Err(error) => return error,
         };
-        match registry.get_mut(&session_id) {
+        match registry.get_mut(&decision_id) {
             Some(Pending::InCallback { verdict: slot, .. }) => {
                 *slot = Some(verdict);
             }
             _ => {
-                if let Some(Pending::Deferred { responder, .. }) = registry.remove(&session_id) {
+                if let Some(Pending::Deferred { responder, .. }) = registry.remove(&decision_id) {
                     drop(registry);
                     responder.respond(verdict);
                 }

@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use smtps_server::{Mode, ProxyHeader, SessionInfo};
 
@@ -31,6 +31,8 @@ impl Castable for smtps_session {
 pub(crate) struct SessionShared {
     /// The host's per-session pointer.
     pub(crate) userdata: AtomicPtr<c_void>,
+    /// The id of the decision the running callback is asked for; 0 outside one.
+    pub(crate) decision: AtomicU64,
 }
 
 /// The Rust value behind `smtps_session`: a copy of the session's information as of the event.
@@ -73,6 +75,7 @@ impl SessionView {
             recipients: Vec::new(),
             shared: Arc::new(SessionShared {
                 userdata: AtomicPtr::new(std::ptr::null_mut()),
+                decision: AtomicU64::new(0),
             }),
         };
         view.update(info);
@@ -112,7 +115,23 @@ impl SessionView {
     }
 }
 
-/// The session's id: unique within the process, the key for `smtps_server_reply`. 0 for NULL.
+/// The id of the decision the running callback is asked for: pass it to
+/// `smtps_server_reply` to answer this decision, now or after returning `SMTPS_ANSWER_DEFER`.
+/// Every decision (`on_connect`, `on_helo`, `on_auth`, `on_mail`, `on_rcpt`, `on_data_start`,
+/// `on_message_end`, and an `on_body` call, which only refuses) gets its own id, never reused,
+/// so a late or repeated reply can never answer a later command of the session: it gets
+/// `SMTPS_RESULT_UNKNOWN_DECISION`. Decision ids are at least 2^32, never a session id. 0 in
+/// the notices (`on_message_aborted`, `on_reset`, `on_disconnect`) and for NULL.
+///
+/// # Safety
+/// `session` is NULL or the session lent to the running callback.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_session_decision_id(session: *const smtps_session) -> u64 {
+    ffi_boundary! { try_ref_from_ptr!(session).shared.decision.load(Ordering::Relaxed) }
+}
+
+/// The session's id: unique within the process, for the host's own tables and logs (a reply
+/// names the decision, `smtps_session_decision_id`). 0 for NULL.
 ///
 /// # Safety
 /// `session` is NULL or the session lent to the running callback.

@@ -758,6 +758,33 @@ fn misuse_returns_error_codes() {
     }
 }
 
+/// The server-level promises hosts found broken (issue 14), performed by a C host that keeps
+/// SIGPIPE's default action: a stale reply cannot answer the next pipelined RCPT, a reply after
+/// the decision timeout is `UNKNOWN_DECISION`, a busy port fails unless shared, every failure
+/// sets `smtps_last_error`, leaving clients cannot raise SIGPIPE (exit 141 before
+/// `MSG_NOSIGNAL`), an invalid callback answer greets no one. Static, shared and sanitized.
+#[test]
+fn contract_holds_for_a_c_host() {
+    if !have("cc", "--version") {
+        return;
+    }
+    for flavour in ["static", "shared", "asan"] {
+        let binary = build("contract", flavour);
+        let mut command = Command::new(binary);
+        for (key, value) in SANITIZER_ENV {
+            command.env(key, value);
+        }
+        let output = run(command);
+        assert!(
+            output.status.success(),
+            "contract ({flavour}) ended with {}:\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 /// ASan + UBSan (and LeakSanitizer at exit): clients vanish mid-message, then the server is
 /// stopped while sessions are open in the middle of a message.
 #[test]

@@ -49,7 +49,7 @@ static const struct {
 /* A message waiting for the commit thread. */
 struct job {
   struct job *next;
-  uint64_t session_id;
+  uint64_t decision_id;
   int fd;
   char tmp_path[512];
   char new_path[1100];
@@ -163,7 +163,7 @@ static smtps_answer on_rcpt(void *ud, const smtps_session *session, smtps_str to
   struct host *host = ud;
   if (to.len >= 7 && memcmp(to.data, "nobody@", 7) == 0) {
     /* A reply with text of our own, given during the callback. */
-    smtps_server_reply(host->server, smtps_session_id(session), 550, "5.1.1",
+    smtps_server_reply(host->server, smtps_session_decision_id(session), 550, "5.1.1",
                        "No such user here");
     return SMTPS_ANSWER_DEFER;
   }
@@ -183,7 +183,7 @@ static smtps_answer on_data_start(void *ud, const smtps_session *session) {
            (unsigned long long)smtps_session_id(session), n);
   s->fd = open(s->tmp_path, O_WRONLY | O_CREAT | O_EXCL, 0600);
   if (s->fd < 0) {
-    smtps_server_reply(host->server, smtps_session_id(session), 451, "4.3.0",
+    smtps_server_reply(host->server, smtps_session_decision_id(session), 451, "4.3.0",
                        "Cannot open a spool file");
     return SMTPS_ANSWER_DEFER;
   }
@@ -227,7 +227,7 @@ static smtps_answer on_message_end(void *ud, const smtps_session *session, uint6
   if (job == NULL) {
     return SMTPS_ANSWER_REJECT;
   }
-  job->session_id = smtps_session_id(session);
+  job->decision_id = smtps_session_decision_id(session);
   job->fd = s->fd;
   memcpy(job->tmp_path, s->tmp_path, sizeof job->tmp_path);
   base = strrchr(s->tmp_path, '/');
@@ -283,14 +283,17 @@ static void commit(struct host *host, struct job *job) {
   ok = ok && fsync_dir(dir) == 0;
   if (ok) {
     snprintf(text, sizeof text, "Queued as %s", strrchr(job->new_path, '/') + 1);
-    result = smtps_server_reply(host->server, job->session_id, 250, "2.0.0", text);
+    result = smtps_server_reply(host->server, job->decision_id, 250, "2.0.0", text);
   } else {
     unlink(job->tmp_path);
-    result = smtps_server_reply(host->server, job->session_id, 451, "4.3.0",
+    result = smtps_server_reply(host->server, job->decision_id, 451, "4.3.0",
                                 "Cannot store the message");
   }
-  if (result != SMTPS_RESULT_OK && result != SMTPS_RESULT_UNKNOWN_SESSION &&
-      result != SMTPS_RESULT_SERVER_STOPPED) {
+  if (ok && (result == SMTPS_RESULT_UNKNOWN_DECISION || result == SMTPS_RESULT_SERVER_STOPPED)) {
+    /* The library answered 451 for us (decision timeout, shutdown): the client never got our
+       250 and will send the message again, so the stored copy must go. */
+    unlink(job->new_path);
+  } else if (result != SMTPS_RESULT_OK) {
     fprintf(stderr, "host: reply failed: %u\n", (unsigned)result);
   }
 }

@@ -147,6 +147,11 @@ int main(int argc, char **argv) {
         SMTPS_RESULT_INVALID_REPLY);
   check("conn_decide(status of another class)",
         smtps_conn_decide(conn, ev.decision, 250, "5.0.0", NULL), SMTPS_RESULT_INVALID_REPLY);
+  /* RFC 5321 4.3.2: the greeting is 220; a 250 would greet clients with "250 OK". */
+  check("conn_decide(250 to CONNECT)", smtps_conn_decide(conn, ev.decision, 250, NULL, NULL),
+        SMTPS_RESULT_INVALID_REPLY);
+  check("conn_decide(550 to CONNECT: only 554 or 421 refuse)",
+        smtps_conn_decide(conn, ev.decision, 550, NULL, NULL), SMTPS_RESULT_INVALID_REPLY);
   check("conn_decide(accept)", smtps_conn_decide(conn, ev.decision, 0, NULL, NULL), SMTPS_RESULT_OK);
   check("conn_decide(twice)", smtps_conn_decide(conn, ev.decision, 0, NULL, NULL),
         SMTPS_RESULT_UNKNOWN_DECISION);
@@ -162,8 +167,11 @@ int main(int argc, char **argv) {
   smtps_config_free(config);
   check("server_local_port(out of range)", smtps_server_local_port(server, 5, &(uint16_t){0}),
         SMTPS_RESULT_INVALID_PARAMETER);
-  check("server_reply(unknown session)", smtps_server_reply(server, 12345, 250, NULL, NULL),
-        SMTPS_RESULT_UNKNOWN_SESSION);
+  check("server_reply(a session id, not a decision id)",
+        smtps_server_reply(server, 12345, 250, NULL, NULL), SMTPS_RESULT_UNKNOWN_DECISION);
+  check("server_reply(unknown decision)",
+        smtps_server_reply(server, UINT64_C(1) << 40, 250, NULL, NULL),
+        SMTPS_RESULT_UNKNOWN_DECISION);
   check("server_dispatch(not polled)", smtps_server_dispatch(server, &n), SMTPS_RESULT_WRONG_STATE);
   check("server_reload_certificates(no TLS)", smtps_server_reload_certificates(server),
         SMTPS_RESULT_TLS_NOT_CONFIGURED);
@@ -171,8 +179,9 @@ int main(int argc, char **argv) {
   check("server_start(twice)", smtps_server_start(server), SMTPS_RESULT_WRONG_STATE);
   check("server_start_polled(after start)", smtps_server_start_polled(server, &fd),
         SMTPS_RESULT_WRONG_STATE);
-  check("server_reply(unknown session, running)", smtps_server_reply(server, 1, 250, NULL, NULL),
-        SMTPS_RESULT_UNKNOWN_SESSION);
+  check("server_reply(unknown decision, running)",
+        smtps_server_reply(server, UINT64_C(1) << 40, 250, NULL, NULL),
+        SMTPS_RESULT_UNKNOWN_DECISION);
   check("server_stop", smtps_server_stop(server, 0), SMTPS_RESULT_OK);
   check("server_stop(twice)", smtps_server_stop(server, 0), SMTPS_RESULT_ALREADY_STOPPED);
   check("server_shutdown(after stop)", smtps_server_shutdown(server, 0),

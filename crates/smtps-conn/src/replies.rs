@@ -55,3 +55,15 @@ pub fn temporary_failure() -> Reply {
         "Temporary failure, try again later",
     )
 }
+
+/// `421 4.3.0 Service temporarily unavailable`: the host could not decide whether to greet a
+/// client; the only temporary answer in place of the greeting (RFC 5321 §3.1, §4.3.2), and it
+/// closes the connection.
+#[must_use]
+pub fn greeting_unavailable() -> Reply {
+    Reply::new(
+        ReplyCode::SERVICE_UNAVAILABLE,
+        EnhancedStatus::new(4, 3, 0),
+        "Service temporarily unavailable, try again later",
+    )
+}

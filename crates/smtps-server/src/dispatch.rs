@@ -236,8 +236,11 @@ pub(crate) fn resolve<S>(conn: &mut Connection, side: &mut HostSide<S>, verdict:
     };
     if let Err(error) = conn.decide(decision, verdict) {
         log::warn!("smtps: session={} invalid decision: {error}", info.id);
-        // A verdict that does not fit must not leave the client hanging.
-        let _ = conn.decide(decision, temporary_failure());
+        // A verdict that does not fit must not leave the client hanging: 451, or in place of
+        // the greeting (where only 554 and 421 may stand) 421, which closes.
+        if conn.decide(decision, temporary_failure()).is_err() {
+            let _ = conn.decide(decision, Verdict::Reject(replies::greeting_unavailable()));
+        }
         return;
     }
     log_decision(info.id, &update, accepted, code);

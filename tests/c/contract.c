@@ -1,0 +1,381 @@
+/*
+ * contract.c: the promises of the server-level C API that hosts found broken (issue 14), each
+ * performed against a running server over a plain loopback listener:
+ *
+ *   1. a repeated (stale) reply to a deferred RCPT cannot answer the next pipelined RCPT:
+ *      every decision has its own id, a second reply gets SMTPS_RESULT_UNKNOWN_DECISION;
+ *   2. a reply after the library's decision timeout (451 4.3.0) gets
+ *      SMTPS_RESULT_UNKNOWN_DECISION, not SMTPS_RESULT_OK;
+ *   3. a second server on a busy port fails with SMTPS_RESULT_BIND unless the host asked to
+ *      share it (smtps_config_set_listener_share_port);
+ *   4. every failing call sets smtps_last_error, NULL arguments included;
+ *   5. clients that close or reset while replies are still being written cannot kill the
+ *      host with SIGPIPE (this program keeps SIGPIPE's default action, which terminates).
+ *   6. an on_connect answer outside SMTPS_ANSWER_* greets no one: the client gets 421 4.3.0
+ *      (the only temporary answer in place of a greeting), not "250 OK" or a silent 554.
+ *
+ *   contract
+ *
+ * Exits 0 when every check passes; prints each failure otherwise. Every wait is bounded.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "smtps.h"
+
+static int failures;
+
+static void check(const char *what, int cond) {
+  if (!cond) {
+    fprintf(stderr, "FAIL %s\n", what);
+    failures++;
+  } else {
+    printf("ok   %s\n", what);
+  }
+}
+
+static void check_result(const char *what, smtps_result got, smtps_result want) {
+  if (got != want) {
+    char detail[256] = "";
+    size_t n = 0;
+    smtps_last_error(detail, sizeof detail, &n);
+    fprintf(stderr, "FAIL %s: got %u, want %u (%s)\n", what, (unsigned)got, (unsigned)want,
+            detail);
+    failures++;
+  } else {
+    printf("ok   %s\n", what);
+  }
+}
+
+/* The decisions the callbacks deferred, handed to the main thread. */
+struct host {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  uint64_t deferred[16];
+  size_t count;
+  smtps_answer connect_answer;
+};
+
+static smtps_answer on_connect(void *ud, const smtps_session *session) {
+  struct host *host = ud;
+  (void)session;
+  return host->connect_answer;
+}
+
+static smtps_answer on_rcpt(void *ud, const smtps_session *session, smtps_str to) {
+  struct host *host = ud;
+  if (to.len >= 4 && memcmp(to.data, "now@", 4) == 0) {
+    return SMTPS_ANSWER_ACCEPT;
+  }
+  pthread_mutex_lock(&host->lock);
+  if (host->count < sizeof host->deferred / sizeof host->deferred[0]) {
+    host->deferred[host->count++] = smtps_session_decision_id(session);
+  }
+  pthread_cond_broadcast(&host->cond);
+  pthread_mutex_unlock(&host->lock);
+  return SMTPS_ANSWER_DEFER;
+}
+
+static smtps_answer on_message_end(void *ud, const smtps_session *session, uint64_t size) {
+  (void)ud;
+  (void)session;
+  (void)size;
+  return SMTPS_ANSWER_ACCEPT;
+}
+
+/* The n-th deferred decision id (from 1), waiting up to 10 s; 0 if it never came. */
+static uint64_t deferred(struct host *host, size_t n) {
+  struct timespec until;
+  uint64_t id = 0;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 10;
+  pthread_mutex_lock(&host->lock);
+  while (host->count < n) {
+    if (pthread_cond_timedwait(&host->cond, &host->lock, &until) == ETIMEDOUT) {
+      break;
+    }
+  }
+  if (host->count >= n) {
+    id = host->deferred[n - 1];
+  }
+  pthread_mutex_unlock(&host->lock);
+  return id;
+}
+
+static int dial(uint16_t port) {
+  struct sockaddr_in addr;
+  struct timeval timeout = {10, 0};
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) {
+    return -1;
+  }
+  memset(&addr, 0, sizeof addr);
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static void say(int fd, const char *text) {
+  size_t off = 0, len = strlen(text);
+  while (off < len) {
+    ssize_t n = send(fd, text + off, len - off, MSG_NOSIGNAL);
+    if (n <= 0) {
+      return;
+    }
+    off += (size_t)n;
+  }
+}
+
+/* Reads one reply line (up to CRLF) into buf; multi-line replies are read to their last
+   line. Returns the code, or 0 on end of stream or timeout. */
+static int reply(int fd, char *buf, size_t len) {
+  for (;;) {
+    size_t n = 0;
+    while (n + 1 < len) {
+      char c;
+      if (recv(fd, &c, 1, 0) != 1) {
+        buf[n] = 0;
+        return 0;
+      }
+      buf[n++] = c;
+      if (c == '\n') {
+        break;
+      }
+    }
+    buf[n] = 0;
+    if (n < 4 || buf[3] != '-') {
+      return atoi(buf);
+    }
+  }
+}
+
+static smtps_server *serve(struct host *host, const char *addr, int share, smtps_result *result) {
+  smtps_config *config = smtps_config_new();
+  smtps_callbacks callbacks;
+  smtps_server *server = NULL;
+  memset(&callbacks, 0, sizeof callbacks);
+  callbacks.on_connect = on_connect;
+  callbacks.on_rcpt = on_rcpt;
+  callbacks.on_message_end = on_message_end;
+  smtps_config_set_hostname(config, "mx.test");
+  smtps_config_add_listener(config, addr, SMTPS_MODE_PLAIN);
+  smtps_config_set_listener_share_port(config, 0, share);
+  smtps_config_set_workers(config, 2);
+  smtps_config_set_timeout(config, SMTPS_TIMEOUT_DECISION, 1000);
+  *result = smtps_server_new(config, &callbacks, host, &server);
+  smtps_config_free(config);
+  return server;
+}
+
+static void stale_reply_cannot_answer_the_next_rcpt(struct host *host, smtps_server *server,
+                                                    uint16_t port) {
+  char line[512];
+  int fd = dial(port);
+  uint64_t first, second;
+  check("connect", fd >= 0);
+  check("greeting 220", reply(fd, line, sizeof line) == 220);
+  say(fd, "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<one@y.test>\r\n"
+          "RCPT TO:<two@y.test>\r\n");
+  check("EHLO 250", reply(fd, line, sizeof line) == 250);
+  check("MAIL 250", reply(fd, line, sizeof line) == 250);
+  first = deferred(host, 1);
+  check("first RCPT deferred with a decision id >= 2^32", first >= (UINT64_C(1) << 32));
+  check_result("reply to the first RCPT",
+               smtps_server_reply(server, first, 250, "2.1.5", "first ok"), SMTPS_RESULT_OK);
+  /* The host's retry logic fires twice: the stale reply must change nothing. */
+  check_result("second reply to the same decision",
+               smtps_server_reply(server, first, 550, "5.1.1", "stale"),
+               SMTPS_RESULT_UNKNOWN_DECISION);
+  second = deferred(host, 2);
+  check("second RCPT has its own decision id", second != 0 && second != first);
+  check_result("a session id is not a decision id",
+               smtps_server_reply(server, 1, 550, NULL, NULL), SMTPS_RESULT_UNKNOWN_DECISION);
+  check_result("reply to the second RCPT",
+               smtps_server_reply(server, second, 250, "2.1.5", "second ok"), SMTPS_RESULT_OK);
+  check("first RCPT: its own answer", reply(fd, line, sizeof line) == 250 &&
+                                          strstr(line, "first ok") != NULL);
+  check("second RCPT: its own answer, not the stale one",
+        reply(fd, line, sizeof line) == 250 && strstr(line, "second ok") != NULL);
+  say(fd, "RCPT TO:<now@y.test>\r\n");
+  check("an RCPT the callback accepts inline", reply(fd, line, sizeof line) == 250);
+  check_result("the inline decision cannot be answered afterwards",
+               smtps_server_reply(server, second + 1, 550, NULL, NULL),
+               SMTPS_RESULT_UNKNOWN_DECISION);
+  say(fd, "QUIT\r\n");
+  reply(fd, line, sizeof line);
+  close(fd);
+}
+
+static void reply_after_the_decision_timeout_is_unknown(struct host *host, smtps_server *server,
+                                                         uint16_t port) {
+  char line[512];
+  int fd = dial(port);
+  uint64_t late;
+  size_t before = host->count;
+  check("connect", fd >= 0);
+  reply(fd, line, sizeof line);
+  say(fd, "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<late@y.test>\r\n");
+  reply(fd, line, sizeof line);
+  reply(fd, line, sizeof line);
+  late = deferred(host, before + 1);
+  check("RCPT deferred", late != 0);
+  check("the library answers 451 4.3.0 after SMTPS_TIMEOUT_DECISION",
+        reply(fd, line, sizeof line) == 451 && strstr(line, "4.3.0") != NULL);
+  check_result("a reply after the timeout", smtps_server_reply(server, late, 250, NULL, NULL),
+               SMTPS_RESULT_UNKNOWN_DECISION);
+  say(fd, "QUIT\r\n");
+  check("the session goes on: QUIT 221", reply(fd, line, sizeof line) == 221);
+  close(fd);
+}
+
+static void busy_port_fails_unless_shared(struct host *host, uint16_t port) {
+  char addr[64];
+  smtps_result result;
+  smtps_server *second;
+  char detail[256] = "";
+  size_t n = 0;
+  snprintf(addr, sizeof addr, "127.0.0.1:%u", (unsigned)port);
+  second = serve(host, addr, 0, &result);
+  check_result("a second server on the busy port", result, SMTPS_RESULT_BIND);
+  smtps_last_error(detail, sizeof detail, &n);
+  check("the error names the address", strstr(detail, addr) != NULL);
+  smtps_server_free(second);
+  second = serve(host, addr, 1, &result);
+  check_result("the same with share_port", result, SMTPS_RESULT_OK);
+  smtps_server_free(second);
+}
+
+static void every_failure_sets_last_error(void) {
+  smtps_config *config = smtps_config_new();
+  char detail[256] = "";
+  size_t n = 0;
+  check_result("a bad address", smtps_config_add_listener(config, "nowhere", SMTPS_MODE_PLAIN),
+               SMTPS_RESULT_INVALID_ADDRESS);
+  smtps_last_error(detail, sizeof detail, &n);
+  check("last_error names it", strstr(detail, "nowhere") != NULL);
+  check_result("a NULL config", smtps_config_set_hostname(NULL, "x"),
+               SMTPS_RESULT_NULL_PARAMETER);
+  smtps_last_error(detail, sizeof detail, &n);
+  check("last_error now tells of the NULL, not the stale address",
+        strstr(detail, "nowhere") == NULL && n > 0);
+  check_result("a NULL server", smtps_server_reply(NULL, UINT64_C(1) << 32, 250, NULL, NULL),
+               SMTPS_RESULT_NULL_PARAMETER);
+  smtps_last_error(detail, sizeof detail, &n);
+  check("last_error set for a NULL server", n > 0 && strstr(detail, "nowhere") == NULL);
+  smtps_config_free(config);
+}
+
+/* Clients that leave while the server still writes: pipelined commands and a close with the
+   replies unread (the kernel resets), and a half-close followed by a reset while a decision is
+   deferred, whose answer the server then writes into the reset connection (EPIPE: SIGPIPE
+   unless every write says MSG_NOSIGNAL). */
+static void leaving_clients_cannot_raise_sigpipe(struct host *host, smtps_server *server,
+                                                 uint16_t port) {
+  static char flood[64 * 1024];
+  struct linger abortive = {1, 0};
+  char line[512];
+  int round, fd;
+  size_t off;
+  for (off = 0; off + 6 <= sizeof flood - 1; off += 6) {
+    memcpy(flood + off, "NOOP\r\n", 6);
+  }
+  flood[off] = 0;
+  for (round = 0; round < 20; round++) {
+    size_t before;
+    uint64_t id;
+    fd = dial(port);
+    if (fd < 0) {
+      continue;
+    }
+    if (round % 2 == 0) {
+      say(fd, "EHLO client.test\r\n");
+      say(fd, flood);
+      close(fd); /* unread replies: the kernel answers with RST */
+      continue;
+    }
+    before = host->count;
+    reply(fd, line, sizeof line);
+    say(fd, "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<gone@y.test>\r\n");
+    /* Half-closed, as `openssl s_client` at the end of its input: the server is in
+       CLOSE_WAIT, still owing the RCPT's answer; the reset then arrives in that state. */
+    shutdown(fd, SHUT_WR);
+    id = deferred(host, before + 1);
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &abortive, sizeof abortive);
+    close(fd);
+    nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
+    /* Written to a reset connection: with plain send() this raises SIGPIPE. */
+    smtps_server_reply(server, id, 250, NULL, NULL);
+  }
+  fd = dial(port);
+  check("after 20 leaving clients the host is alive and serves", fd >= 0 &&
+                                                                   reply(fd, line, sizeof line) ==
+                                                                       220);
+  if (fd >= 0) {
+    close(fd);
+  }
+}
+
+static void invalid_callback_answer_greets_no_one(struct host *host, uint16_t port) {
+  char line[512];
+  int fd;
+  host->connect_answer = 7; /* not an SMTPS_ANSWER_* value */
+  fd = dial(port);
+  check("an invalid on_connect answer: 421 4.3.0, not a greeting",
+        fd >= 0 && reply(fd, line, sizeof line) == 421 && strstr(line, "4.3.0") != NULL);
+  host->connect_answer = SMTPS_ANSWER_ACCEPT;
+  if (fd >= 0) {
+    close(fd);
+  }
+}
+
+int main(void) {
+  struct host host;
+  smtps_server *server;
+  smtps_result result;
+  uint16_t port = 0;
+  memset(&host, 0, sizeof host);
+  pthread_mutex_init(&host.lock, NULL);
+  pthread_cond_init(&host.cond, NULL);
+  host.connect_answer = SMTPS_ANSWER_ACCEPT;
+
+  server = serve(&host, "127.0.0.1:0", 0, &result);
+  check_result("server_new", result, SMTPS_RESULT_OK);
+  if (server == NULL) {
+    return 1;
+  }
+  smtps_server_local_port(server, 0, &port);
+  check_result("server_start", smtps_server_start(server), SMTPS_RESULT_OK);
+
+  stale_reply_cannot_answer_the_next_rcpt(&host, server, port);
+  reply_after_the_decision_timeout_is_unknown(&host, server, port);
+  busy_port_fails_unless_shared(&host, port);
+  every_failure_sets_last_error();
+  leaving_clients_cannot_raise_sigpipe(&host, server, port);
+  invalid_callback_answer_greets_no_one(&host, port);
+
+  check_result("server_stop", smtps_server_stop(server, 1000), SMTPS_RESULT_OK);
+  smtps_server_free(server);
+  if (failures) {
+    fprintf(stderr, "%d failure(s)\n", failures);
+    return 1;
+  }
+  printf("all passed\n");
+  return 0;
+}
