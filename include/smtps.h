@@ -464,6 +464,12 @@ typedef uint32_t smtps_timeout;
 typedef uint32_t smtps_limit;
 
 /**
+ * An SMTP extension a host may offer or withhold, for `smtps_config_set_extension`: one of the
+ * `SMTPS_EXTENSION_*` values.
+ */
+typedef uint32_t smtps_extension;
+
+/**
  * A borrowed UTF-8 string: `len` bytes at `data`, not NUL-terminated.
  *
  * `data` is never NULL (an empty string points at a static empty string). The bytes belong
@@ -782,6 +788,50 @@ typedef struct smtps_callbacks {
  */
 #define SMTPS_LIMIT_JUNK_COMMANDS 7
 
+/**
+ * PIPELINING (RFC 2920). On by default.
+ */
+#define SMTPS_EXTENSION_PIPELINING 0
+
+/**
+ * SIZE (RFC 1870), with `SMTPS_LIMIT_MESSAGE_SIZE`. On by default.
+ */
+#define SMTPS_EXTENSION_SIZE 1
+
+/**
+ * 8BITMIME (RFC 6152): `BODY=8BITMIME` bodies. On by default.
+ */
+#define SMTPS_EXTENSION_8BITMIME 2
+
+/**
+ * SMTPUTF8 (RFC 6531): UTF-8 in addresses and headers. Off by default: offer it only if the
+ * host stores and relays UTF-8 addresses (`smtps_session_param(s, "SMTPUTF8", ...)` tells
+ * which transactions use it).
+ */
+#define SMTPS_EXTENSION_SMTPUTF8 4
+
+/**
+ * CHUNKING (RFC 3030): BDAT. On by default.
+ */
+#define SMTPS_EXTENSION_CHUNKING 5
+
+/**
+ * BINARYMIME (RFC 3030): binary bodies over BDAT. On by default.
+ */
+#define SMTPS_EXTENSION_BINARYMIME 6
+
+/**
+ * DSN (RFC 3461): `NOTIFY`, `ORCPT`, `RET`, `ENVID`. Off by default: offering it promises
+ * delivery status notifications as the client asks (RFC 3461 §5), which only the host can
+ * keep; read the values with `smtps_session_param`.
+ */
+#define SMTPS_EXTENSION_DSN 7
+
+/**
+ * REQUIRETLS (RFC 8689). Off by default: it promises TLS for every onward hop.
+ */
+#define SMTPS_EXTENSION_REQUIRETLS 10
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -993,6 +1043,21 @@ smtps_result smtps_config_set_timeout(struct smtps_config *config,
 smtps_result smtps_config_set_limit(struct smtps_config *config, smtps_limit limit, uint64_t value);
 
 /**
+ * Offers (`true`) or withholds (`false`) an SMTP extension (`SMTPS_EXTENSION_*`) in the EHLO
+ * reply, and accepts or refuses its parameters. AUTH is not switched here: a server offers it
+ * when its callbacks include `on_auth`; STARTTLS follows the listener's mode; LIMITS and
+ * ENHANCEDSTATUSCODES are always on.
+ *
+ * `SMTPS_RESULT_INVALID_PARAMETER` for a value that is not an `SMTPS_EXTENSION_*`.
+ *
+ * # Safety
+ * `config` is NULL or a live config.
+ */
+smtps_result smtps_config_set_extension(struct smtps_config *config,
+                                        smtps_extension extension_id,
+                                        bool offered);
+
+/**
  * Whether MAIL is refused (`530 5.7.0`) until the client has authenticated: a submission
  * server's setting (RFC 4954 §6). Off by default.
  *
@@ -1141,6 +1206,24 @@ smtps_result smtps_conn_feed_eof(struct smtps_conn *conn);
  * `conn` is NULL or a live connection; `event_out` is NULL or writable.
  */
 smtps_result smtps_conn_next_event(struct smtps_conn *conn, struct smtps_event *event_out);
+
+/**
+ * Finds the ESMTP parameter `keyword` (case-insensitive) of the last event, when it was
+ * `SMTPS_EVENT_KIND_MAIL` or `SMTPS_EVENT_KIND_RCPT`, and sets `*value_out` to its value, valid
+ * until the next call on this connection. Keywords and values as for `smtps_session_param`
+ * (`SIZE`, `BODY`, `SMTPUTF8`, `AUTH`, `RET`, `ENVID`, `REQUIRETLS` on MAIL; `NOTIFY`, `ORCPT`
+ * on RCPT).
+ *
+ * Returns false, leaving `*value_out` alone, when the command had no such parameter, the last
+ * event was another, or for a NULL argument.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection; `keyword` is NULL or NUL-terminated; `value_out` is
+ * NULL or writable.
+ */
+bool smtps_conn_param(const struct smtps_conn *conn,
+                      const char *keyword,
+                      struct smtps_str *value_out);
 
 /**
  * Answers a decision. `code` 0 accepts with the default reply; 2xx (3xx for DATA) accepts
@@ -1517,6 +1600,27 @@ smtps_result smtps_server_reload_certificates(const struct smtps_server *server)
  * `session` is NULL or the session lent to the running callback.
  */
 uint64_t smtps_session_decision_id(const struct smtps_session *session);
+
+/**
+ * Finds the ESMTP parameter `keyword` (case-insensitive) of the MAIL or RCPT command being
+ * decided and sets `*value_out` to its value, valid during the callback. In `on_mail`:
+ * `SIZE` (octets, RFC 1870), `BODY` (`7BIT`, `8BITMIME`, `BINARYMIME`), `SMTPUTF8` (RFC 6531;
+ * empty value), `AUTH` (RFC 4954 §5, xtext as sent), `RET` (`FULL`/`HDRS`) and `ENVID` (xtext
+ * as sent) of RFC 3461 DSN, `REQUIRETLS` (RFC 8689; empty value). In `on_rcpt`: `NOTIFY`
+ * (`NEVER`, or `SUCCESS`, `FAILURE`, `DELAY` joined by commas) and `ORCPT`
+ * (`addr-type;xtext` as sent). Only parameters of extensions the server offers ever arrive;
+ * the others were refused with `555 5.5.4` before the callback.
+ *
+ * Returns false, leaving `*value_out` alone, when the command had no such parameter, in any
+ * other callback, or for a NULL argument.
+ *
+ * # Safety
+ * `session` is NULL or the session lent to the running callback; `keyword` is NULL or
+ * NUL-terminated; `value_out` is NULL or writable.
+ */
+bool smtps_session_param(const struct smtps_session *session,
+                         const char *keyword,
+                         struct smtps_str *value_out);
 
 /**
  * The session's id: unique within the process, for the host's own tables and logs (a reply

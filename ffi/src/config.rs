@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use smtps_proto::SessionConfig;
+use smtps_proto::{Extensions, SessionConfig};
 use smtps_server::{
     ConnectionLimits, ListenerConfig, Mode, Network, ProxyPolicy, ServerConfig, Timeouts, Untrusted,
 };
@@ -107,6 +107,52 @@ pub const SMTPS_LIMIT_CONNECTIONS_PER_IP: smtps_limit = 6;
 /// more end the session with `421 4.7.0`. Default 1000.
 pub const SMTPS_LIMIT_JUNK_COMMANDS: smtps_limit = 7;
 
+/// An SMTP extension a host may offer or withhold, for `smtps_config_set_extension`: one of the
+/// `SMTPS_EXTENSION_*` values.
+#[allow(non_camel_case_types)]
+pub type smtps_extension = u32;
+/// PIPELINING (RFC 2920). On by default.
+pub const SMTPS_EXTENSION_PIPELINING: smtps_extension = 0;
+/// SIZE (RFC 1870), with `SMTPS_LIMIT_MESSAGE_SIZE`. On by default.
+pub const SMTPS_EXTENSION_SIZE: smtps_extension = 1;
+/// 8BITMIME (RFC 6152): `BODY=8BITMIME` bodies. On by default.
+pub const SMTPS_EXTENSION_8BITMIME: smtps_extension = 2;
+/// SMTPUTF8 (RFC 6531): UTF-8 in addresses and headers. Off by default: offer it only if the
+/// host stores and relays UTF-8 addresses (`smtps_session_param(s, "SMTPUTF8", ...)` tells
+/// which transactions use it).
+pub const SMTPS_EXTENSION_SMTPUTF8: smtps_extension = 4;
+/// CHUNKING (RFC 3030): BDAT. On by default.
+pub const SMTPS_EXTENSION_CHUNKING: smtps_extension = 5;
+/// BINARYMIME (RFC 3030): binary bodies over BDAT. On by default.
+pub const SMTPS_EXTENSION_BINARYMIME: smtps_extension = 6;
+/// DSN (RFC 3461): `NOTIFY`, `ORCPT`, `RET`, `ENVID`. Off by default: offering it promises
+/// delivery status notifications as the client asks (RFC 3461 §5), which only the host can
+/// keep; read the values with `smtps_session_param`.
+pub const SMTPS_EXTENSION_DSN: smtps_extension = 7;
+/// REQUIRETLS (RFC 8689). Off by default: it promises TLS for every onward hop.
+pub const SMTPS_EXTENSION_REQUIRETLS: smtps_extension = 10;
+
+/// The extension behind a raw `smtps_extension`, for the ones a host may switch.
+fn extension(value: smtps_extension) -> Option<Extensions> {
+    Some(match value {
+        SMTPS_EXTENSION_PIPELINING => Extensions::PIPELINING,
+        SMTPS_EXTENSION_SIZE => Extensions::SIZE,
+        SMTPS_EXTENSION_8BITMIME => Extensions::EIGHT_BIT_MIME,
+        SMTPS_EXTENSION_SMTPUTF8 => Extensions::SMTP_UTF8,
+        SMTPS_EXTENSION_CHUNKING => Extensions::CHUNKING,
+        SMTPS_EXTENSION_BINARYMIME => Extensions::BINARY_MIME,
+        SMTPS_EXTENSION_DSN => Extensions::DSN,
+        SMTPS_EXTENSION_REQUIRETLS => Extensions::REQUIRE_TLS,
+        _ => return None,
+    })
+}
+
+/// What a C host offers until it says otherwise: what the library serves on its own, not the
+/// extensions whose promises only the host can keep (DSN, SMTPUTF8, REQUIRETLS).
+fn default_extensions() -> Extensions {
+    Extensions::default().without(Extensions::DSN | Extensions::SMTP_UTF8)
+}
+
 /// The Rust value behind `smtps_config`.
 pub(crate) struct Config {
     session: SessionConfig,
@@ -127,8 +173,10 @@ pub(crate) struct Config {
 
 impl Config {
     fn new() -> Self {
+        let mut session = SessionConfig::new("localhost");
+        session.extensions = default_extensions();
         Self {
-            session: SessionConfig::new("localhost"),
+            session,
             listeners: Vec::new(),
             proxy_trusted: ProxyPolicy::new(Vec::new()),
             certificate: None,
@@ -637,6 +685,42 @@ pub unsafe extern "C" fn smtps_config_set_limit(
             _ => return invalid(),
         }
         smtps_result::Ok
+    }
+}
+
+/// Offers (`true`) or withholds (`false`) an SMTP extension (`SMTPS_EXTENSION_*`) in the EHLO
+/// reply, and accepts or refuses its parameters. AUTH is not switched here: a server offers it
+/// when its callbacks include `on_auth`; STARTTLS follows the listener's mode; LIMITS and
+/// ENHANCEDSTATUSCODES are always on.
+///
+/// `SMTPS_RESULT_INVALID_PARAMETER` for a value that is not an `SMTPS_EXTENSION_*`.
+///
+/// # Safety
+/// `config` is NULL or a live config.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_config_set_extension(
+    config: *mut smtps_config,
+    extension_id: smtps_extension,
+    offered: bool,
+) -> smtps_result {
+    ffi_boundary! {
+        let config = try_mut_from_ptr!(config);
+        let Some(ext) = extension(extension_id) else {
+            return fail(
+                smtps_result::InvalidParameter,
+                format_args!("{extension_id} is not an SMTPS_EXTENSION_* value"),
+            );
+        };
+        let extensions = &mut config.session.extensions;
+        *extensions = if offered { *extensions | ext } else { extensions.without(ext) };
+        smtps_result::Ok
+    }
+}
+
+/// Whether the server offers AUTH: only with an `on_auth` callback to check credentials.
+pub(crate) fn without_auth_unless(config: &mut ServerConfig, has_auth_callback: bool) {
+    if !has_auth_callback {
+        config.session.extensions = config.session.extensions.without(Extensions::AUTH);
     }
 }
 

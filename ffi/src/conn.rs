@@ -13,10 +13,11 @@ use crate::callbacks::{smtps_abort_reason, smtps_close_reason};
 use crate::config::{listener_mode, smtps_config, smtps_mode};
 use crate::error::{conn_error, fail, smtps_result};
 use crate::ffi::{
-    Castable, OwnershipBox, byte_slice, byte_slice_mut, check_out, take_box, to_boxed_ptr,
+    Castable, OwnershipBox, byte_slice, byte_slice_mut, c_str, check_out, take_box, to_boxed_ptr,
     try_mut_from_ptr, try_ref_from_ptr, try_str_opt, write_out,
 };
 use crate::panic::ffi_boundary;
+use crate::params::{Params, find, write_found};
 use crate::proxy::{find_ssl_tlv, find_tlv, tlv_out};
 use crate::reply::verdict;
 use crate::view::{smtps_bytes, smtps_str};
@@ -128,6 +129,8 @@ pub(crate) struct Conn {
     inner: Connection,
     /// Text of the last event (owned here so the event can borrow it).
     text: String,
+    /// The ESMTP parameters of the last event, when it was a MAIL or RCPT.
+    params: Params,
     /// The decision handed out and not answered yet (one at a time per session).
     awaiting: Option<smtps_proto::DecisionId>,
     /// The PROXY header, copied once it was read; never changed afterwards, so views of it
@@ -205,6 +208,7 @@ pub unsafe extern "C" fn smtps_conn_new(
         let conn = Conn {
             inner,
             text: String::new(),
+            params: Params::new(),
             awaiting: None,
             proxy: None,
         };
@@ -410,6 +414,7 @@ fn next_event(conn: &mut Conn) -> smtps_event {
     };
     let text = &mut conn.text;
     text.clear();
+    conn.params.clear();
     let awaiting = event.decision();
     match event {
         Event::Connect { .. } => out.kind = smtps_event_kind::Connect,
@@ -430,13 +435,15 @@ fn next_event(conn: &mut Conn) -> smtps_event {
             out.secret = smtps_str::new(password);
             out.authzid = smtps_str::new(authorization_id);
         }
-        Event::Mail { from, .. } => {
+        Event::Mail { from, params, .. } => {
             out.kind = smtps_event_kind::Mail;
             *text = from.address();
+            conn.params = crate::params::mail(&params);
         }
-        Event::Rcpt { to, .. } => {
+        Event::Rcpt { to, params, .. } => {
             out.kind = smtps_event_kind::Rcpt;
             *text = to.address();
+            conn.params = crate::params::rcpt(&params);
         }
         Event::DataStart { chunked, .. } => {
             out.kind = smtps_event_kind::DataStart;
@@ -476,6 +483,35 @@ fn next_event(conn: &mut Conn) -> smtps_event {
         out.text = smtps_str::new(&conn.text);
     }
     out
+}
+
+/// Finds the ESMTP parameter `keyword` (case-insensitive) of the last event, when it was
+/// `SMTPS_EVENT_KIND_MAIL` or `SMTPS_EVENT_KIND_RCPT`, and sets `*value_out` to its value, valid
+/// until the next call on this connection. Keywords and values as for `smtps_session_param`
+/// (`SIZE`, `BODY`, `SMTPUTF8`, `AUTH`, `RET`, `ENVID`, `REQUIRETLS` on MAIL; `NOTIFY`, `ORCPT`
+/// on RCPT).
+///
+/// Returns false, leaving `*value_out` alone, when the command had no such parameter, the last
+/// event was another, or for a NULL argument.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `keyword` is NULL or NUL-terminated; `value_out` is
+/// NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_param(
+    conn: *const smtps_conn,
+    keyword: *const c_char,
+    value_out: *mut smtps_str,
+) -> bool {
+    ffi_boundary! {
+        let conn = try_ref_from_ptr!(conn);
+        // SAFETY: NULL or NUL-terminated, by contract.
+        let Ok(keyword) = (unsafe { c_str(keyword) }) else {
+            return false;
+        };
+        // SAFETY: NULL or writable, by contract.
+        unsafe { write_found(find(&conn.params, keyword), value_out) }
+    }
 }
 
 /// Answers a decision. `code` 0 accepts with the default reply; 2xx (3xx for DATA) accepts

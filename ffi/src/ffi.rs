@@ -104,6 +104,7 @@ pub(crate) unsafe fn write_out<T>(out: *mut T, value: T) -> bool {
 /// `ptr` is NULL or points to a NUL-terminated string that outlives `'a`.
 pub(crate) unsafe fn c_str<'a>(ptr: *const c_char) -> Result<&'a str, smtps_result> {
     if ptr.is_null() {
+        crate::error::set_last_error("a required string argument is NULL");
         return Err(smtps_result::NullParameter);
     }
     // SAFETY: non-NULL and NUL-terminated, as promised by the caller.

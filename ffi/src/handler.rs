@@ -422,6 +422,26 @@ impl FfiHandler {
         self.core
             .decide(&session.view, &mut session.last_decision, cx, kind, call)
     }
+
+    /// As [`FfiHandler::decide`], with the command's ESMTP parameters readable during the
+    /// callback (`smtps_session_param`).
+    fn decide_with(
+        &self,
+        session: &mut FfiSession,
+        cx: &mut Context<'_>,
+        kind: Kind,
+        call: &Call,
+        params: crate::params::Params,
+    ) -> Answer {
+        if !params.is_empty() {
+            Arc::make_mut(&mut session.view).params = params;
+        }
+        let answer = self.decide(session, cx, kind, call);
+        if !session.view.params.is_empty() {
+            Arc::make_mut(&mut session.view).params.clear();
+        }
+        answer
+    }
 }
 
 impl Handler for FfiHandler {
@@ -478,12 +498,12 @@ impl Handler for FfiHandler {
         session: &mut FfiSession,
         cx: &mut Context<'_>,
         from: &ReversePath<'_>,
-        _params: &MailParameters<'_>,
+        params: &MailParameters<'_>,
     ) -> Answer {
         let call = Call::Mail {
             from: from.address(),
         };
-        self.decide(session, cx, Kind::Mail, &call)
+        self.decide_with(session, cx, Kind::Mail, &call, crate::params::mail(params))
     }
 
     fn rcpt(
@@ -491,9 +511,10 @@ impl Handler for FfiHandler {
         session: &mut FfiSession,
         cx: &mut Context<'_>,
         to: &ForwardPath<'_>,
-        _params: &RcptParameters<'_>,
+        params: &RcptParameters<'_>,
     ) -> Answer {
-        self.decide(session, cx, Kind::Rcpt, &Call::Rcpt { to: to.address() })
+        let call = Call::Rcpt { to: to.address() };
+        self.decide_with(session, cx, Kind::Rcpt, &call, crate::params::rcpt(params))
     }
 
     fn data_start(&self, session: &mut FfiSession, cx: &mut Context<'_>) -> Answer {

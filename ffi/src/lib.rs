@@ -40,6 +40,7 @@ mod error;
 mod ffi;
 mod handler;
 mod panic;
+mod params;
 mod proxy;
 mod reply;
 mod server;

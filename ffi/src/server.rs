@@ -288,10 +288,11 @@ pub unsafe extern "C" fn smtps_server_new(
         if callbacks.on_message_end.is_none() {
             return fail(smtps_result::InvalidParameter, "callbacks->on_message_end is required");
         }
-        let server_config = match config.server_config() {
+        let mut server_config = match config.server_config() {
             Ok(server_config) => server_config,
             Err(error) => return error,
         };
+        crate::config::without_auth_unless(&mut server_config, callbacks.on_auth.is_some());
         let tls = server_config.tls.clone();
         let core = Arc::new(Core::new(callbacks, UserData(userdata)));
         let handler = FfiHandler { core: Arc::clone(&core) };

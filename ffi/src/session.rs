@@ -1,15 +1,16 @@
 //! `smtps_session`: what a server-level callback knows about its session, lent to C for the
 //! duration of the call.
 
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use smtps_server::{Mode, ProxyHeader, SessionInfo};
 
 use crate::config::{mode_number, smtps_mode};
-use crate::ffi::{Castable, OwnershipRef, try_ref_from_ptr};
+use crate::ffi::{Castable, OwnershipRef, c_str, try_ref_from_ptr};
 use crate::panic::ffi_boundary;
+use crate::params::{Params, find, write_found};
 use crate::proxy::{find_ssl_tlv, find_tlv, tlv_out};
 use crate::view::{smtps_bytes, smtps_str};
 
@@ -54,6 +55,8 @@ pub(crate) struct SessionView {
     auth_id: Option<String>,
     mail_from: Option<String>,
     recipients: Vec<String>,
+    /// The parameters of the MAIL or RCPT being decided; empty in other callbacks.
+    pub(crate) params: Params,
     pub(crate) shared: Arc<SessionShared>,
 }
 
@@ -73,6 +76,7 @@ impl SessionView {
             auth_id: None,
             mail_from: None,
             recipients: Vec::new(),
+            params: Params::new(),
             shared: Arc::new(SessionShared {
                 userdata: AtomicPtr::new(std::ptr::null_mut()),
                 decision: AtomicU64::new(0),
@@ -128,6 +132,38 @@ impl SessionView {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smtps_session_decision_id(session: *const smtps_session) -> u64 {
     ffi_boundary! { try_ref_from_ptr!(session).shared.decision.load(Ordering::Relaxed) }
+}
+
+/// Finds the ESMTP parameter `keyword` (case-insensitive) of the MAIL or RCPT command being
+/// decided and sets `*value_out` to its value, valid during the callback. In `on_mail`:
+/// `SIZE` (octets, RFC 1870), `BODY` (`7BIT`, `8BITMIME`, `BINARYMIME`), `SMTPUTF8` (RFC 6531;
+/// empty value), `AUTH` (RFC 4954 §5, xtext as sent), `RET` (`FULL`/`HDRS`) and `ENVID` (xtext
+/// as sent) of RFC 3461 DSN, `REQUIRETLS` (RFC 8689; empty value). In `on_rcpt`: `NOTIFY`
+/// (`NEVER`, or `SUCCESS`, `FAILURE`, `DELAY` joined by commas) and `ORCPT`
+/// (`addr-type;xtext` as sent). Only parameters of extensions the server offers ever arrive;
+/// the others were refused with `555 5.5.4` before the callback.
+///
+/// Returns false, leaving `*value_out` alone, when the command had no such parameter, in any
+/// other callback, or for a NULL argument.
+///
+/// # Safety
+/// `session` is NULL or the session lent to the running callback; `keyword` is NULL or
+/// NUL-terminated; `value_out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_session_param(
+    session: *const smtps_session,
+    keyword: *const c_char,
+    value_out: *mut smtps_str,
+) -> bool {
+    ffi_boundary! {
+        let view = try_ref_from_ptr!(session);
+        // SAFETY: NULL or NUL-terminated, by contract.
+        let Ok(keyword) = (unsafe { c_str(keyword) }) else {
+            return false;
+        };
+        // SAFETY: NULL or writable, by contract.
+        unsafe { write_found(find(&view.params, keyword), value_out) }
+    }
 }
 
 /// The session's id: unique within the process, for the host's own tables and logs (a reply

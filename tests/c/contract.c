@@ -12,7 +12,10 @@
  *   5. clients that close or reset while replies are still being written cannot kill the
  *      host with SIGPIPE (this program keeps SIGPIPE's default action, which terminates).
  *   6. an on_connect answer outside SMTPS_ANSWER_* greets no one: the client gets 421 4.3.0
- *      (the only temporary answer in place of a greeting), not "250 OK" or a silent 554.
+ *      (the only temporary answer in place of a greeting), not "250 OK" or a silent 554;
+ *   7. EHLO offers only what the host serves: AUTH only with on_auth, DSN and SMTPUTF8 only
+ *      when switched on; and the MAIL/RCPT parameters reach the callbacks
+ *      (smtps_session_param).
  *
  *   contract
  *
@@ -65,7 +68,32 @@ struct host {
   uint64_t deferred[16];
   size_t count;
   smtps_answer connect_answer;
+  char size_param[32];
+  char notify_param[64];
 };
+
+/* Copies an smtps_str into a C string buffer. */
+static void copy_str(char *out, size_t len, smtps_str s) {
+  size_t n = s.len < len - 1 ? s.len : len - 1;
+  memcpy(out, s.data, n);
+  out[n] = 0;
+}
+
+static smtps_answer on_mail(void *ud, const smtps_session *session, smtps_str from) {
+  struct host *host = ud;
+  smtps_str value;
+  (void)from;
+  if (smtps_session_param(session, "size", &value)) {
+    copy_str(host->size_param, sizeof host->size_param, value);
+  }
+  return SMTPS_ANSWER_ACCEPT;
+}
+
+static smtps_answer on_auth(void *ud, const smtps_session *session, smtps_str user,
+                            smtps_str password, smtps_str authzid) {
+  (void)ud, (void)session, (void)user, (void)password, (void)authzid;
+  return SMTPS_ANSWER_REJECT;
+}
 
 static smtps_answer on_connect(void *ud, const smtps_session *session) {
   struct host *host = ud;
@@ -75,6 +103,10 @@ static smtps_answer on_connect(void *ud, const smtps_session *session) {
 
 static smtps_answer on_rcpt(void *ud, const smtps_session *session, smtps_str to) {
   struct host *host = ud;
+  smtps_str value;
+  if (smtps_session_param(session, "NOTIFY", &value)) {
+    copy_str(host->notify_param, sizeof host->notify_param, value);
+  }
   if (to.len >= 4 && memcmp(to.data, "now@", 4) == 0) {
     return SMTPS_ANSWER_ACCEPT;
   }
@@ -166,22 +198,89 @@ static int reply(int fd, char *buf, size_t len) {
   }
 }
 
-static smtps_server *serve(struct host *host, const char *addr, int share, smtps_result *result) {
+static smtps_server *serve_with(struct host *host, const char *addr, int share, int with_auth,
+                               smtps_result *result) {
   smtps_config *config = smtps_config_new();
   smtps_callbacks callbacks;
   smtps_server *server = NULL;
   memset(&callbacks, 0, sizeof callbacks);
   callbacks.on_connect = on_connect;
+  callbacks.on_mail = on_mail;
   callbacks.on_rcpt = on_rcpt;
   callbacks.on_message_end = on_message_end;
+  if (with_auth) {
+    callbacks.on_auth = on_auth;
+  }
   smtps_config_set_hostname(config, "mx.test");
   smtps_config_add_listener(config, addr, SMTPS_MODE_PLAIN);
+  /* A plain listener offers AUTH only with this; the test is about the callback. */
+  smtps_config_set_danger_allow_plaintext_auth(config, true);
+  smtps_config_set_extension(config, SMTPS_EXTENSION_DSN, true);
   smtps_config_set_listener_share_port(config, 0, share);
   smtps_config_set_workers(config, 2);
   smtps_config_set_timeout(config, SMTPS_TIMEOUT_DECISION, 1000);
   *result = smtps_server_new(config, &callbacks, host, &server);
   smtps_config_free(config);
   return server;
+}
+
+static smtps_server *serve(struct host *host, const char *addr, int share, smtps_result *result) {
+  return serve_with(host, addr, share, 0, result);
+}
+
+/* The EHLO reply's lines, concatenated into buf; returns the last line's code. */
+static int ehlo(int fd, char *buf, size_t len) {
+  size_t used = 0;
+  say(fd, "EHLO client.test\r\n");
+  for (;;) {
+    size_t n = 0;
+    char c;
+    while (used + n + 1 < len && recv(fd, &c, 1, 0) == 1) {
+      buf[used + n++] = c;
+      if (c == '\n') {
+        break;
+      }
+    }
+    buf[used + n] = 0;
+    if (n < 4 || buf[used + 3] != '-') {
+      return atoi(buf + used);
+    }
+    used += n;
+  }
+}
+
+static void ehlo_offers_only_what_the_host_serves(struct host *host, uint16_t port) {
+  char lines[2048], line[512];
+  smtps_result result;
+  smtps_server *with_auth;
+  uint16_t auth_port = 0;
+  int fd = dial(port);
+  reply(fd, line, sizeof line);
+  check("EHLO 250", ehlo(fd, lines, sizeof lines) == 250);
+  check("no AUTH without on_auth", strstr(lines, "AUTH") == NULL);
+  check("DSN once switched on", strstr(lines, "DSN") != NULL);
+  check("no SMTPUTF8 by default", strstr(lines, "SMTPUTF8") == NULL);
+  say(fd, "MAIL FROM:<a@x.test> SIZE=2048\r\nRCPT TO:<now@y.test> NOTIFY=FAILURE,DELAY\r\n");
+  check("MAIL with SIZE", reply(fd, line, sizeof line) == 250);
+  check("RCPT with NOTIFY", reply(fd, line, sizeof line) == 250);
+  check("on_mail saw SIZE=2048", strcmp(host->size_param, "2048") == 0);
+  check("on_rcpt saw NOTIFY=FAILURE,DELAY", strcmp(host->notify_param, "FAILURE,DELAY") == 0);
+  say(fd, "MAIL FROM:<b@x.test> SMTPUTF8\r\n");
+  check("SMTPUTF8 not offered: its parameter is refused",
+        reply(fd, line, sizeof line) / 100 == 5);
+  close(fd);
+
+  with_auth = serve_with(host, "127.0.0.1:0", 0, 1, &result);
+  check_result("a server with on_auth", result, SMTPS_RESULT_OK);
+  smtps_server_local_port(with_auth, 0, &auth_port);
+  smtps_server_start(with_auth);
+  fd = dial(auth_port);
+  reply(fd, line, sizeof line);
+  ehlo(fd, lines, sizeof lines);
+  check("AUTH offered with on_auth", strstr(lines, "AUTH PLAIN") != NULL);
+  close(fd);
+  smtps_server_stop(with_auth, 1000);
+  smtps_server_free(with_auth);
 }
 
 static void stale_reply_cannot_answer_the_next_rcpt(struct host *host, smtps_server *server,
@@ -275,6 +374,13 @@ static void every_failure_sets_last_error(void) {
   smtps_last_error(detail, sizeof detail, &n);
   check("last_error now tells of the NULL, not the stale address",
         strstr(detail, "nowhere") == NULL && n > 0);
+  check_result("a bad address again", smtps_config_add_listener(config, "nowhere", SMTPS_MODE_PLAIN),
+               SMTPS_RESULT_INVALID_ADDRESS);
+  check_result("a NULL string", smtps_config_add_listener(config, NULL, SMTPS_MODE_PLAIN),
+               SMTPS_RESULT_NULL_PARAMETER);
+  smtps_last_error(detail, sizeof detail, &n);
+  check("last_error tells of the NULL string, not the stale address",
+        strstr(detail, "nowhere") == NULL && strstr(detail, "NULL") != NULL);
   check_result("a NULL server", smtps_server_reply(NULL, UINT64_C(1) << 32, 250, NULL, NULL),
                SMTPS_RESULT_NULL_PARAMETER);
   smtps_last_error(detail, sizeof detail, &n);
@@ -369,6 +475,7 @@ int main(void) {
   every_failure_sets_last_error();
   leaving_clients_cannot_raise_sigpipe(&host, server, port);
   invalid_callback_answer_greets_no_one(&host, port);
+  ehlo_offers_only_what_the_host_serves(&host, port);
 
   check_result("server_stop", smtps_server_stop(server, 1000), SMTPS_RESULT_OK);
   smtps_server_free(server);

@@ -158,6 +158,21 @@ int main(int argc, char **argv) {
   check("conn_take_output", smtps_conn_take_output(conn, (uint8_t *)buf, sizeof buf, &n),
         SMTPS_RESULT_OK);
   check_true("greeting is 220", n > 4 && memcmp(buf, "220 ", 4) == 0);
+  {
+    static const char commands[] = "EHLO c.test\r\nMAIL FROM:<a@x.test> SIZE=10\r\n";
+    check("conn_feed(EHLO, MAIL SIZE=10)",
+          smtps_conn_feed(conn, (const uint8_t *)commands, sizeof commands - 1, &n),
+          SMTPS_RESULT_OK);
+    smtps_conn_next_event(conn, &ev);
+    check_true("conn_param on HELO finds nothing", !smtps_conn_param(conn, "SIZE", &s));
+    smtps_conn_decide(conn, ev.decision, 0, NULL, NULL);
+    smtps_conn_next_event(conn, &ev);
+    check_true("next event is MAIL", ev.kind == SMTPS_EVENT_KIND_MAIL);
+    check_true("conn_param(SIZE) is 10",
+               smtps_conn_param(conn, "size", &s) && s.len == 2 && memcmp(s.data, "10", 2) == 0);
+    check_true("conn_param(NULL keyword) is false", !smtps_conn_param(conn, NULL, &s));
+    check_true("conn_param(NULL conn) is false", !smtps_conn_param(NULL, "SIZE", &s));
+  }
   smtps_conn_free(conn);
 
   /* Server level: state. */
