@@ -1208,6 +1208,33 @@ smtps_result smtps_conn_feed_eof(struct smtps_conn *conn);
 smtps_result smtps_conn_next_event(struct smtps_conn *conn, struct smtps_event *event_out);
 
 /**
+ * The MAIL FROM address of the transaction in progress as the host accepted it, without `<>`
+ * (empty for the null reverse path, and outside a transaction: after RSET, a new EHLO,
+ * STARTTLS, or the end of a message). Valid until the next call on this connection.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection.
+ */
+struct smtps_str smtps_conn_mail_from(const struct smtps_conn *conn);
+
+/**
+ * The number of recipients of the transaction in progress the host accepted.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection.
+ */
+size_t smtps_conn_recipient_count(const struct smtps_conn *conn);
+
+/**
+ * Accepted recipient number `index` (from 0, in the order accepted), without `<>`; empty if
+ * out of range. Valid until the next call on this connection.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection.
+ */
+struct smtps_str smtps_conn_recipient(const struct smtps_conn *conn, size_t index);
+
+/**
  * Finds the ESMTP parameter `keyword` (case-insensitive) of the last event, when it was
  * `SMTPS_EVENT_KIND_MAIL` or `SMTPS_EVENT_KIND_RCPT`, and sets `*value_out` to its value, valid
  * until the next call on this connection. Keywords and values as for `smtps_session_param`
@@ -1268,6 +1295,38 @@ smtps_result smtps_conn_close(struct smtps_conn *conn,
                               uint16_t code,
                               const char *enhanced,
                               const char *text);
+
+/**
+ * Reads what `fd` (a socket or pipe, normally non-blocking) has into the connection, with
+ * one `read(2)`, and sets `*read_out` to the octets read. 0 means nothing now: the connection
+ * wants no input (`smtps_conn_wants_read` is false), `fd` would block, or the stream ended
+ * (noted as by `smtps_conn_feed_eof`). Poll `fd` for reading only while
+ * `smtps_conn_wants_read()` is true. Then take the events.
+ *
+ * `SMTPS_RESULT_IO` for another read error (named in `smtps_last_error`): the connection then
+ * closes (`SMTPS_CLOSE_REASON_IO`) and drops its output.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection; `fd` is an open descriptor; `read_out` is NULL or
+ * writable.
+ */
+smtps_result smtps_conn_read_fd(struct smtps_conn *conn, int fd, size_t *read_out);
+
+/**
+ * Writes the connection's pending output to `fd` (a socket or pipe, normally non-blocking)
+ * with one `send(2)` (`MSG_NOSIGNAL`: a peer that reset never raises SIGPIPE) or `write(2)`
+ * for a descriptor that is not a socket, and sets `*written_out` to the octets written: 0
+ * when nothing waits or `fd` would block. Call it while `smtps_conn_wants_write()`, polling
+ * `fd` for writing when it wrote less than was pending.
+ *
+ * `SMTPS_RESULT_IO` for another write error (named in `smtps_last_error`): the connection
+ * then closes (`SMTPS_CLOSE_REASON_IO`) and drops its output.
+ *
+ * # Safety
+ * `conn` is NULL or a live connection; `fd` is an open descriptor; `written_out` is NULL or
+ * writable.
+ */
+smtps_result smtps_conn_write_fd(struct smtps_conn *conn, int fd, size_t *written_out);
 
 /**
  * Copies bytes to send to the socket into `buf` (up to `len`); `*n_out` receives how many (0

@@ -1,7 +1,8 @@
 //! `smtps_conn`: one SMTP connection without I/O — TLS and SMTP together — for hosts that own
 //! their sockets (fork-per-connection, Exim style).
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
+use std::io;
 use std::time::Instant;
 
 use ::smtps_conn::smtps_proxy::{Command, OwnedHeader};
@@ -11,7 +12,7 @@ use smtps_tls::TlsInfo;
 
 use crate::callbacks::{smtps_abort_reason, smtps_close_reason};
 use crate::config::{listener_mode, smtps_config, smtps_mode};
-use crate::error::{conn_error, fail, smtps_result};
+use crate::error::{conn_error, fail, io_error, smtps_result};
 use crate::ffi::{
     Castable, OwnershipBox, byte_slice, byte_slice_mut, c_str, check_out, take_box, to_boxed_ptr,
     try_mut_from_ptr, try_ref_from_ptr, try_str_opt, write_out,
@@ -131,6 +132,8 @@ pub(crate) struct Conn {
     text: String,
     /// The ESMTP parameters of the last event, when it was a MAIL or RCPT.
     params: Params,
+    /// The buffer of `smtps_conn_read_fd`, made at its first use.
+    read_buf: Option<Box<[u8]>>,
     /// The decision handed out and not answered yet (one at a time per session).
     awaiting: Option<smtps_proto::DecisionId>,
     /// The PROXY header, copied once it was read; never changed afterwards, so views of it
@@ -209,6 +212,7 @@ pub unsafe extern "C" fn smtps_conn_new(
             inner,
             text: String::new(),
             params: Params::new(),
+            read_buf: None,
             awaiting: None,
             proxy: None,
         };
@@ -485,6 +489,39 @@ fn next_event(conn: &mut Conn) -> smtps_event {
     out
 }
 
+/// The MAIL FROM address of the transaction in progress as the host accepted it, without `<>`
+/// (empty for the null reverse path, and outside a transaction: after RSET, a new EHLO,
+/// STARTTLS, or the end of a message). Valid until the next call on this connection.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_mail_from(conn: *const smtps_conn) -> smtps_str {
+    ffi_boundary! { smtps_str::opt(try_ref_from_ptr!(conn).inner.mail_from()) }
+}
+
+/// The number of recipients of the transaction in progress the host accepted.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_recipient_count(conn: *const smtps_conn) -> usize {
+    ffi_boundary! { try_ref_from_ptr!(conn).inner.recipients().len() }
+}
+
+/// Accepted recipient number `index` (from 0, in the order accepted), without `<>`; empty if
+/// out of range. Valid until the next call on this connection.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_recipient(conn: *const smtps_conn, index: usize) -> smtps_str {
+    ffi_boundary! {
+        let recipients = try_ref_from_ptr!(conn).inner.recipients();
+        smtps_str::opt(recipients.get(index).map(String::as_str))
+    }
+}
+
 /// Finds the ESMTP parameter `keyword` (case-insensitive) of the last event, when it was
 /// `SMTPS_EVENT_KIND_MAIL` or `SMTPS_EVENT_KIND_RCPT`, and sets `*value_out` to its value, valid
 /// until the next call on this connection. Keywords and values as for `smtps_session_param`
@@ -619,6 +656,112 @@ fn negative_reply(
             smtps_result::InvalidReply,
             "a 4xx or 5xx reply is needed",
         )),
+    }
+}
+
+/// Reads what `fd` (a socket or pipe, normally non-blocking) has into the connection, with
+/// one `read(2)`, and sets `*read_out` to the octets read. 0 means nothing now: the connection
+/// wants no input (`smtps_conn_wants_read` is false), `fd` would block, or the stream ended
+/// (noted as by `smtps_conn_feed_eof`). Poll `fd` for reading only while
+/// `smtps_conn_wants_read()` is true. Then take the events.
+///
+/// `SMTPS_RESULT_IO` for another read error (named in `smtps_last_error`): the connection then
+/// closes (`SMTPS_CLOSE_REASON_IO`) and drops its output.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `fd` is an open descriptor; `read_out` is NULL or
+/// writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_read_fd(
+    conn: *mut smtps_conn,
+    fd: c_int,
+    read_out: *mut usize,
+) -> smtps_result {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        check_out!(read_out);
+        let buf = conn.read_buf.get_or_insert_with(|| vec![0; READ_CHUNK].into_boxed_slice());
+        let n = match conn.inner.read_from(Instant::now(), &mut Fd(fd), buf) {
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(error) => return io_error("reading the client's descriptor", &error),
+        };
+        // SAFETY: checked non-NULL above; writable by contract.
+        unsafe { write_out(read_out, n) };
+        smtps_result::Ok
+    }
+}
+
+/// Writes the connection's pending output to `fd` (a socket or pipe, normally non-blocking)
+/// with one `send(2)` (`MSG_NOSIGNAL`: a peer that reset never raises SIGPIPE) or `write(2)`
+/// for a descriptor that is not a socket, and sets `*written_out` to the octets written: 0
+/// when nothing waits or `fd` would block. Call it while `smtps_conn_wants_write()`, polling
+/// `fd` for writing when it wrote less than was pending.
+///
+/// `SMTPS_RESULT_IO` for another write error (named in `smtps_last_error`): the connection
+/// then closes (`SMTPS_CLOSE_REASON_IO`) and drops its output.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `fd` is an open descriptor; `written_out` is NULL or
+/// writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_conn_write_fd(
+    conn: *mut smtps_conn,
+    fd: c_int,
+    written_out: *mut usize,
+) -> smtps_result {
+    ffi_boundary! {
+        let conn = try_mut_from_ptr!(conn);
+        check_out!(written_out);
+        let n = match conn.inner.write_to(&mut Fd(fd)) {
+            Ok(n) => n,
+            Err(error)
+                if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) =>
+            {
+                0
+            }
+            Err(error) => return io_error("writing to the client's descriptor", &error),
+        };
+        // SAFETY: checked non-NULL above; writable by contract.
+        unsafe { write_out(written_out, n) };
+        smtps_result::Ok
+    }
+}
+
+/// Octets [`smtps_conn_read_fd`] asks for at once: a TLS record and then some.
+const READ_CHUNK: usize = 32 * 1024;
+
+/// A host's descriptor as a reader and writer.
+struct Fd(c_int);
+
+impl io::Read for Fd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for `buf.len()` writable bytes; the descriptor is the host's,
+        // open by the export's contract.
+        let n = unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+}
+
+impl io::Write for Fd {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the descriptor is open, as above.
+        let n = unsafe { libc::send(self.0, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+        if let Ok(n) = usize::try_from(n) {
+            return Ok(n);
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ENOTSOCK) {
+            return Err(error);
+        }
+        // A pipe (inetd-style hosts): write(2), which cannot take MSG_NOSIGNAL.
+        // SAFETY: as above.
+        let n = unsafe { libc::write(self.0, buf.as_ptr().cast(), buf.len()) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -484,9 +484,20 @@ fn conn_server_implicit_and_starttls() {
     if !tools_present() {
         return;
     }
-    for (flavour, mode) in [("static", "implicit"), ("shared", "starttls")] {
+    for (flavour, mode, fd_helpers) in [
+        ("static", "implicit", false),
+        ("shared", "starttls", false),
+        ("static", "implicit", true),
+        ("shared", "starttls", true),
+    ] {
         let binary = build("conn_server", flavour);
-        let program = Program::start(&binary, &[mode], &format!("spool-conn-{mode}"), &[]);
+        let env: &[(&str, &str)] = if fd_helpers {
+            &[("CONN_FD_HELPERS", "1")]
+        } else {
+            &[]
+        };
+        let spool = format!("spool-conn-{mode}-{fd_helpers}");
+        let program = Program::start(&binary, &[mode], &spool, env);
         let port = program.ports[0];
         let sent = vec![message("conn smtplib"), message("conn s_client")];
         send_smtplib(mode, port, "carol", "secret", &sent[0]);
@@ -496,7 +507,7 @@ fn conn_server_implicit_and_starttls() {
         program.stop();
         let mut sent = sent;
         sent.sort();
-        assert_eq!(spooled, sent, "{mode}");
+        assert_eq!(spooled, sent, "{mode}, fd helpers: {fd_helpers}");
     }
 }
 

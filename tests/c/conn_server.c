@@ -17,6 +17,9 @@
  * TLV are logged on stderr at connect; a connection whose header is bad or missing is logged
  * as closed without a banner.
  *
+ * CONN_FD_HELPERS=1 in the environment lets the library do the socket I/O
+ * (smtps_conn_read_fd / smtps_conn_write_fd) instead of the program's own read() and write().
+ *
  * Left out: fork(), privilege separation, concurrency.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -151,6 +154,53 @@ static void handle_events(smtps_conn *conn, struct message *msg) {
 }
 
 /* Serves one accepted socket to the end. */
+/* The same loop with the library doing the socket I/O: smtps_conn_read_fd when poll() says
+ * readable, smtps_conn_write_fd while output waits. */
+static void serve_with_fd_helpers(smtps_conn *conn, int sock, struct message *msg) {
+  for (;;) {
+    struct pollfd pfd;
+    int ready;
+    int64_t timeout;
+    size_t n = 0;
+    handle_events(conn, msg);
+    while (smtps_conn_wants_write(conn)) {
+      smtps_result result = smtps_conn_write_fd(conn, sock, &n);
+      if (result != SMTPS_RESULT_OK) {
+        fail("smtps_conn_write_fd", result);
+        return;
+      }
+      if (n == 0) {
+        break; /* the socket would block: wait for POLLOUT */
+      }
+    }
+    if (smtps_conn_is_closed(conn) && !smtps_conn_wants_write(conn)) {
+      return;
+    }
+    pfd.fd = sock;
+    pfd.events = (smtps_conn_wants_read(conn) ? POLLIN : 0) |
+                 (smtps_conn_wants_write(conn) ? POLLOUT : 0);
+    timeout = smtps_conn_next_timeout_ms(conn);
+    ready = poll(&pfd, 1, timeout > INT_MAX ? INT_MAX : (int)timeout);
+    if (ready < 0 && errno == EINTR) {
+      continue;
+    }
+    if (ready < 0) {
+      return;
+    }
+    if (ready == 0) {
+      smtps_conn_handle_timeout(conn);
+      continue;
+    }
+    if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
+      smtps_result result = smtps_conn_read_fd(conn, sock, &n);
+      if (result != SMTPS_RESULT_OK) {
+        fail("smtps_conn_read_fd", result);
+        return;
+      }
+    }
+  }
+}
+
 static void serve(const smtps_config *config, smtps_mode mode, int sock) {
   smtps_conn *conn = NULL;
   unsigned char inbuf[16384];
@@ -170,7 +220,11 @@ static void serve(const smtps_config *config, smtps_mode mode, int sock) {
     smtps_conn_free(conn);
     return;
   }
-  for (;;) {
+  if (getenv("CONN_FD_HELPERS") != NULL) {
+    serve_with_fd_helpers(conn, sock, &msg);
+  }
+  /* The program's own I/O: read() into inbuf, smtps_conn_feed, smtps_conn_take_output. */
+  while (getenv("CONN_FD_HELPERS") == NULL) {
     struct pollfd pfd;
     int ready;
     int64_t timeout;

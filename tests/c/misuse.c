@@ -172,6 +172,22 @@ int main(int argc, char **argv) {
                smtps_conn_param(conn, "size", &s) && s.len == 2 && memcmp(s.data, "10", 2) == 0);
     check_true("conn_param(NULL keyword) is false", !smtps_conn_param(conn, NULL, &s));
     check_true("conn_param(NULL conn) is false", !smtps_conn_param(NULL, "SIZE", &s));
+    check_true("no sender before MAIL is accepted", smtps_conn_mail_from(conn).len == 0);
+    smtps_conn_decide(conn, ev.decision, 0, NULL, NULL);
+    s = smtps_conn_mail_from(conn);
+    check_true("conn_mail_from once accepted", s.len == 8 && memcmp(s.data, "a@x.test", 8) == 0);
+    smtps_conn_feed(conn, (const uint8_t *)"RCPT TO:<b@y.test>\r\nRSET\r\n", 26, &n);
+    smtps_conn_next_event(conn, &ev);
+    smtps_conn_decide(conn, ev.decision, 0, NULL, NULL);
+    s = smtps_conn_recipient(conn, 0);
+    check_true("conn_recipient(0)", smtps_conn_recipient_count(conn) == 1 && s.len == 8 &&
+                                        memcmp(s.data, "b@y.test", 8) == 0);
+    check_true("conn_recipient(out of range) is empty", smtps_conn_recipient(conn, 1).len == 0);
+    smtps_conn_next_event(conn, &ev);
+    check_true("RSET: no transaction", ev.kind == SMTPS_EVENT_KIND_RESET &&
+                                           smtps_conn_mail_from(conn).len == 0 &&
+                                           smtps_conn_recipient_count(conn) == 0);
+    check_true("conn_recipient_count(NULL) is 0", smtps_conn_recipient_count(NULL) == 0);
   }
   smtps_conn_free(conn);
 

@@ -9,6 +9,7 @@ use smtps_proto::{DecisionId, Event, Reply, Security, ServerSession, SessionConf
 use smtps_tls::{TlsAcceptor, TlsError, TlsInfo, Transport};
 
 use crate::close::CloseReason;
+use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::mode::Mode;
 use crate::replies;
@@ -58,6 +59,8 @@ pub struct Connection {
     /// Octets from the client were taken (too late for [`Connection::expect_proxy_header`]).
     input_taken: bool,
     timers: Timers,
+    /// The transaction's accepted sender and recipients.
+    envelope: Envelope,
 }
 
 /// Where a connection is with its PROXY protocol header.
@@ -158,6 +161,7 @@ impl Connection {
             proxy_octets: Vec::new(),
             input_taken: false,
             reason: None,
+            envelope: Envelope::default(),
             timers: Timers {
                 timeouts: Timeouts::default(),
                 clock: now,
@@ -361,6 +365,7 @@ impl Connection {
         }
         let session = self.session.as_mut()?;
         let event = session.poll_event()?;
+        self.envelope.event(&event);
         match event {
             Event::Quit => {
                 self.reason.get_or_insert(CloseReason::Quit);
@@ -387,7 +392,9 @@ impl Connection {
             .session
             .as_mut()
             .ok_or(Error::Session(smtps_proto::Error::UnknownDecision))?;
+        let accepted = matches!(verdict, Verdict::Accept | Verdict::AcceptWith(_));
         session.decide(id, verdict)?;
+        self.envelope.decided(id, accepted);
         if session.is_closed() {
             self.reason.get_or_insert(CloseReason::Refused);
         }
@@ -590,6 +597,21 @@ impl Connection {
         self.session
             .as_ref()
             .is_some_and(ServerSession::in_transaction)
+    }
+
+    /// The reverse path of the transaction in progress as the host accepted it (`""` for
+    /// `<>`, RFC 5321 §4.1.1.2); `None` outside a transaction (after RSET, a new EHLO,
+    /// STARTTLS, or the end of a message).
+    #[must_use]
+    pub fn mail_from(&self) -> Option<&str> {
+        self.envelope.mail_from()
+    }
+
+    /// The recipients of the transaction in progress the host accepted, in order (RFC 5321
+    /// §4.1.1.3).
+    #[must_use]
+    pub fn recipients(&self) -> &[String] {
+        self.envelope.recipients()
     }
 
     /// What TLS negotiated, once a handshake (implicit or after STARTTLS) completed.

@@ -52,6 +52,7 @@
 
 mod close;
 mod connection;
+mod envelope;
 mod error;
 mod mode;
 mod proxy;

@@ -609,3 +609,61 @@ fn expecting_a_proxy_header_too_late_is_refused_and_changes_nothing() {
     conn.feed_eof();
     assert!(!conn.expect_proxy_header());
 }
+
+/// Answers each decision with `verdict_for(event)`, until no event is left.
+fn decide_each(conn: &mut Connection, mut verdict_for: impl FnMut(&Event<'_>) -> Verdict) {
+    for _ in 0..100 {
+        let Some(event) = conn.poll_event() else {
+            return;
+        };
+        let verdict = verdict_for(&event);
+        if let Some(decision) = event.decision() {
+            conn.decide(decision, verdict).expect("decide");
+        }
+    }
+}
+
+#[test]
+fn envelope_holds_what_the_host_accepted_until_the_transaction_ends_rfc5321_3_3() {
+    let now = Instant::now();
+    let mut conn = ready(now);
+    assert_eq!(conn.mail_from(), None);
+    conn.feed(
+        now,
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nRCPT TO:<nobody@d.test>\r\nRCPT TO:<e@d.test>\r\n",
+    )
+    .expect("feed");
+    let refused = Reply::from_parts(550, Some("5.1.1"), "No such user").expect("reply");
+    decide_each(&mut conn, |event| match event {
+        Event::Rcpt { to, .. } if to.address().starts_with("nobody") => {
+            Verdict::Reject(refused.clone())
+        }
+        _ => Verdict::Accept,
+    });
+    assert_eq!(conn.mail_from(), Some("a@b.test"));
+    assert_eq!(
+        conn.recipients(),
+        ["c@d.test", "e@d.test"],
+        "the refused one is not in"
+    );
+    // RSET ends the transaction (RFC 5321 §4.1.1.5).
+    conn.feed(now, b"RSET\r\n").expect("feed");
+    accept_all(&mut conn);
+    assert_eq!(conn.mail_from(), None);
+    assert!(conn.recipients().is_empty());
+    // A whole message: the envelope is there while the host commits, gone after.
+    let end = message_awaiting_commit(&mut conn, now);
+    assert_eq!(conn.mail_from(), Some("a@b.test"));
+    assert_eq!(conn.recipients(), ["c@d.test"]);
+    conn.decide(end, Verdict::Accept).expect("commit");
+    assert_eq!(conn.mail_from(), None);
+    // A refused MAIL opens nothing; `<>` is the empty reverse path.
+    conn.feed(now, b"MAIL FROM:<>\r\n").expect("feed");
+    decide_each(&mut conn, |_| {
+        Verdict::Reject(Reply::from_parts(550, None, "no").expect("reply"))
+    });
+    assert_eq!(conn.mail_from(), None);
+    conn.feed(now, b"MAIL FROM:<>\r\n").expect("feed");
+    accept_all(&mut conn);
+    assert_eq!(conn.mail_from(), Some(""));
+}

@@ -80,6 +80,8 @@ pub(crate) fn dispatch<H: Handler>(
             awaited,
             ..
         } = &mut *side;
+        // What the last event ended (RSET, STARTTLS, a dropped message) shows from here on.
+        sync_envelope(conn, info);
         let Some(event) = conn.poll_event() else {
             break;
         };
@@ -248,23 +250,29 @@ pub(crate) fn resolve<S>(conn: &mut Connection, side: &mut HostSide<S>, verdict:
         Update::Helo(name, extended) if accepted => {
             info.helo = Some(name);
             info.extended = extended;
-            info.mail_from = None;
-            info.recipients.clear();
         }
         Update::Auth(user) if accepted => info.auth_id = Some(user),
-        Update::Mail(from) if accepted => {
-            info.mail_from = Some(from);
-            info.recipients.clear();
-        }
-        Update::Rcpt(to) if accepted => info.recipients.push(to),
-        Update::MessageEnd => {
-            if accepted {
-                info.messages += 1;
-            }
-            info.mail_from = None;
-            info.recipients.clear();
-        }
+        Update::MessageEnd if accepted => info.messages += 1,
         _ => {}
+    }
+    sync_envelope(conn, info);
+}
+
+/// Brings [`SessionInfo::mail_from`] and [`SessionInfo::recipients`] in step with the
+/// envelope the engine keeps (which also ends at RSET, STARTTLS and a dropped message), adding
+/// only the new recipients.
+fn sync_envelope(conn: &Connection, info: &mut SessionInfo) {
+    let (from, recipients) = (conn.mail_from(), conn.recipients());
+    if info.mail_from.as_deref() != from {
+        info.mail_from = from.map(str::to_owned);
+        info.recipients.clear();
+    }
+    if recipients.len() < info.recipients.len() {
+        info.recipients.clear();
+    }
+    let known = info.recipients.len();
+    if let Some(new) = recipients.get(known..) {
+        info.recipients.extend_from_slice(new);
     }
 }
 
