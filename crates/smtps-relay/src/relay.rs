@@ -66,7 +66,14 @@ impl Relay {
 #[derive(Default)]
 pub struct RelaySession {
     link: Option<Link>,
+    /// Body octets not handed to the relay thread yet: they go in batches of
+    /// [`BODY_BATCH`], or with the message's end, so a small message costs the thread one
+    /// wake-up for its body and end together.
+    body: Vec<u8>,
 }
+
+/// Body octets gathered on the worker before they go to the relay thread.
+const BODY_BATCH: usize = 64 * 1024;
 
 /// The queue to the session's relay thread.
 struct Link {
@@ -92,7 +99,9 @@ enum Job {
         responder: Responder,
     },
     Body(Vec<u8>),
+    /// The message's last octets, then its end.
     End {
+        body: Vec<u8>,
         responder: Responder,
     },
     /// The message in progress will never be acknowledged: close without the final dot.
@@ -242,7 +251,11 @@ impl Handler for Relay {
         {
             return Err(reply);
         }
-        self.send(session, cx.info(), Job::Body(chunk.to_vec()));
+        session.body.extend_from_slice(chunk);
+        if session.body.len() >= BODY_BATCH {
+            let batch = std::mem::take(&mut session.body);
+            self.send(session, cx.info(), Job::Body(batch));
+        }
         Ok(())
     }
 
@@ -250,7 +263,8 @@ impl Handler for Relay {
         let Some(responder) = cx.defer() else {
             return Answer::Reject(broken());
         };
-        self.send(session, cx.info(), Job::End { responder });
+        let body = std::mem::take(&mut session.body);
+        self.send(session, cx.info(), Job::End { body, responder });
         Answer::Deferred
     }
 
@@ -264,6 +278,7 @@ impl Handler for Relay {
             "smtps-relay: session={} message aborted ({reason:?}): the backend gets no final dot",
             cx.info().id
         );
+        session.body.clear();
         if session.link.is_some() {
             self.send(session, cx.info(), Job::Abort);
         }
@@ -385,7 +400,8 @@ impl State<'_> {
                 responder.respond(verdict);
             }
             Job::Body(chunk) => self.body(&chunk),
-            Job::End { responder } => {
+            Job::End { body, responder } => {
+                self.body(&body);
                 let verdict = self.end();
                 responder.respond(verdict);
             }
