@@ -54,7 +54,8 @@ impl Relay {
         }
     }
 
-    /// Accepts AUTH from users `authenticator` knows; without one, AUTH is refused.
+    /// Offers AUTH and accepts users `authenticator` knows; without one, AUTH is not offered
+    /// (`502 5.5.1`).
     #[must_use]
     pub fn with_authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
         self.authenticator = Some(authenticator);
@@ -166,6 +167,11 @@ impl Handler for Relay {
 
     fn connect(&self, _cx: &mut Context<'_>) -> (RelaySession, Answer) {
         (RelaySession::default(), Answer::Accept)
+    }
+
+    /// AUTH is offered with an authenticator ([`Relay::with_authenticator`]), and only then.
+    fn offers_auth(&self) -> bool {
+        self.authenticator.is_some()
     }
 
     fn auth(

@@ -43,8 +43,52 @@ pub trait Handler: Send + Sync + 'static {
         Answer::Accept
     }
 
-    /// AUTH (RFC 4954). The default refuses: a server without a user database has no
-    /// business accepting credentials.
+    /// Whether this host checks credentials: `true` only if it overrides [`Handler::auth`].
+    ///
+    /// The server asks once, in [`Server::bind`](crate::Server::bind). When `false` (the
+    /// default) AUTH is not advertised in the EHLO reply whatever
+    /// [`SessionConfig::auth_mechanisms`](smtps_proto::SessionConfig) lists, and a client's
+    /// `AUTH` gets `502 5.5.1` (RFC 5321 §4.2.4; RFC 4954 §4 lets a server that does not offer
+    /// AUTH refuse it), so a client never sends a password to a host that cannot check it.
+    /// When `true` the mechanisms of the session configuration are offered, over TLS only
+    /// (RFC 4954 §4 and the policy's `danger_allow_plaintext_auth`), and each `AUTH` reaches
+    /// [`Handler::auth`].
+    ///
+    /// Override both together:
+    ///
+    /// ```
+    /// # use smtps_server::{Answer, Context, Credentials, Handler};
+    /// # use smtps_proto::{EnhancedStatus, Reply, ReplyCode};
+    /// struct Host;
+    /// impl Handler for Host {
+    ///     type Session = ();
+    ///     fn offers_auth(&self) -> bool {
+    ///         true
+    ///     }
+    ///     fn auth(&self, _: &mut (), _: &mut Context<'_>, c: &Credentials<'_>) -> Answer {
+    ///         // A real host looks the user up, compares in constant time, and defers a
+    ///         // password hash to another thread (see `examples/maildir_host.rs`).
+    ///         if c.authentication_id == "alice" && c.password == "secret" {
+    ///             Answer::Accept
+    ///         } else {
+    ///             let status = EnhancedStatus::new(5, 7, 8);
+    ///             Answer::Reject(Reply::new(ReplyCode::AUTH_INVALID, status, "Bad credentials"))
+    ///         }
+    ///     }
+    /// #   fn connect(&self, _: &mut Context<'_>) -> ((), Answer) { ((), Answer::Accept) }
+    /// #   fn body_chunk(&self, _: &mut (), _: &mut Context<'_>, _: &[u8]) -> Result<(), Reply> { Ok(()) }
+    /// #   fn message_end(&self, _: &mut (), _: &mut Context<'_>, _: u64) -> Answer { Answer::Accept }
+    /// }
+    /// ```
+    fn offers_auth(&self) -> bool {
+        false
+    }
+
+    /// AUTH (RFC 4954), called only when [`Handler::offers_auth`] is `true`, with the
+    /// credentials decoded (PLAIN, RFC 4616; LOGIN). Accept answers `235 2.7.0` and the
+    /// session is authenticated ([`SessionInfo::auth_id`]); a password hash takes time, so a
+    /// real host defers and checks on another thread. The default refuses with `535 5.7.8`:
+    /// a host without a user database has no business accepting credentials.
     fn auth(
         &self,
         session: &mut Self::Session,

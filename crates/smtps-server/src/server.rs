@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Poll, Waker};
-use smtps_proto::SessionConfig;
+use smtps_proto::{Extensions, SessionConfig};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use smtps_conn::Mode;
@@ -147,6 +147,7 @@ impl<H: Handler> Server<H> {
             }));
             polls.push(poll);
         }
+        let offers_auth = handler.offers_auth();
         let session_configs = config
             .listeners
             .iter()
@@ -156,6 +157,10 @@ impl<H: Handler> Server<H> {
                 // configuration each time); done here once per listener, it finds it applied.
                 if listener.mode == Mode::StartTlsRequired {
                     session.policy.require_tls_for_mail = true;
+                }
+                // AUTH is advertised only by a host that checks credentials.
+                if !offers_auth {
+                    session.extensions = session.extensions.without(Extensions::AUTH);
                 }
                 Arc::new(session)
             })

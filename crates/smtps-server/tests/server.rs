@@ -81,6 +81,23 @@ impl Handler for Recorder {
         Answer::Accept
     }
 
+    fn offers_auth(&self) -> bool {
+        true
+    }
+
+    fn auth(
+        &self,
+        _spool: &mut Spool,
+        _cx: &mut Context<'_>,
+        credentials: &smtps_server::Credentials<'_>,
+    ) -> Answer {
+        if credentials.authentication_id == "alice" && credentials.password == "secret" {
+            Answer::Accept
+        } else {
+            Answer::Reject(Reply::from_parts(535, Some("5.7.8"), "Bad credentials").unwrap())
+        }
+    }
+
     fn rcpt(
         &self,
         _spool: &mut Spool,

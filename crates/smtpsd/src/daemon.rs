@@ -433,6 +433,11 @@ impl Handler for Delivering {
         (Session::default(), Answer::Accept)
     }
 
+    /// AUTH is offered with a `--users` file, and only then.
+    fn offers_auth(&self) -> bool {
+        self.users.is_some()
+    }
+
     fn auth(
         &self,
         _session: &mut Session,
