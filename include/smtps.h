@@ -130,6 +130,10 @@ enum smtps_result
    */
   SMTPS_RESULT_INVALID_REPLY = 103,
   /**
+   * The caller's buffer is too small; the size needed was written where the call says.
+   */
+  SMTPS_RESULT_BUFFER_TOO_SMALL = 104,
+  /**
    * The object is not in a state that allows this call (started twice, dispatch on a
    * server that does not use the host's poll loop, ...).
    */
@@ -1623,6 +1627,28 @@ smtps_result smtps_server_reply(const struct smtps_server *server,
                                 uint16_t code,
                                 const char *enhanced,
                                 const char *text);
+
+/**
+ * Writes the server's counters into `buf` in the Prometheus text exposition format 0.0.4
+ * (what a `/metrics` endpoint serves), NUL-terminated, and sets `*needed_out` to the text's
+ * length (without the NUL). Every name starts with `smtps_`: sessions by listener and outcome,
+ * TLS handshakes by version and failures by reason, messages and octets accepted, messages
+ * refused by reply class and dropped by reason, AUTH results, connection-limit hits, open
+ * connections, and a histogram of the host's decision latency. Counters only grow while the
+ * server lives. Thread-safe; also from callbacks.
+ *
+ * `SMTPS_RESULT_BUFFER_TOO_SMALL` when `len` is not more than the text's length: nothing is
+ * written but `*needed_out`; call again with a buffer of `*needed_out + 1` octets (`buf` may
+ * be NULL when `len` is 0, to ask the size).
+ *
+ * # Safety
+ * `server` is NULL or a live server; `buf` is NULL with `len` 0, or valid for `len` writable
+ * bytes; `needed_out` is NULL or writable.
+ */
+smtps_result smtps_server_metrics(const struct smtps_server *server,
+                                  char *buf,
+                                  size_t len,
+                                  size_t *needed_out);
 
 /**
  * Sets `*port_out` to the port listener `index` (in `smtps_config_add_listener` order) is

@@ -717,13 +717,6 @@ pub unsafe extern "C" fn smtps_config_set_extension(
     }
 }
 
-/// Whether the server offers AUTH: only with an `on_auth` callback to check credentials.
-pub(crate) fn without_auth_unless(config: &mut ServerConfig, has_auth_callback: bool) {
-    if !has_auth_callback {
-        config.session.extensions = config.session.extensions.without(Extensions::AUTH);
-    }
-}
-
 /// Whether MAIL is refused (`530 5.7.0`) until the client has authenticated: a submission
 /// server's setting (RFC 4954 §6). Off by default.
 ///

@@ -35,6 +35,8 @@ pub enum smtps_result {
     /// A reply code, enhanced status or text is invalid, or does not fit the decision (2xx to
     /// accept, 3xx to accept DATA, 4xx/5xx to refuse; the status class must match the code's).
     InvalidReply = 103,
+    /// The caller's buffer is too small; the size needed was written where the call says.
+    BufferTooSmall = 104,
 
     // 2xx: the order of calls.
     /// The object is not in a state that allows this call (started twice, dispatch on a
@@ -101,6 +103,7 @@ impl smtps_result {
             Self::InvalidParameter => "an argument is out of range or not valid UTF-8",
             Self::InvalidAddress => "invalid socket address (expected IP:port)",
             Self::InvalidReply => "invalid reply, or one that does not fit the decision",
+            Self::BufferTooSmall => "the buffer is too small for the result",
             Self::WrongState => "the object is not in a state that allows this call",
             Self::UnknownSession => "no decision is awaited from this session",
             Self::UnknownDecision => {
@@ -128,12 +131,13 @@ impl smtps_result {
 
     /// The result for a raw number from C, if it names one.
     fn from_u32(value: u32) -> Option<Self> {
-        const ALL: [smtps_result; 25] = [
+        const ALL: [smtps_result; 26] = [
             smtps_result::Ok,
             smtps_result::NullParameter,
             smtps_result::InvalidParameter,
             smtps_result::InvalidAddress,
             smtps_result::InvalidReply,
+            smtps_result::BufferTooSmall,
             smtps_result::WrongState,
             smtps_result::UnknownSession,
             smtps_result::UnknownDecision,

@@ -160,6 +160,11 @@ impl Core {
         }
     }
 
+    /// Whether the host gave an `on_auth` callback (AUTH is offered only then).
+    pub(crate) fn has_auth_callback(&self) -> bool {
+        self.callbacks.on_auth.is_some()
+    }
+
     pub(crate) fn registry(&self) -> MutexGuard<'_, HashMap<u64, Pending>> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -446,6 +451,10 @@ impl FfiHandler {
 
 impl Handler for FfiHandler {
     type Session = FfiSession;
+
+    fn offers_auth(&self) -> bool {
+        self.core.has_auth_callback()
+    }
 
     fn connect(&self, cx: &mut Context<'_>) -> (FfiSession, Answer) {
         let mut session = FfiSession {

@@ -16,8 +16,8 @@ use crate::callbacks::smtps_callbacks;
 use crate::config::smtps_config;
 use crate::error::{fail, io_error, server_error, smtps_result, tls_error};
 use crate::ffi::{
-    Castable, OwnershipBox, check_out, take_box, to_boxed_ptr, try_ref_from_ptr, try_str_opt,
-    write_out,
+    Castable, OwnershipBox, byte_slice_mut, check_out, take_box, to_boxed_ptr, try_ref_from_ptr,
+    try_str_opt, write_out,
 };
 use crate::handler::{Core, FIRST_DECISION_ID, FfiHandler, Kind, Pending, UserData, in_callback};
 use crate::panic::ffi_boundary;
@@ -288,11 +288,10 @@ pub unsafe extern "C" fn smtps_server_new(
         if callbacks.on_message_end.is_none() {
             return fail(smtps_result::InvalidParameter, "callbacks->on_message_end is required");
         }
-        let mut server_config = match config.server_config() {
+        let server_config = match config.server_config() {
             Ok(server_config) => server_config,
             Err(error) => return error,
         };
-        crate::config::without_auth_unless(&mut server_config, callbacks.on_auth.is_some());
         let tls = server_config.tls.clone();
         let core = Arc::new(Core::new(callbacks, UserData(userdata)));
         let handler = FfiHandler { core: Arc::clone(&core) };
@@ -603,6 +602,50 @@ pub unsafe extern "C" fn smtps_server_reply(
                 }
             }
         }
+        smtps_result::Ok
+    }
+}
+
+/// Writes the server's counters into `buf` in the Prometheus text exposition format 0.0.4
+/// (what a `/metrics` endpoint serves), NUL-terminated, and sets `*needed_out` to the text's
+/// length (without the NUL). Every name starts with `smtps_`: sessions by listener and outcome,
+/// TLS handshakes by version and failures by reason, messages and octets accepted, messages
+/// refused by reply class and dropped by reason, AUTH results, connection-limit hits, open
+/// connections, and a histogram of the host's decision latency. Counters only grow while the
+/// server lives. Thread-safe; also from callbacks.
+///
+/// `SMTPS_RESULT_BUFFER_TOO_SMALL` when `len` is not more than the text's length: nothing is
+/// written but `*needed_out`; call again with a buffer of `*needed_out + 1` octets (`buf` may
+/// be NULL when `len` is 0, to ask the size).
+///
+/// # Safety
+/// `server` is NULL or a live server; `buf` is NULL with `len` 0, or valid for `len` writable
+/// bytes; `needed_out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smtps_server_metrics(
+    server: *const smtps_server,
+    buf: *mut c_char,
+    len: usize,
+    needed_out: *mut usize,
+) -> smtps_result {
+    ffi_boundary! {
+        let server = try_ref_from_ptr!(server);
+        check_out!(needed_out);
+        let text = server.handle.metrics().to_prometheus();
+        // SAFETY: checked non-NULL above; writable by contract.
+        unsafe { write_out(needed_out, text.len()) };
+        if len <= text.len() {
+            return fail(
+                smtps_result::BufferTooSmall,
+                format_args!("the metrics need {} octets and a NUL; the buffer has {len}", text.len()),
+            );
+        }
+        // SAFETY: `buf` is valid for `len` writable bytes by contract (len > 0 here).
+        let Some(out) = (unsafe { byte_slice_mut(buf.cast::<u8>(), len) }) else {
+            return crate::panic::NullParameterOrDefault::value();
+        };
+        out[..text.len()].copy_from_slice(text.as_bytes());
+        out[text.len()] = 0;
         smtps_result::Ok
     }
 }

@@ -13,6 +13,7 @@
  *      host with SIGPIPE (this program keeps SIGPIPE's default action, which terminates).
  *   6. an on_connect answer outside SMTPS_ANSWER_* greets no one: the client gets 421 4.3.0
  *      (the only temporary answer in place of a greeting), not "250 OK" or a silent 554;
+ *   8. smtps_server_metrics gives the counters in the Prometheus text format, sized on demand.
  *   7. EHLO offers only what the host serves: AUTH only with on_auth, DSN and SMTPUTF8 only
  *      when switched on; and the MAIL/RCPT parameters reach the callbacks
  *      (smtps_session_param).
@@ -477,6 +478,23 @@ int main(void) {
   invalid_callback_answer_greets_no_one(&host, port);
   ehlo_offers_only_what_the_host_serves(&host, port);
 
+  {
+    size_t needed = 0;
+    char *text;
+    check_result("server_metrics(size only)", smtps_server_metrics(server, NULL, 0, &needed),
+                 SMTPS_RESULT_BUFFER_TOO_SMALL);
+    text = malloc(needed + 1);
+    check_result("server_metrics", smtps_server_metrics(server, text, needed + 1, &needed),
+                 SMTPS_RESULT_OK);
+    check("metrics: sessions ended with QUIT", text != NULL &&
+                                                  strstr(text, "outcome=\"quit\"} 2\n") != NULL);
+    check("metrics: the histogram is typed",
+          text != NULL && strstr(text, "# TYPE smtps_decision_seconds histogram") != NULL);
+    if (getenv("CONTRACT_SHOW_METRICS") != NULL && text != NULL) {
+      fputs(text, stderr);
+    }
+    free(text);
+  }
   check_result("server_stop", smtps_server_stop(server, 1000), SMTPS_RESULT_OK);
   smtps_server_free(server);
   if (failures) {

@@ -766,3 +766,19 @@ fn verdicts_take_only_the_codes_rfc5321_4_3_2_allows_for_the_command() {
         .decide(data, Verdict::Reject(reply(451)))
         .expect("any 4xx refuses DATA");
 }
+
+#[test]
+fn junk_command_limit_tells_the_host_too_many_errors() {
+    let mut config = config();
+    config.limits.junk_commands = 3;
+    let mut peer = Peer::ready(config);
+    let out = peer.send(b"NOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\n");
+    assert!(out.ends_with("421 4.7.0 Too many commands without mail, closing connection\r\n"));
+    assert!(
+        peer.seen
+            .iter()
+            .any(|seen| matches!(seen, Seen::Notice(n) if n == "TooManyErrors")),
+        "{:?}",
+        peer.seen.len()
+    );
+}

@@ -13,6 +13,7 @@ use smtps_proto::{DecisionId, Event, Verdict};
 use crate::handler::{
     Answer, Context, Credentials, DeferSlot, Handler, Mailbox, SessionInfo, temporary_failure,
 };
+use crate::metrics::Metrics;
 use crate::server::Shared;
 
 /// The host's side of a connection: what it knows, its state, the decision it deferred.
@@ -55,7 +56,8 @@ pub(crate) enum Update {
     Auth(String),
     Mail(String),
     Rcpt(String),
-    MessageEnd,
+    /// The end of a message of this many octets.
+    MessageEnd(u64),
 }
 
 /// Drains the connection's events, asking the host. Returns whether any came.
@@ -154,11 +156,12 @@ pub(crate) fn dispatch<H: Handler>(
                 None
             }
             Event::MessageEnd { size, .. } => {
-                update = Update::MessageEnd;
+                update = Update::MessageEnd(size);
                 log::info!("smtps: session={} event=message size={size}", cx.info.id);
                 host.as_mut().map(|h| handler.message_end(h, &mut cx, size))
             }
             Event::MessageAborted { reason } => {
+                shared.control.metrics.message_aborted(reason);
                 log::info!(
                     "smtps: session={} event=aborted reason={reason:?}",
                     cx.info.id
@@ -207,7 +210,7 @@ pub(crate) fn dispatch<H: Handler>(
             update,
         });
         match answer.and_then(Answer::into_verdict) {
-            Some(verdict) => resolve(conn, side, verdict),
+            Some(verdict) => resolve(conn, side, verdict, &shared.control.metrics),
             None if deferred => {}
             None => {
                 // `Answer::Deferred` without taking the responder: the host can never answer.
@@ -215,7 +218,7 @@ pub(crate) fn dispatch<H: Handler>(
                     "smtps: session={} handler deferred without a responder",
                     side.info.id
                 );
-                resolve(conn, side, temporary_failure());
+                resolve(conn, side, temporary_failure(), &shared.control.metrics);
             }
         }
     }
@@ -223,9 +226,16 @@ pub(crate) fn dispatch<H: Handler>(
 }
 
 /// Applies a verdict to the outstanding decision and records what it changed.
-pub(crate) fn resolve<S>(conn: &mut Connection, side: &mut HostSide<S>, verdict: Verdict) {
+pub(crate) fn resolve<S>(
+    conn: &mut Connection,
+    side: &mut HostSide<S>,
+    verdict: Verdict,
+    metrics: &Metrics,
+) {
     let Some(Pending {
-        decision, update, ..
+        decision,
+        update,
+        since,
     }) = side.take_pending()
     else {
         return;
@@ -246,13 +256,19 @@ pub(crate) fn resolve<S>(conn: &mut Connection, side: &mut HostSide<S>, verdict:
         return;
     }
     log_decision(info.id, &update, accepted, code);
+    metrics.decided_after(since.elapsed());
+    match &update {
+        Update::Auth(_) => metrics.auth(accepted),
+        Update::MessageEnd(size) => metrics.message_end(accepted, code, *size),
+        _ => {}
+    }
     match update {
         Update::Helo(name, extended) if accepted => {
             info.helo = Some(name);
             info.extended = extended;
         }
         Update::Auth(user) if accepted => info.auth_id = Some(user),
-        Update::MessageEnd if accepted => info.messages += 1,
+        Update::MessageEnd(_) if accepted => info.messages += 1,
         _ => {}
     }
     sync_envelope(conn, info);
@@ -294,7 +310,7 @@ fn log_decision(id: u64, update: &Update, accepted: bool, code: u16) {
         Update::Rcpt(to) => {
             log::info!("smtps: session={id} event=rcpt to=<{to}> {outcome} code={code}");
         }
-        Update::MessageEnd => {
+        Update::MessageEnd(_) => {
             log::info!("smtps: session={id} event=message_end {outcome} code={code}");
         }
     }
@@ -331,6 +347,7 @@ fn adopt_proxy_header<H: Handler>(
     info.proxy = Some(header);
     side.counted_ip = Some(peer.ip());
     if shared.count_ip(peer.ip()) > shared.config.limits.connections_per_ip {
+        shared.control.metrics.limit_hit(true);
         side.over_limit = true;
     }
 }

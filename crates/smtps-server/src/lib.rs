@@ -57,6 +57,7 @@ mod config;
 mod dispatch;
 mod error;
 mod handler;
+mod metrics;
 mod server;
 mod turn;
 mod worker;
@@ -64,6 +65,10 @@ mod worker;
 pub use config::{ConnectionLimits, ListenerConfig, ServerConfig};
 pub use error::Error;
 pub use handler::{Answer, Context, Credentials, Handler, Responder, SessionInfo};
+pub use metrics::{
+    ABORT_REASONS, DECISION_BUCKETS, ListenerSnapshot, MetricsSnapshot, SESSION_OUTCOMES,
+    TLS_FAILURE_REASONS, TLS_VERSIONS,
+};
 pub use server::{PolledServer, RunningServer, Server, ServerHandle};
 pub use smtps_conn::smtps_proxy::{Network, OwnedHeader as ProxyHeader};
 pub use smtps_conn::{CloseReason, Mode, ProxyPolicy, Timeouts, Timer, Untrusted};

@@ -17,6 +17,7 @@ use smtps_conn::Mode;
 use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::handler::{Handler, Mailbox};
+use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::worker::{WAKER, Worker};
 
 /// An SMTP server: listeners bound, workers ready. [`Server::run`] or [`Server::start`] serves.
@@ -62,6 +63,7 @@ impl<H> Shared<H> {
 
 /// Shutdown state, shared with [`ServerHandle`]s.
 pub(crate) struct Control {
+    pub(crate) metrics: Metrics,
     pub(crate) shutdown: AtomicBool,
     pub(crate) deadline: Mutex<Option<Instant>>,
     pub(crate) mailboxes: Vec<Arc<Mailbox>>,
@@ -165,7 +167,9 @@ impl<H: Handler> Server<H> {
                 Arc::new(session)
             })
             .collect();
+        let listeners = config.listeners.iter().map(|l| l.mode);
         let control = Arc::new(Control {
+            metrics: Metrics::new(local_addrs.iter().copied().zip(listeners)),
             shutdown: AtomicBool::new(false),
             deadline: Mutex::new(None),
             mailboxes: mailboxes.clone(),
@@ -341,6 +345,14 @@ impl ServerHandle {
                 log::warn!("smtps: cannot wake worker for shutdown: {error}");
             }
         }
+    }
+
+    /// The server's counters now: sessions, TLS, messages, AUTH, limits, the host's decision
+    /// latency, open connections ([`MetricsSnapshot::to_prometheus`] renders them for a
+    /// scrape).
+    #[must_use]
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.control.metrics.snapshot()
     }
 
     /// Whether a shutdown was requested.

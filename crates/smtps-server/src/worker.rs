@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use smtps_conn::{Admission, CloseReason, Connection, ProxyPolicy, replies};
+use smtps_tls::TlsInfo;
 
 use crate::dispatch::{HostSide, capture_tls, dispatch, resolve};
 use crate::error::Error;
@@ -220,7 +221,12 @@ impl<H: Handler> Worker<H> {
             }
             // The engine restarts its idle timer at the latest time it knows: tell it now.
             slot.conn.handle_timeout(now);
-            resolve(&mut slot.conn, &mut slot.side, completion.verdict);
+            resolve(
+                &mut slot.conn,
+                &mut slot.side,
+                completion.verdict,
+                &self.shared.control.metrics,
+            );
             self.service(index, now);
         }
         if !self.shutting_down && self.shared.control.shutdown.load(Ordering::SeqCst) {
@@ -259,7 +265,12 @@ impl<H: Handler> Worker<H> {
                     "smtps: session={} host did not decide in time",
                     slot.side.info.id
                 );
-                resolve(&mut slot.conn, &mut slot.side, temporary_failure());
+                resolve(
+                    &mut slot.conn,
+                    &mut slot.side,
+                    temporary_failure(),
+                    &self.shared.control.metrics,
+                );
             }
             slot.conn.handle_timeout(now);
             self.service(index, now);
@@ -315,6 +326,12 @@ impl<H: Handler> Worker<H> {
         let counted_ip = (admission == Admission::Direct).then_some(peer.ip());
         let from_ip = counted_ip.map_or(0, |ip| shared.count_ip(ip));
         let over_limit = total > limits.connections || from_ip > limits.connections_per_ip;
+        if over_limit {
+            shared
+                .control
+                .metrics
+                .limit_hit(total <= limits.connections);
+        }
         if total > limits.connections.saturating_add(LIMIT_OVERFLOW) {
             log::warn!("smtps: {peer}: over the connection limit by far, closed without reply");
             release(&shared, counted_ip);
@@ -361,6 +378,7 @@ impl<H: Handler> Worker<H> {
             },
             if over_limit { " over_limit=true" } else { "" }
         );
+        shared.control.metrics.opened();
         self.slots[index] = Some(Slot {
             socket,
             conn,
@@ -478,6 +496,12 @@ impl<H: Handler> Worker<H> {
             .cloned()
             .unwrap_or(CloseReason::ClientClosed);
         slot.side.take_pending();
+        self.shared.control.metrics.closed(
+            slot.side.info.listener,
+            &reason,
+            slot.side.info.tls.as_ref().map(TlsInfo::version_name),
+            slot.conn.is_handshaking(),
+        );
         log::info!(
             "smtps: session={} event=close reason={reason} messages={} duration_ms={}",
             slot.side.info.id,

@@ -112,13 +112,14 @@ impl ServerSession {
         ) {
             self.junk_commands += 1;
             if self.junk_commands > self.config.limits.junk_commands {
-                self.notice(Notice::TooManyErrors);
                 let reply = Reply::fixed(
                     421,
                     (4, 7, 0),
                     "Too many commands without mail, closing connection",
                 );
                 self.shut(AbortReason::Closed, Some(&reply));
+                // After `shut`, which drops what was queued: the host must hear why.
+                self.notice(Notice::TooManyErrors);
                 return;
             }
         }
