@@ -7,6 +7,7 @@ pub mod auth;
 pub mod backend;
 pub mod body;
 pub mod capabilities;
+pub mod logline;
 pub mod params;
 pub mod received;
 pub mod relay;

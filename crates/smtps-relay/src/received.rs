@@ -274,7 +274,7 @@ fn index(small: u64) -> usize {
 
 /// Converts days since 1970-01-01 into (year, month 1–12, day 1–31) in the proleptic
 /// Gregorian calendar (H. Hinnant's `civil_from_days`, for non-negative day counts).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z % 146_097;
