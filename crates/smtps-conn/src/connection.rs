@@ -61,6 +61,8 @@ pub struct Connection {
     timers: Timers,
     /// The transaction's accepted sender and recipients.
     envelope: Envelope,
+    /// The host paused input then ([`Connection::pause_input`]).
+    input_paused: Option<Instant>,
 }
 
 /// Where a connection is with its PROXY protocol header.
@@ -162,6 +164,7 @@ impl Connection {
             input_taken: false,
             reason: None,
             envelope: Envelope::default(),
+            input_paused: None,
             timers: Timers {
                 timeouts: Timeouts::default(),
                 clock: now,
@@ -179,6 +182,39 @@ impl Connection {
     /// Sets the timers; deadlines already running are measured with the new values.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) {
         self.timers.timeouts = timeouts;
+    }
+
+    /// The host stops taking input at `now` (back-pressure from its side: slow storage, an
+    /// async sink): until [`Connection::resume_input`], [`Connection::wants_read`] is false
+    /// (so the driver leaves the socket unread and TCP flow control holds the client back),
+    /// and [`Connection::poll_event`] gives nothing more — once the connection has closed it
+    /// again gives what is left (an aborted message), so that the host hears of it. Output
+    /// still goes out. Pausing a paused connection changes nothing.
+    ///
+    /// Timers while paused: the client is not idle, the host is, so the client's idle timers
+    /// (`Timeouts::command`, `Timeouts::data_block`, RFC 5321 §4.5.3.2) stand still and
+    /// restart at [`Connection::resume_input`]. The host's slowness is bounded as for a
+    /// decision, by `Timeouts::decision`: a pause that lasts longer closes the connection with
+    /// `421 4.3.0` ([`Timer::InputPaused`]); the message in progress is aborted, never
+    /// acknowledged, and the client retries. `Timeouts::session` keeps running.
+    pub fn pause_input(&mut self, now: Instant) {
+        self.tick(now);
+        self.input_paused.get_or_insert(now);
+    }
+
+    /// The host takes input again at `now` (see [`Connection::pause_input`]); the client's idle
+    /// timer starts afresh. Resuming a connection that is not paused changes nothing.
+    pub fn resume_input(&mut self, now: Instant) {
+        self.tick(now);
+        if self.input_paused.take().is_some() {
+            self.timers.idle_since = self.timers.clock;
+        }
+    }
+
+    /// Whether the host paused input ([`Connection::pause_input`]).
+    #[must_use]
+    pub fn is_input_paused(&self) -> bool {
+        self.input_paused.is_some()
     }
 
     /// The client's first octets are a PROXY protocol header (haproxy's proxy-protocol.txt, v1
@@ -345,6 +381,9 @@ impl Connection {
         // The session may consume input without an event (the rest of a refused body is read
         // and dropped): then it gets what the transport holds, until an event comes or nothing
         // moves. `None` thus always means the socket, the client or the host must act.
+        if self.input_paused.is_some() && !self.is_closed() {
+            return None;
+        }
         loop {
             if self.backlogged() && !self.is_closed() {
                 return None;
@@ -463,6 +502,9 @@ impl Connection {
                 let reply = replies::timeout(&self.session_config.hostname);
                 self.close(&reply, CloseReason::Timeout(timer));
             }
+            Timer::InputPaused => {
+                self.close(&replies::host_stalled(), CloseReason::Timeout(timer));
+            }
         }
         self.advance();
     }
@@ -533,11 +575,13 @@ impl Connection {
 
     /// Whether the host should read from the socket and feed the connection: false while
     /// received input waits inside it, while more than [`OUTPUT_LIMIT`] octets of output wait,
-    /// after the client's end of stream, and once closed.
+    /// while the host paused input ([`Connection::pause_input`]), after the client's end of
+    /// stream, and once closed.
     #[must_use]
     pub fn wants_read(&self) -> bool {
         !self.is_closed()
             && !self.eof
+            && self.input_paused.is_none()
             && self.inbox.is_empty()
             && self.transport.wants_read()
             && !self.backlogged()
@@ -806,6 +850,8 @@ impl Connection {
         };
         if let Some(since) = t.handshake_since.filter(|_| self.is_handshaking()) {
             consider(since + timeouts.handshake, Timer::Handshake);
+        } else if let Some(since) = self.input_paused {
+            consider(since + timeouts.decision, Timer::InputPaused);
         } else if let Some(session) = &self.session
             && !session.awaiting_decision()
         {

@@ -56,6 +56,19 @@ pub fn temporary_failure() -> Reply {
     )
 }
 
+/// `421 4.3.0 Local processing too slow, try again later`: the host paused the client's input
+/// ([`Connection::pause_input`](crate::Connection::pause_input)) for longer than
+/// `Timeouts::decision`; the message in progress is dropped and the client retries (RFC 5321
+/// §4.2.5, RFC 3463 4.3.0 "other or undefined mail system status").
+#[must_use]
+pub fn host_stalled() -> Reply {
+    Reply::new(
+        ReplyCode::SERVICE_UNAVAILABLE,
+        EnhancedStatus::new(4, 3, 0),
+        "Local processing too slow, try again later",
+    )
+}
+
 /// `421 4.3.0 Service temporarily unavailable`: the host could not decide whether to greet a
 /// client; the only temporary answer in place of the greeting (RFC 5321 §3.1, §4.3.2), and it
 /// closes the connection.

@@ -334,6 +334,87 @@ fn the_data_block_timer_runs_inside_a_message_rfc5321_4_5_3_2_5() {
     );
 }
 
+/// Starts a message and pauses input at its first body chunk, as a host writing to slow
+/// storage would; returns the chunk seen.
+fn paused_in_a_message(conn: &mut Connection, now: Instant) -> Vec<u8> {
+    conn.feed(
+        now,
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nfirst\r\n",
+    )
+    .expect("feed");
+    for _ in 0..100 {
+        let event = conn.poll_event().expect("an event before the body");
+        if let Event::BodyChunk(chunk) = event {
+            let chunk = chunk.to_vec();
+            conn.pause_input(now);
+            return chunk;
+        }
+        if let Some(decision) = event.decision() {
+            conn.decide(decision, Verdict::Accept).expect("decide");
+        }
+    }
+    panic!("no body chunk");
+}
+
+#[test]
+fn paused_input_is_neither_read_nor_turned_into_events() {
+    let start = Instant::now();
+    let mut conn = ready(start);
+    assert_eq!(paused_in_a_message(&mut conn, start), b"first\r\n");
+    assert!(!conn.wants_read());
+    // What the transport already holds stays there until the host resumes.
+    assert_eq!(conn.feed(start, b"second\r\n.\r\n").expect("feed"), 0);
+    assert!(conn.poll_event().is_none());
+    // Replies already made still go out.
+    assert!(drain(&mut conn).contains("354"));
+    conn.resume_input(start);
+    assert!(conn.wants_read());
+    conn.feed(start, b"second\r\n.\r\n").expect("feed");
+    let seen = accept_all(&mut conn);
+    let second = format!("BodyChunk({:?})", b"second\r\n");
+    assert_eq!(seen.first(), Some(&second), "{seen:?}");
+    assert!(seen.iter().any(|e| e.contains("MessageEnd")), "{seen:?}");
+}
+
+#[test]
+fn the_data_block_timer_stands_still_while_the_host_pauses_input() {
+    let start = Instant::now();
+    let mut conn = ready(start);
+    paused_in_a_message(&mut conn, start);
+    // Longer than data_block (180 s) but within decision (300 s): the host is slow, not the
+    // client.
+    let later = start + Duration::from_secs(250);
+    assert_eq!(conn.poll_timeout(), Some(start + Duration::from_secs(300)));
+    conn.handle_timeout(later);
+    assert!(!conn.is_closed());
+    conn.resume_input(later);
+    // The client's idle timer restarts at the resume.
+    assert_eq!(conn.poll_timeout(), Some(later + Duration::from_secs(180)));
+    conn.handle_timeout(later + Duration::from_secs(179));
+    assert!(!conn.is_closed());
+}
+
+#[test]
+fn a_pause_longer_than_the_decision_timeout_closes_with_421_and_aborts_the_message() {
+    let start = Instant::now();
+    let mut conn = ready(start);
+    paused_in_a_message(&mut conn, start);
+    drain(&mut conn);
+    conn.handle_timeout(start + Duration::from_secs(300));
+    assert!(conn.is_closed());
+    assert_eq!(
+        conn.close_reason(),
+        Some(&CloseReason::Timeout(Timer::InputPaused))
+    );
+    // Closed, the paused connection still tells the host that the message is gone.
+    let seen = accept_all(&mut conn);
+    assert!(
+        seen.iter().any(|e| e.contains("MessageAborted")),
+        "{seen:?}"
+    );
+    assert!(drain(&mut conn).starts_with("421 4.3.0"));
+}
+
 #[test]
 fn no_idle_timer_runs_while_the_host_decides() {
     let start = Instant::now();

@@ -24,7 +24,9 @@ pub struct Timeouts {
     /// Waiting for the host to decide (for example to commit a message): past it the command
     /// is answered `451 4.3.0` so that the client retries rather than times out
     /// (§4.5.3.2.6 gives the client 10 minutes after the final dot). Enforced by the driver
-    /// that relays the host's answers (the mio server, the C server level). Default 300 s.
+    /// that relays the host's answers (the mio server, the C server level). Also the longest
+    /// the host may pause input (`Connection::pause_input`), enforced by the engine: past it
+    /// the connection closes with `421 4.3.0`. Default 300 s.
     pub decision: Duration,
     /// A whole session, however active. Default 3600 s.
     pub session: Duration,
@@ -67,6 +69,9 @@ pub enum Timer {
     CloseLinger,
     /// The PROXY protocol header did not arrive in time.
     ProxyHeader,
+    /// The host paused input ([`Connection::pause_input`](crate::Connection::pause_input))
+    /// for longer than [`Timeouts::decision`].
+    InputPaused,
 }
 
 impl fmt::Display for Timer {
@@ -78,6 +83,7 @@ impl fmt::Display for Timer {
             Self::Session => "session",
             Self::CloseLinger => "close_linger",
             Self::ProxyHeader => "proxy_header",
+            Self::InputPaused => "input_paused",
         })
     }
 }

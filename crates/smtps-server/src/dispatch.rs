@@ -11,7 +11,8 @@ use smtps_conn::{CloseReason, Connection, replies};
 use smtps_proto::{DecisionId, Event, Verdict};
 
 use crate::handler::{
-    Answer, Context, Credentials, DeferSlot, Handler, Mailbox, SessionInfo, temporary_failure,
+    Answer, Context, Credentials, DeferSlot, GateSlot, Handler, Mailbox, SessionInfo,
+    temporary_failure,
 };
 use crate::metrics::Metrics;
 use crate::server::Shared;
@@ -32,6 +33,9 @@ pub(crate) struct HostSide<S> {
     /// one (0: none), shared with every responder of the session so that
     /// [`Responder::is_closed`](crate::Responder::is_closed) can tell from another thread.
     pub(crate) awaited: Arc<AtomicU64>,
+    /// [`InputGate`](crate::InputGate)s taken and not resumed yet: while any is, input is
+    /// paused ([`Connection::pause_input`]).
+    pub(crate) input_holds: u32,
 }
 
 impl<S> HostSide<S> {
@@ -80,6 +84,7 @@ pub(crate) fn dispatch<H: Handler>(
             pending,
             over_limit,
             awaited,
+            input_holds,
             ..
         } = &mut *side;
         // What the last event ended (RSET, STARTTLS, a dropped message) shows from here on.
@@ -103,6 +108,12 @@ pub(crate) fn dispatch<H: Handler>(
                 awaited: Arc::clone(awaited),
             }),
             deferred: false,
+            gate: Some(GateSlot {
+                mailbox: Arc::clone(mailbox),
+                token,
+                session: info.id,
+            }),
+            paused: 0,
         };
         let mut update = Update::None;
         let mut refusal = None;
@@ -200,6 +211,11 @@ pub(crate) fn dispatch<H: Handler>(
             _ => None,
         };
         let deferred = cx.deferred;
+        if cx.paused > 0 {
+            // No further event until every gate is resumed (`Worker::wake`).
+            *input_holds += cx.paused;
+            conn.pause_input(Instant::now());
+        }
         if let Some(reply) = refusal {
             conn.refuse_message(reply);
         }

@@ -21,8 +21,25 @@ use smtps_tls::TlsInfo;
 /// [`Context::defer`] to answer later from any thread. Until then the session waits, replies
 /// stay in order, and nothing later from that client is acted on.
 ///
-/// Methods run on a worker thread: they should not block. Work that takes time (a queue
-/// commit, a DNS lookup) is what deferring is for.
+/// # Threads, and what may block
+///
+/// Every method runs on the worker thread that owns the connection (one of
+/// [`ServerConfig::workers`](crate::ServerConfig::workers), or the host's own thread inside
+/// [`PolledServer::turn`](crate::PolledServer::turn)); one session's calls come from one thread,
+/// in order, never two at once, while other sessions' calls run on other workers at the same
+/// time. A method that blocks stalls every connection of its worker, so none should: work
+/// that takes time goes elsewhere and reports back from any thread —
+///
+/// - a decision (connect, HELO, AUTH, MAIL, RCPT, DATA, the message's end): take a
+///   [`Responder`] with [`Context::defer`], return [`Answer::Deferred`], answer later;
+/// - the body ([`Handler::body_chunk`]): take an [`InputGate`] with [`Context::pause_input`],
+///   hand the chunk to the slow writer, and [`InputGate::resume`] when it is written. Until then
+///   the worker reads nothing more from that client (TCP flow control holds it back) and
+///   calls nothing more for that session, so nothing piles up in memory.
+///
+/// [`Responder`] and [`InputGate`] are `Send`: answer or resume from a thread pool, an async
+/// task or a completion callback. Dropping either is safe (a `451 4.3.0`, a resume), so a
+/// host that loses track of a session cannot wedge it.
 pub trait Handler: Send + Sync + 'static {
     /// Per-connection state.
     type Session: Send + 'static;
@@ -133,9 +150,13 @@ pub trait Handler: Send + Sync + 'static {
         Answer::Accept
     }
 
-    /// Message octets, dot-unstuffed, in order. Return an error reply (such as
-    /// `452 4.3.1` when the spool is full) to refuse the message: the rest of the body is read
-    /// and that reply given at its end.
+    /// Message octets, dot-unstuffed, in order (RFC 5321 §4.5.2; BDAT chunks, RFC 3030, come
+    /// through here too). Return an error reply (such as `452 4.3.1` when the spool is full) to
+    /// refuse the message: the rest of the body is read and that reply given at its end.
+    ///
+    /// The chunk is borrowed for the call. A host whose storage is slow copies it to its
+    /// writer and calls [`Context::pause_input`]: no further chunk (and no other call for this
+    /// session) comes until the [`InputGate`] is resumed or dropped.
     ///
     /// # Errors
     /// The reply for a message the host cannot take.
@@ -264,11 +285,16 @@ pub struct SessionInfo {
     pub messages: u64,
 }
 
-/// Passed to every handler call: the session's information, and the way to defer.
+/// Passed to every handler call: the session's information, the way to defer, and the way to
+/// pause input.
 pub struct Context<'a> {
     pub(crate) info: &'a SessionInfo,
     pub(crate) defer: Option<DeferSlot>,
     pub(crate) deferred: bool,
+    /// Where a gate's resume goes; `None` where pausing means nothing (at the disconnect).
+    pub(crate) gate: Option<GateSlot>,
+    /// Gates taken during this call.
+    pub(crate) paused: u32,
 }
 
 impl Context<'_> {
@@ -286,6 +312,96 @@ impl Context<'_> {
         self.deferred = true;
         Some(Responder { slot: Some(slot) })
     }
+
+    /// Pauses this session's input until the returned gate is resumed (or dropped): the
+    /// host's back-pressure, for a body going to slow storage or an async sink.
+    ///
+    /// After the current call returns, the worker reads nothing more from the client — TCP
+    /// flow control then stops the client — and makes no further call for this session;
+    /// replies already due still go out, and other sessions are served as usual. Each gate
+    /// holds the session on its own: input resumes once every gate taken is resumed.
+    ///
+    /// Timers: while paused the client's idle timers (`Timeouts::command`,
+    /// `Timeouts::data_block`, RFC 5321 §4.5.3.2) stand still, since the client is not the one
+    /// being slow, and restart at the resume. The host's own slowness is bounded as for a
+    /// deferred decision, by `Timeouts::decision` (default 300 s): a pause that lasts longer
+    /// closes the connection with `421 4.3.0`, the message is dropped
+    /// ([`Handler::message_aborted`]) and the client retries. `Timeouts::session` keeps running.
+    ///
+    /// Meant for [`Handler::body_chunk`], it works in any call; in [`Handler::disconnect`]
+    /// there is nothing left to pause and the gate does nothing.
+    ///
+    /// ```
+    /// # use std::sync::mpsc::Sender;
+    /// # use smtps_server::{Context, InputGate};
+    /// # use smtps_proto::Reply;
+    /// /// In `Handler::body_chunk`: the writer thread resumes once the chunk is on disk.
+    /// fn body_chunk(writer: &Sender<(Vec<u8>, InputGate)>, cx: &mut Context<'_>, chunk: &[u8])
+    ///     -> Result<(), Reply>
+    /// {
+    ///     let gate = cx.pause_input();
+    ///     // If the writer is gone the gate comes back in the error and resumes as it drops.
+    ///     let _ = writer.send((chunk.to_vec(), gate));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn pause_input(&mut self) -> InputGate {
+        let slot = self.gate.clone();
+        if slot.is_some() {
+            self.paused += 1;
+        }
+        InputGate { slot }
+    }
+}
+
+/// Where an [`InputGate`]'s resume goes.
+#[derive(Clone)]
+pub(crate) struct GateSlot {
+    pub(crate) mailbox: Arc<Mailbox>,
+    pub(crate) token: Token,
+    pub(crate) session: u64,
+}
+
+/// Holds one session's input paused ([`Context::pause_input`]) until [`InputGate::resume`], from
+/// any thread. Dropping it resumes too, so a gate lost on an error path cannot stall a session
+/// for good. A resume that comes after the session closed is ignored.
+#[must_use = "dropping the gate resumes input at once"]
+pub struct InputGate {
+    slot: Option<GateSlot>,
+}
+
+impl InputGate {
+    /// The session this gate holds ([`SessionInfo::id`]); 0 for a gate that holds nothing.
+    #[must_use]
+    pub fn session_id(&self) -> u64 {
+        self.slot.as_ref().map_or(0, |slot| slot.session)
+    }
+
+    /// Lets the session's input flow again (once every other gate of the session is resumed
+    /// too): the worker reads the client again and goes on calling the handler.
+    pub fn resume(mut self) {
+        self.release();
+    }
+
+    fn release(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.mailbox.post_resume(slot.token, slot.session);
+        }
+    }
+}
+
+impl Drop for InputGate {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl std::fmt::Debug for InputGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InputGate")
+            .field("session", &self.session_id())
+            .finish()
+    }
 }
 
 /// Where a deferred answer goes: the worker's queue, woken through its `Waker`.
@@ -301,6 +417,8 @@ pub(crate) struct DeferSlot {
 /// A worker's inbox for answers given from other threads.
 pub(crate) struct Mailbox {
     pub(crate) queue: Mutex<Vec<Completion>>,
+    /// Resumed [`InputGate`]s: the connection's token and its session.
+    pub(crate) resumes: Mutex<Vec<(Token, u64)>>,
     pub(crate) waker: Waker,
 }
 
@@ -326,6 +444,21 @@ impl Mailbox {
 
     pub(crate) fn take(&self) -> Vec<Completion> {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(crate) fn post_resume(&self, token: Token, session: u64) {
+        self.resumes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((token, session));
+        // As for answers: a failed wake is made up by the worker's timer sweep.
+        if let Err(error) = self.waker.wake() {
+            log::warn!("smtps: cannot wake worker: {error}");
+        }
+    }
+
+    pub(crate) fn take_resumes(&self) -> Vec<(Token, u64)> {
+        std::mem::take(&mut *self.resumes.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 

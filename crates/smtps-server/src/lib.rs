@@ -64,7 +64,7 @@ mod worker;
 
 pub use config::{ConnectionLimits, ListenerConfig, ServerConfig};
 pub use error::Error;
-pub use handler::{Answer, Context, Credentials, Handler, Responder, SessionInfo};
+pub use handler::{Answer, Context, Credentials, Handler, InputGate, Responder, SessionInfo};
 pub use metrics::{
     ABORT_REASONS, DECISION_BUCKETS, ListenerSnapshot, MetricsSnapshot, SESSION_OUTCOMES,
     TLS_FAILURE_REASONS, TLS_VERSIONS,

@@ -145,6 +145,7 @@ impl<H: Handler> Server<H> {
             })?;
             mailboxes.push(Arc::new(Mailbox {
                 queue: Mutex::new(Vec::new()),
+                resumes: Mutex::new(Vec::new()),
                 waker,
             }));
             polls.push(poll);

@@ -229,6 +229,22 @@ impl<H: Handler> Worker<H> {
             );
             self.service(index, now);
         }
+        for (token, session) in self.mailbox.take_resumes() {
+            let Some(index) = token.0.checked_sub(FIRST_CONNECTION) else {
+                continue;
+            };
+            let Some(Some(slot)) = self.slots.get_mut(index) else {
+                continue;
+            };
+            if slot.side.info.id != session {
+                continue;
+            }
+            slot.side.input_holds = slot.side.input_holds.saturating_sub(1);
+            if slot.side.input_holds == 0 {
+                slot.conn.resume_input(now);
+                self.service(index, now);
+            }
+        }
         if !self.shutting_down && self.shared.control.shutdown.load(Ordering::SeqCst) {
             self.begin_shutdown(now);
         }
@@ -402,6 +418,7 @@ impl<H: Handler> Worker<H> {
                 host: None,
                 pending: None,
                 awaited: Arc::default(),
+                input_holds: 0,
                 over_limit,
                 counted_ip,
                 awaiting_header,
@@ -513,6 +530,8 @@ impl<H: Handler> Worker<H> {
                 info: &slot.side.info,
                 defer: None,
                 deferred: false,
+                gate: None,
+                paused: 0,
             };
             self.shared.handler.disconnect(host, &mut cx, reason);
         }

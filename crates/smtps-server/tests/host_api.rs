@@ -1,15 +1,19 @@
 //! What the `Handler` trait promises a host written from its documentation alone: AUTH is
-//! advertised only by a host that checks credentials. Every blocking call has a timeout.
+//! advertised only by a host that checks credentials; a host that pauses input
+//! (`Context::pause_input`) gets nothing more until it resumes, from any thread, and loses
+//! nothing. Every blocking call has a timeout.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use smtps_proto::{Reply, SessionConfig};
 use smtps_server::{
-    Answer, Context, Credentials, Handler, Mode, RunningServer, Server, ServerConfig,
+    Answer, Context, Credentials, Handler, InputGate, Mode, RunningServer, Server, ServerConfig,
 };
-use smtps_testkit::{SmtpClient, acceptor, client_config};
+use smtps_testkit::{IO_TIMEOUT, SmtpClient, acceptor, client_config};
 
 /// `alice` / `secret`, base64 of `\0alice\0secret` (RFC 4616).
 const ALICE_PLAIN: &str = "AUTH PLAIN AGFsaWNlAHNlY3JldA==";
@@ -120,4 +124,178 @@ fn a_host_with_auth_advertises_its_mechanisms_and_checks_credentials_rfc4954() {
     assert!(ehlo.contains("AUTH PLAIN LOGIN\r\n"), "{ehlo}");
     let reply = client.command(ALICE_PLAIN);
     assert!(reply.starts_with("235"), "{reply}");
+}
+
+/// What the pausing host saw.
+#[derive(Default)]
+struct Seen {
+    /// A gate is out: no chunk may come.
+    paused: AtomicBool,
+    /// Chunks that came while a gate was out (must stay 0).
+    chunks_while_paused: AtomicUsize,
+    chunks: AtomicUsize,
+    body: Mutex<Vec<u8>>,
+    messages: Mutex<Vec<Vec<u8>>>,
+}
+
+/// A host whose storage is slow: each body chunk is "written" by another thread, which
+/// resumes input once done. `pause_every_chunk == false` pauses at the first chunk only.
+struct Pausing {
+    seen: Arc<Seen>,
+    gates: Mutex<mpsc::Sender<InputGate>>,
+    pause_every_chunk: bool,
+}
+
+impl Handler for Pausing {
+    type Session = ();
+
+    fn connect(&self, _cx: &mut Context<'_>) -> ((), Answer) {
+        ((), Answer::Accept)
+    }
+
+    fn body_chunk(&self, _: &mut (), cx: &mut Context<'_>, chunk: &[u8]) -> Result<(), Reply> {
+        let seen = &self.seen;
+        if seen.paused.load(Ordering::SeqCst) {
+            seen.chunks_while_paused.fetch_add(1, Ordering::SeqCst);
+        }
+        let first = seen.chunks.fetch_add(1, Ordering::SeqCst) == 0;
+        seen.body.lock().unwrap().extend_from_slice(chunk);
+        if self.pause_every_chunk || first {
+            seen.paused.store(true, Ordering::SeqCst);
+            let gate = cx.pause_input();
+            self.gates.lock().unwrap().send(gate).unwrap();
+        }
+        Ok(())
+    }
+
+    fn message_end(&self, _: &mut (), _: &mut Context<'_>, _: u64) -> Answer {
+        let body = std::mem::take(&mut *self.seen.body.lock().unwrap());
+        self.seen.messages.lock().unwrap().push(body);
+        Answer::Accept
+    }
+}
+
+fn pausing(pause_every_chunk: bool) -> (Running, Arc<Seen>, mpsc::Receiver<InputGate>) {
+    let seen = Arc::new(Seen::default());
+    let (sender, gates) = mpsc::channel();
+    let running = serve(Pausing {
+        seen: Arc::clone(&seen),
+        gates: Mutex::new(sender),
+        pause_every_chunk,
+    });
+    (running, seen, gates)
+}
+
+/// A body of about `size` octets whose lines often start with a dot, as sent (dot-stuffed,
+/// RFC 5321 §4.5.2) and as the host must receive it.
+fn body_of(size: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut body = Vec::with_capacity(size + 64);
+    let mut i = 0u64;
+    while body.len() < size {
+        if i.is_multiple_of(5) {
+            body.push(b'.');
+        }
+        body.extend_from_slice(format!("line {i} of a large message, {}\r\n", i * 7).as_bytes());
+        i += 1;
+    }
+    let mut stuffed = Vec::with_capacity(body.len() + body.len() / 20);
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            stuffed.push(b'.');
+        }
+        stuffed.extend_from_slice(line);
+    }
+    stuffed.extend_from_slice(b".\r\n");
+    (body, stuffed)
+}
+
+fn in_data(running: &Running) -> SmtpClient {
+    let mut client = greeted(running);
+    assert!(client.command("EHLO client.test").starts_with("250"));
+    assert!(client.command("MAIL FROM:<a@x.test>").starts_with("250"));
+    assert!(client.command("RCPT TO:<b@y.test>").starts_with("250"));
+    assert!(client.command("DATA").starts_with("354"));
+    client
+}
+
+#[test]
+fn a_host_pausing_at_every_chunk_and_resuming_from_another_thread_gets_the_body_byte_exact() {
+    let (running, seen, gates) = pausing(true);
+    // The slow writer: resumes each gate after a while, from its own thread.
+    let writer = {
+        let seen = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let mut resumed = 0usize;
+            while let Ok(gate) = gates.recv_timeout(IO_TIMEOUT) {
+                std::thread::sleep(Duration::from_millis(2));
+                seen.paused.store(false, Ordering::SeqCst);
+                gate.resume();
+                resumed += 1;
+            }
+            resumed
+        })
+    };
+    let (body, stuffed) = body_of(3 * 1024 * 1024);
+    let mut client = in_data(&running);
+    client.send(&stuffed);
+    let reply = client.reply();
+    assert!(reply.starts_with("250"), "{reply}");
+    assert!(client.command("QUIT").starts_with("221"));
+    drop(running);
+    let resumed = writer.join().unwrap();
+    let messages = seen.messages.lock().unwrap();
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0] == body, "the body differs");
+    assert_eq!(seen.chunks_while_paused.load(Ordering::SeqCst), 0);
+    let chunks = seen.chunks.load(Ordering::SeqCst);
+    assert!(chunks > 1, "one chunk proves nothing");
+    assert_eq!(resumed, chunks, "every chunk paused and was resumed");
+}
+
+#[test]
+fn while_a_gate_is_held_the_client_is_not_read_and_resuming_lets_it_finish() {
+    let (running, seen, gates) = pausing(false);
+    // More than the loopback socket buffers of both ends hold: the client can finish only if
+    // the server reads.
+    let (body, stuffed) = body_of(24 * 1024 * 1024);
+    let mut client = in_data(&running);
+    let (done_tx, done) = mpsc::channel();
+    let sender = std::thread::spawn(move || {
+        client.send(&stuffed);
+        done_tx.send(()).unwrap();
+        client.reply()
+    });
+    let gate = gates.recv_timeout(IO_TIMEOUT).unwrap();
+    // However long we hold it, the client stays blocked and no further chunk comes.
+    assert!(done.recv_timeout(Duration::from_millis(500)).is_err());
+    assert_eq!(seen.chunks.load(Ordering::SeqCst), 1);
+    seen.paused.store(false, Ordering::SeqCst);
+    gate.resume();
+    done.recv_timeout(IO_TIMEOUT * 3).unwrap();
+    let reply = sender.join().unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(seen.chunks_while_paused.load(Ordering::SeqCst), 0);
+    assert!(seen.messages.lock().unwrap()[0] == body);
+}
+
+#[test]
+fn a_dropped_gate_resumes_input() {
+    let (running, seen, gates) = pausing(true);
+    // Every gate is dropped as it arrives, unresumed.
+    let dropper = {
+        let seen = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            while let Ok(gate) = gates.recv_timeout(IO_TIMEOUT) {
+                seen.paused.store(false, Ordering::SeqCst);
+                drop(gate);
+            }
+        })
+    };
+    let (body, stuffed) = body_of(256 * 1024);
+    let mut client = in_data(&running);
+    client.send(&stuffed);
+    assert!(client.reply().starts_with("250"));
+    drop(running);
+    dropper.join().unwrap();
+    assert!(seen.messages.lock().unwrap()[0] == body);
 }
