@@ -249,7 +249,11 @@ enum smtps_event_kind
   SMTPS_EVENT_KIND_HELO = 2,
   /**
    * AUTH: `text` the user, `secret` the password, `authzid` the authorization identity.
-   * Decide: accept answers `235 2.7.0`, refuse with `535 5.7.8`.
+   * Decide: accept answers `235 2.7.0`, refuse with `535 5.7.8`. A connection offers AUTH
+   * (PLAIN, LOGIN) in its EHLO reply whenever the session is secure (implicit TLS, after
+   * STARTTLS, or in plaintext with `smtps_config_set_danger_allow_plaintext_auth`), and
+   * nothing switches that off: a host that checks no credentials refuses every AUTH event
+   * (such as `502 5.5.1`).
    */
   SMTPS_EVENT_KIND_AUTH = 3,
   /**
@@ -508,8 +512,22 @@ typedef struct smtps_bytes {
 } smtps_bytes;
 
 /**
- * An event from `smtps_conn_next_event`. The views borrow the connection: valid until the
- * next call on it.
+ * An event from `smtps_conn_next_event`. The views borrow the connection.
+ *
+ * How long a view from `smtps_conn_*` stays valid (events, `smtps_conn_mail_from`,
+ * `smtps_conn_recipient`, `smtps_conn_param`, `smtps_conn_tls_*`, `smtps_conn_sni`): until
+ * the next call that may change the connection, which is every function taking a mutable
+ * `smtps_conn *`: `smtps_conn_feed`, `_feed_eof`, `_read_fd`, `_write_fd`, `_take_output`,
+ * `_next_event`, `_decide`, `_refuse_message`, `_close`, `_handle_timeout`,
+ * `_expect_proxy_header` and `_free`. (Sending output moves input on inside the connection:
+ * copy a `BODY` event's `data` before `smtps_conn_take_output` or `smtps_conn_write_fd`.)
+ * Functions taking a `const smtps_conn *` only read and never invalidate a view:
+ * `smtps_conn_wants_read`, `_wants_write`, `_is_closed`, `_next_timeout_ms`,
+ * `_pending_output`, `_close_reason`, `_mail_from`, `_recipient_count`, `_recipient` (any
+ * index), `_param` and `_proxy_*`; `smtps_conn_tls_version`, `_tls_cipher` and `_sni` only
+ * read too. So `smtps_conn_recipient(conn, 1)` leaves the views of
+ * `smtps_conn_recipient(conn, 0)`, `smtps_conn_mail_from(conn)` and the last event intact.
+ * The PROXY views (`smtps_conn_proxy_*`) last until `smtps_conn_free`.
  */
 typedef struct smtps_event {
   /**
@@ -560,8 +578,12 @@ typedef struct smtps_event {
  *
  * A callback may instead give a reply of its own, with text, by calling
  * `smtps_server_reply(server, smtps_session_decision_id(session), ...)` before it returns:
- * that reply wins over the return value. A value outside `SMTPS_ANSWER_*` is a host bug: the
- * client gets `451 4.3.0` (it retries later) and the library logs an error.
+ * when that call returned `SMTPS_RESULT_OK`, the reply wins and the return value is ignored
+ * entirely (return `SMTPS_ANSWER_ACCEPT`, say; no value, not even one outside
+ * `SMTPS_ANSWER_*`, logs anything then). When it failed (`SMTPS_RESULT_INVALID_REPLY`), the
+ * return value decides as if no reply had been given. Otherwise a value outside
+ * `SMTPS_ANSWER_*` is a host bug: the client gets `451 4.3.0` (it retries later) and the
+ * library logs an error.
  */
 typedef uint32_t smtps_answer;
 
@@ -611,7 +633,10 @@ typedef struct smtps_callbacks {
   smtps_answer (*on_data_start)(void *userdata, const struct smtps_session *session);
   /**
    * Message octets, dot-unstuffed, in order. `SMTPS_ANSWER_REJECT` (or a 4xx/5xx
-   * `smtps_server_reply` during the call) refuses the message.
+   * `smtps_server_reply` during the call) refuses the message: the rest of its body is read
+   * and not passed on, and neither `on_message_end` nor `on_message_aborted` follows for
+   * it (the host made the call), even when its end had been read already. Delete the spool
+   * file when refusing.
    */
   smtps_answer (*on_body)(void *userdata,
                           const struct smtps_session *session,
@@ -626,6 +651,12 @@ typedef struct smtps_callbacks {
    * delete the stored copy then, or the message is delivered twice. A client that merely
    * disconnects during the commit is still answered (`SMTPS_RESULT_OK`), as RFC 5321 §6.1
    * prefers a possible duplicate to a loss.
+   *
+   * The rule for the deferred reply: any result of `smtps_server_reply` other than
+   * `SMTPS_RESULT_OK` means the client never got the `250` from it: delete the stored copy.
+   * `SMTPS_RESULT_OK` alone is not the whole story: `on_message_aborted` for the session
+   * (no `on_data_start` in between) means the `250` never went out, whichever came first,
+   * so keep tracking it for commits in flight (see `smtps_server_reply`).
    */
   smtps_answer (*on_message_end)(void *userdata, const struct smtps_session *session, uint64_t size);
   /**
@@ -633,7 +664,8 @@ typedef struct smtps_callbacks {
    * spooled. It may arrive while a deferred `on_message_end` commit is still running on
    * the host's threads (the session closed at shutdown or on `421`): the client never got
    * `250`, so the stored copy must go even if the commit completes later; its reply then
-   * gets `SMTPS_RESULT_UNKNOWN_DECISION`.
+   * gets `SMTPS_RESULT_UNKNOWN_DECISION`. Not called for a message the host refused itself
+   * in `on_body`.
    */
   void (*on_message_aborted)(void *userdata,
                              const struct smtps_session *session,
@@ -996,6 +1028,17 @@ smtps_result smtps_config_add_sni_certificate_files(struct smtps_config *config,
  * fork-per-connection host, once in the parent rather than in every child). Later
  * `smtps_conn_new` and `smtps_server_new` calls share what was loaded.
  *
+ * Fork safety: no `smtps_config_*` function starts a thread (nor do `smtps_conn_*`,
+ * `smtps_server_new` and `smtps_server_start_polled`; only `smtps_server_start` and
+ * `smtps_server_run` do), so a parent may fork after this call and each child use the config
+ * and the loaded certificates. TLS randomness is safe in the children: the crypto library
+ * (aws-lc) detects a fork (`MADV_WIPEONFORK` on Linux; without it, it reseeds on every
+ * request) and reseeds, so no two children share random state; the session-ticket keys made
+ * at load time are shared, as within one server. A child may `smtps_config_free` its
+ * inherited config (its copy is its own; connections keep what they need), and the parent
+ * may free its own at any time. Do not fork a process that runs a server on library threads
+ * and then use the library in the child.
+ *
  * Returns `SMTPS_RESULT_TLS_NOT_CONFIGURED` without a certificate, or the file's error
  * (`SMTPS_RESULT_CERTIFICATE_FILE`, `SMTPS_RESULT_PRIVATE_KEY`, ...) with the file named in
  * `smtps_last_error()`.
@@ -1049,8 +1092,9 @@ smtps_result smtps_config_set_limit(struct smtps_config *config, smtps_limit lim
 /**
  * Offers (`true`) or withholds (`false`) an SMTP extension (`SMTPS_EXTENSION_*`) in the EHLO
  * reply, and accepts or refuses its parameters. AUTH is not switched here: a server offers it
- * when its callbacks include `on_auth`; STARTTLS follows the listener's mode; LIMITS and
- * ENHANCEDSTATUSCODES are always on.
+ * when its callbacks include `on_auth`, a connection (`smtps_conn_new`) always once secure
+ * (its host refuses the AUTH events to withhold it); STARTTLS follows the listener's mode;
+ * LIMITS and ENHANCEDSTATUSCODES are always on.
  *
  * `SMTPS_RESULT_INVALID_PARAMETER` for a value that is not an `SMTPS_EXTENSION_*`.
  *
@@ -1081,11 +1125,26 @@ smtps_result smtps_config_set_danger_allow_plaintext_auth(struct smtps_config *c
                                                           bool allowed);
 
 /**
- * Makes a connection in `mode` (`SMTPS_MODE_*`) with `config`'s host name, limits, policies
- * and certificates (loaded on first use and shared with later connections; see
- * `smtps_config_load_certificates`). In `SMTPS_MODE_IMPLICIT_TLS` the first event comes after
- * the handshake; otherwise `SMTPS_EVENT_KIND_CONNECT` comes at once. `config` may be freed
- * afterwards. On success `*conn_out` receives the connection, freed by `smtps_conn_free`.
+ * Makes a connection in `mode` (`SMTPS_MODE_*`) with `config`'s settings as they are now. In
+ * `SMTPS_MODE_IMPLICIT_TLS` the first event comes after the handshake; otherwise
+ * `SMTPS_EVENT_KIND_CONNECT` comes at once. `config` may be freed afterwards (also by a
+ * forked child: its copy is its own). On success `*conn_out` receives the connection, freed
+ * by `smtps_conn_free`. Starts no thread.
+ *
+ * What applies from `config`: the host name; the extensions (`smtps_config_set_extension`);
+ * the limits `SMTPS_LIMIT_MESSAGE_SIZE`, `_RECIPIENTS`, `_ERRORS`, `_TRANSACTIONS`,
+ * `_BODY_CHUNK` and `_JUNK_COMMANDS`; the policies `smtps_config_set_require_auth` and
+ * `smtps_config_set_danger_allow_plaintext_auth` (and `SMTPS_MODE_START_TLS_REQUIRED` adds
+ * TLS before MAIL); every `SMTPS_TIMEOUT_*` but `SMTPS_TIMEOUT_DECISION` (see
+ * `smtps_conn_next_timeout_ms`); and the certificates, default and SNI (loaded on first use
+ * and shared with later connections; see `smtps_config_load_certificates`). Later setter calls
+ * do not reach a connection already made, except a certificate reload. Server-only settings
+ * are ignored: listeners and their PROXY and port-sharing settings, workers,
+ * `SMTPS_LIMIT_CONNECTIONS`, `SMTPS_LIMIT_CONNECTIONS_PER_IP`, `SMTPS_TIMEOUT_DECISION`; the
+ * trusted PROXY sources serve only `smtps_config_proxy_trusts`.
+ *
+ * AUTH is not a setting here: the connection offers it whenever the session is secure (see
+ * `SMTPS_EVENT_KIND_AUTH`); a host without a user database refuses each AUTH event.
  *
  * `SMTPS_RESULT_TLS_NOT_CONFIGURED` for a TLS mode without a certificate.
  *
@@ -1179,8 +1238,11 @@ bool smtps_conn_proxy_ssl_tlv(const struct smtps_conn *conn,
  * that is the back-pressure. `len` 0 with `data` NULL is allowed.
  *
  * `SMTPS_RESULT_TLS_HANDSHAKE` / `SMTPS_RESULT_TLS_SESSION` when TLS fails (details in
- * `smtps_last_error()`): send what `smtps_conn_take_output` still gives (the alert), then
- * close. After the connection closed, bytes are taken and ignored.
+ * `smtps_last_error()`): the connection is then closed (`smtps_conn_is_closed`,
+ * `SMTPS_CLOSE_REASON_TLS`) and its output holds the TLS alert: send what
+ * `smtps_conn_take_output` still gives, then close the socket (`smtps_conn_next_timeout_ms`
+ * gives the linger until then, -1 after). After the connection closed, bytes are taken and
+ * ignored.
  *
  * # Safety
  * `conn` is NULL or a live connection; `data` is valid for `len` bytes; `taken_out` is NULL
@@ -1204,7 +1266,7 @@ smtps_result smtps_conn_feed_eof(struct smtps_conn *conn);
  * Sets `*event_out` to the next event; `kind` is `SMTPS_EVENT_KIND_NONE` when there is none
  * (send the output, read more input, or answer the awaited decision). Call it until it gives
  * NONE after every feed and every decision. The event's views are valid until the next call
- * on this connection.
+ * taking a mutable `smtps_conn *` (see `smtps_event`).
  *
  * # Safety
  * `conn` is NULL or a live connection; `event_out` is NULL or writable.
@@ -1214,7 +1276,8 @@ smtps_result smtps_conn_next_event(struct smtps_conn *conn, struct smtps_event *
 /**
  * The MAIL FROM address of the transaction in progress as the host accepted it, without `<>`
  * (empty for the null reverse path, and outside a transaction: after RSET, a new EHLO,
- * STARTTLS, or the end of a message). Valid until the next call on this connection.
+ * STARTTLS, or the end of a message). Valid until the next call taking a mutable
+ * `smtps_conn *` (see `smtps_event`; other getters leave it valid).
  *
  * # Safety
  * `conn` is NULL or a live connection.
@@ -1231,7 +1294,9 @@ size_t smtps_conn_recipient_count(const struct smtps_conn *conn);
 
 /**
  * Accepted recipient number `index` (from 0, in the order accepted), without `<>`; empty if
- * out of range. Valid until the next call on this connection.
+ * out of range. Valid until the next call taking a mutable `smtps_conn *` (see
+ * `smtps_event`): reading another index, `smtps_conn_mail_from` or any other getter leaves it
+ * valid.
  *
  * # Safety
  * `conn` is NULL or a live connection.
@@ -1241,7 +1306,8 @@ struct smtps_str smtps_conn_recipient(const struct smtps_conn *conn, size_t inde
 /**
  * Finds the ESMTP parameter `keyword` (case-insensitive) of the last event, when it was
  * `SMTPS_EVENT_KIND_MAIL` or `SMTPS_EVENT_KIND_RCPT`, and sets `*value_out` to its value, valid
- * until the next call on this connection. Keywords and values as for `smtps_session_param`
+ * until the next call taking a mutable `smtps_conn *` (see `smtps_event`). Keywords and values
+ * as for `smtps_session_param`
  * (`SIZE`, `BODY`, `SMTPUTF8`, `AUTH`, `RET`, `ENVID`, `REQUIRETLS` on MAIL; `NOTIFY`, `ORCPT`
  * on RCPT).
  *
@@ -1261,7 +1327,8 @@ bool smtps_conn_param(const struct smtps_conn *conn,
  * with the host's reply; 4xx/5xx refuses (`421` closes). `enhanced` (such as `"2.0.0"`) and
  * `text` are NULL or NUL-terminated UTF-8, copied.
  *
- * `SMTPS_RESULT_UNKNOWN_DECISION` if `decision` is not the awaited one;
+ * `SMTPS_RESULT_UNKNOWN_DECISION` if `decision` is not the awaited one (answered already, or
+ * dropped by `smtps_conn_close`, `SMTPS_TIMEOUT_SESSION` or a socket error);
  * `SMTPS_RESULT_INVALID_REPLY` if the reply is malformed or does not fit (the decision then
  * still waits).
  *
@@ -1277,7 +1344,14 @@ smtps_result smtps_conn_decide(struct smtps_conn *conn,
 /**
  * Refuses the message being received (the host's spool failed): the rest of the body is read
  * and not passed on, then answered with this reply (4xx or 5xx; NULL texts give
- * `452 4.3.1`-style defaults). Does nothing outside a message body.
+ * `452 4.3.1`-style defaults). Does nothing outside a message body (after
+ * `SMTPS_EVENT_KIND_MESSAGE_END` was polled, answer its decision instead).
+ *
+ * Neither `SMTPS_EVENT_KIND_MESSAGE_END` nor `SMTPS_EVENT_KIND_MESSAGE_ABORTED` follows for
+ * the refused message, even when its end had already been read: the host made the call, so
+ * it deletes its spool file when it makes it. `smtps_conn_mail_from` and
+ * `smtps_conn_recipient` may still report the refused transaction until the client's next
+ * MAIL, RSET or EHLO: do not take them as a message in progress.
  *
  * # Safety
  * `conn` is NULL or a live connection; `enhanced` and `text` are NULL or NUL-terminated.
@@ -1290,7 +1364,14 @@ smtps_result smtps_conn_refuse_message(struct smtps_conn *conn,
 /**
  * Closes the session with a final reply (4xx or 5xx, such as `421 4.4.2` on the host's
  * timeout): a message in progress is aborted, and the connection closes once the output is
- * sent.
+ * sent. Before the session began (a PROXY header or an implicit-TLS handshake under way) it
+ * closes without a reply.
+ *
+ * Allowed at any time, also while a decision is awaited: that decision is dropped, never
+ * answered (`smtps_conn_decide` then returns `SMTPS_RESULT_UNKNOWN_DECISION`), and the client
+ * gets only this reply. If a message had started (a `SMTPS_EVENT_KIND_MESSAGE_END` awaiting
+ * its decision included), `SMTPS_EVENT_KIND_MESSAGE_ABORTED` (`SMTPS_ABORT_REASON_CLOSED`)
+ * follows: poll the events after the call, and delete that message's spool file.
  *
  * # Safety
  * `conn` is NULL or a live connection; `enhanced` and `text` are NULL or NUL-terminated.
@@ -1309,6 +1390,13 @@ smtps_result smtps_conn_close(struct smtps_conn *conn,
  *
  * `SMTPS_RESULT_IO` for another read error (named in `smtps_last_error`): the connection then
  * closes (`SMTPS_CLOSE_REASON_IO`) and drops its output.
+ *
+ * A TLS failure is not an error code here (unlike `smtps_conn_feed`), and
+ * `smtps_last_error` is not set: the call returns `SMTPS_RESULT_OK` and the connection closes
+ * itself, with `smtps_conn_is_closed()` true and `smtps_conn_close_reason()`
+ * `SMTPS_CLOSE_REASON_TLS`, and the TLS alert in its output. Check `smtps_conn_is_closed`
+ * after each call: send the alert while `smtps_conn_wants_write` (`smtps_conn_next_timeout_ms`
+ * gives the linger meanwhile, -1 once it is sent or dropped), then close the socket.
  *
  * # Safety
  * `conn` is NULL or a live connection; `fd` is an open descriptor; `read_out` is NULL or
@@ -1375,7 +1463,8 @@ bool smtps_conn_wants_write(const struct smtps_conn *conn);
 bool smtps_conn_is_closed(const struct smtps_conn *conn);
 
 /**
- * The TLS version (`"TLSv1.3"`); empty without TLS. Valid until the next call on `conn`.
+ * The TLS version (`"TLSv1.3"`); empty without TLS. Valid until the next call taking a
+ * mutable `smtps_conn *` (see `smtps_event`); this one only reads.
  *
  * # Safety
  * `conn` is NULL or a live connection.
@@ -1383,7 +1472,8 @@ bool smtps_conn_is_closed(const struct smtps_conn *conn);
 struct smtps_str smtps_conn_tls_version(struct smtps_conn *conn);
 
 /**
- * The TLS cipher suite; empty without TLS. Valid until the next call on `conn`.
+ * The TLS cipher suite; empty without TLS. Valid until the next call taking a mutable
+ * `smtps_conn *` (see `smtps_event`); this one only reads.
  *
  * # Safety
  * `conn` is NULL or a live connection.
@@ -1391,8 +1481,8 @@ struct smtps_str smtps_conn_tls_version(struct smtps_conn *conn);
 struct smtps_str smtps_conn_tls_cipher(struct smtps_conn *conn);
 
 /**
- * The SNI server name the client asked for; empty if none. Valid until the next call on
- * `conn`.
+ * The SNI server name the client asked for; empty if none. Valid until the next call taking
+ * a mutable `smtps_conn *` (see `smtps_event`); this one only reads.
  *
  * # Safety
  * `conn` is NULL or a live connection.
@@ -1401,8 +1491,13 @@ struct smtps_str smtps_conn_sni(struct smtps_conn *conn);
 
 /**
  * Milliseconds until `smtps_conn_handle_timeout` should be called (0: now), or -1 when no
- * timer runs (the connection is over and its output sent or dropped). Use it as the timeout
- * of the host's `poll()`, and ask again after every call that changes the connection.
+ * timer runs: only once the connection is over (`smtps_conn_is_closed`) and its output sent
+ * or dropped (`smtps_conn_wants_write` false), as after a QUIT whose `221` was taken, or a
+ * TLS failure whose alert was sent. Never -1 while the connection is open, even while a
+ * decision is awaited (the connection level has no decision timer; `SMTPS_TIMEOUT_SESSION`
+ * runs), and while a closing connection still has output (`SMTPS_TIMEOUT_CLOSE_LINGER`).
+ * Use it as the timeout of the host's `poll()`, and ask again after every call that changes
+ * the connection; -1 means close the socket and free the connection.
  *
  * The timers are the config's `SMTPS_TIMEOUT_HANDSHAKE`, `_COMMAND`, `_DATA_BLOCK`,
  * `_SESSION`, `_CLOSE_LINGER` and `_PROXY_HEADER`, measured on the library's monotonic
@@ -1482,6 +1577,9 @@ smtps_result smtps_last_error(char *buf, size_t len, size_t *out_n);
  * it points to must stay valid until `smtps_server_free` returns and be safe to use from
  * those threads. `config` can be freed afterwards.
  *
+ * Starts no thread (only `smtps_server_start` and `smtps_server_run` do; see there for the
+ * signal mask), so a host may still fork after it.
+ *
  * On success `*server_out` receives the server; on failure it is left alone.
  * `callbacks->on_message_end` is required (`SMTPS_RESULT_INVALID_PARAMETER`).
  *
@@ -1499,6 +1597,12 @@ smtps_result smtps_server_new(const struct smtps_config *config,
  * it. NULL is a no-op. Must not be called from a callback (it would wait for itself); if it
  * is, the server is only shut down and its memory leaked.
  *
+ * No `smtps_server_stop` is needed first: after one, or after `smtps_server_run` returned or
+ * `smtps_server_dispatch` gave `SMTPS_RESULT_SERVER_STOPPED`, it only frees. After a
+ * `smtps_server_shutdown` still under way it waits for that shutdown, grace included (the
+ * grace is not cut to 0). In the poll-loop mode the remaining callbacks run on the calling
+ * thread during the call, as in `smtps_server_stop`.
+ *
  * # Safety
  * `server` is NULL or from `smtps_server_new` and not freed before; no other thread uses it
  * during or after the call.
@@ -1507,6 +1611,11 @@ void smtps_server_free(struct smtps_server *server);
 
 /**
  * Serves on library threads (the workers) and returns at once. Callbacks run on the workers.
+ *
+ * This call creates the library's threads: one per worker (`smtps_config_set_workers`) and a
+ * supervisor. They inherit the calling thread's signal mask, as every `pthread_create` does:
+ * a host that takes signals with `sigwait` (or a `signalfd`) blocks them with
+ * `pthread_sigmask` before this call, so that no library thread receives them.
  *
  * `SMTPS_RESULT_WRONG_STATE` if started already, `SMTPS_RESULT_SERVER_STOPPED` after a stop.
  *
@@ -1525,7 +1634,12 @@ smtps_result smtps_server_start(const struct smtps_server *server);
  * `*fd_out` receives a file descriptor (owned by the server: do not close or read it) that
  * polls readable (`POLLIN`) whenever the server has work: a client, a reply given from
  * another thread, a shutdown. Call `smtps_server_dispatch` then, and also once
- * `smtps_server_next_timeout_ms` milliseconds have passed (timers).
+ * `smtps_server_next_timeout_ms` milliseconds have passed (timers). Starts no thread.
+ *
+ * A deferred decision answered with `smtps_server_reply` on the dispatching thread itself,
+ * between two dispatches, wakes the loop the same way: the descriptor polls readable at once
+ * (`smtps_server_next_timeout_ms` does not change), so the host's next `poll()` returns and
+ * the next dispatch sends the reply; no extra dispatch is needed.
  *
  * # Safety
  * `server` is NULL or a live server; `fd_out` is NULL or writable.
@@ -1564,7 +1678,9 @@ int64_t smtps_server_next_timeout_ms(const struct smtps_server *server);
  * Serves on the calling thread (plus one library thread per further worker) until the
  * server is shut down — by `smtps_server_shutdown` from a callback or another thread, or
  * `smtps_server_stop` from another thread. Callbacks run on the calling thread and the
- * other workers.
+ * other workers. The further workers' threads are created by this call and inherit the
+ * calling thread's signal mask (see `smtps_server_start`). Once it has returned,
+ * `smtps_server_stop` gives `SMTPS_RESULT_ALREADY_STOPPED`; `smtps_server_free` is enough.
  *
  * # Safety
  * `server` is NULL or a live server.
@@ -1579,6 +1695,12 @@ smtps_result smtps_server_run(const struct smtps_server *server);
  *
  * `SMTPS_RESULT_ALREADY_STOPPED` if a shutdown or stop was requested before.
  *
+ * The end of a poll loop (`smtps_server_start_polled`) whose host answers deferred decisions
+ * from the loop (a commit queue drained after each dispatch): call this, keep polling,
+ * dispatching and answering until `smtps_server_dispatch` returns
+ * `SMTPS_RESULT_SERVER_STOPPED`, then `smtps_server_free`. Not `smtps_server_stop`: it blocks
+ * the loop, so the decisions it would answer wait until the grace ends and are aborted.
+ *
  * # Safety
  * `server` is NULL or a live server.
  */
@@ -1587,11 +1709,19 @@ smtps_result smtps_server_shutdown(const struct smtps_server *server, uint32_t g
 /**
  * Shuts down as `smtps_server_shutdown` does and waits until every worker has stopped and
  * every callback has returned; `on_disconnect` has then been called for every session. In
- * the poll-loop mode the remaining callbacks run on the calling thread meanwhile. A server
- * never started just closes its listeners.
+ * the poll-loop mode the remaining callbacks run on the calling thread meanwhile, inside this
+ * call: work the host does in its own loop between dispatches (answering deferred decisions
+ * from a queue) does not happen, so such decisions wait until `grace_ms` ends and their
+ * messages are aborted. Such a host uses `smtps_server_shutdown` and keeps dispatching until
+ * `SMTPS_RESULT_SERVER_STOPPED` instead. A server never started just closes its listeners.
  *
- * `SMTPS_RESULT_ALREADY_STOPPED` for a second stop; `SMTPS_RESULT_IN_CALLBACK` from a
- * callback (use `smtps_server_shutdown` there).
+ * After `smtps_server_shutdown` it waits for that shutdown to finish (its grace, not
+ * `grace_ms`) and returns `SMTPS_RESULT_OK`; likewise, at once, after `smtps_server_dispatch`
+ * gave `SMTPS_RESULT_SERVER_STOPPED`. Not needed before `smtps_server_free`, which stops the
+ * server itself.
+ *
+ * `SMTPS_RESULT_ALREADY_STOPPED` for a second stop and after `smtps_server_run` returned;
+ * `SMTPS_RESULT_IN_CALLBACK` from a callback (use `smtps_server_shutdown` there).
  *
  * # Safety
  * `server` is NULL or a live server.
@@ -1618,6 +1748,18 @@ smtps_result smtps_server_stop(const struct smtps_server *server, uint32_t grace
  * by mistake); nothing changes then. `SMTPS_RESULT_INVALID_REPLY` if the reply is malformed
  * or does not answer the command (the decision then still waits);
  * `SMTPS_RESULT_SERVER_STOPPED` after a stop.
+ *
+ * For `on_message_end`: any result other than `SMTPS_RESULT_OK` means this reply did not
+ * give the client a `250`: delete the stored copy (after `SMTPS_RESULT_INVALID_REPLY` the
+ * decision still waits: reply again correctly, or delete the copy and let
+ * `SMTPS_TIMEOUT_DECISION` answer `451 4.3.0`). `SMTPS_RESULT_OK` means the reply was handed
+ * to the session; `on_message_aborted` for that session can still follow when a shutdown's
+ * grace ends at the same moment, and then it wins: the client never got the `250`, delete
+ * the copy. So a host tracks `on_message_aborted` for commits in flight too.
+ *
+ * Given inside the decision's own callback (and answered `SMTPS_RESULT_OK`), the reply wins
+ * and the callback's return value is ignored: return `SMTPS_ANSWER_ACCEPT` or any other
+ * value, nothing is logged. If the reply failed, the return value decides as usual.
  *
  * # Safety
  * `server` is NULL or a live server; `enhanced` and `text` are NULL or NUL-terminated.

@@ -13,8 +13,12 @@ use crate::view::{smtps_bytes, smtps_str};
 ///
 /// A callback may instead give a reply of its own, with text, by calling
 /// `smtps_server_reply(server, smtps_session_decision_id(session), ...)` before it returns:
-/// that reply wins over the return value. A value outside `SMTPS_ANSWER_*` is a host bug: the
-/// client gets `451 4.3.0` (it retries later) and the library logs an error.
+/// when that call returned `SMTPS_RESULT_OK`, the reply wins and the return value is ignored
+/// entirely (return `SMTPS_ANSWER_ACCEPT`, say; no value, not even one outside
+/// `SMTPS_ANSWER_*`, logs anything then). When it failed (`SMTPS_RESULT_INVALID_REPLY`), the
+/// return value decides as if no reply had been given. Otherwise a value outside
+/// `SMTPS_ANSWER_*` is a host bug: the client gets `451 4.3.0` (it retries later) and the
+/// library logs an error.
 #[allow(non_camel_case_types)]
 pub type smtps_answer = u32;
 /// Accept with the default reply (`250 2.1.0 Sender OK`, `354`, ...). For `on_body`: go on.
@@ -173,7 +177,10 @@ pub struct smtps_callbacks {
         unsafe extern "C" fn(userdata: *mut c_void, session: *const smtps_session) -> smtps_answer,
     >,
     /// Message octets, dot-unstuffed, in order. `SMTPS_ANSWER_REJECT` (or a 4xx/5xx
-    /// `smtps_server_reply` during the call) refuses the message.
+    /// `smtps_server_reply` during the call) refuses the message: the rest of its body is read
+    /// and not passed on, and neither `on_message_end` nor `on_message_aborted` follows for
+    /// it (the host made the call), even when its end had been read already. Delete the spool
+    /// file when refusing.
     pub on_body: Option<
         unsafe extern "C" fn(
             userdata: *mut c_void,
@@ -190,6 +197,12 @@ pub struct smtps_callbacks {
     /// delete the stored copy then, or the message is delivered twice. A client that merely
     /// disconnects during the commit is still answered (`SMTPS_RESULT_OK`), as RFC 5321 §6.1
     /// prefers a possible duplicate to a loss.
+    ///
+    /// The rule for the deferred reply: any result of `smtps_server_reply` other than
+    /// `SMTPS_RESULT_OK` means the client never got the `250` from it: delete the stored copy.
+    /// `SMTPS_RESULT_OK` alone is not the whole story: `on_message_aborted` for the session
+    /// (no `on_data_start` in between) means the `250` never went out, whichever came first,
+    /// so keep tracking it for commits in flight (see `smtps_server_reply`).
     pub on_message_end: Option<
         unsafe extern "C" fn(
             userdata: *mut c_void,
@@ -201,7 +214,8 @@ pub struct smtps_callbacks {
     /// spooled. It may arrive while a deferred `on_message_end` commit is still running on
     /// the host's threads (the session closed at shutdown or on `421`): the client never got
     /// `250`, so the stored copy must go even if the commit completes later; its reply then
-    /// gets `SMTPS_RESULT_UNKNOWN_DECISION`.
+    /// gets `SMTPS_RESULT_UNKNOWN_DECISION`. Not called for a message the host refused itself
+    /// in `on_body`.
     pub on_message_aborted: Option<
         unsafe extern "C" fn(
             userdata: *mut c_void,

@@ -551,6 +551,17 @@ pub unsafe extern "C" fn smtps_config_add_sni_certificate_files(
 /// fork-per-connection host, once in the parent rather than in every child). Later
 /// `smtps_conn_new` and `smtps_server_new` calls share what was loaded.
 ///
+/// Fork safety: no `smtps_config_*` function starts a thread (nor do `smtps_conn_*`,
+/// `smtps_server_new` and `smtps_server_start_polled`; only `smtps_server_start` and
+/// `smtps_server_run` do), so a parent may fork after this call and each child use the config
+/// and the loaded certificates. TLS randomness is safe in the children: the crypto library
+/// (aws-lc) detects a fork (`MADV_WIPEONFORK` on Linux; without it, it reseeds on every
+/// request) and reseeds, so no two children share random state; the session-ticket keys made
+/// at load time are shared, as within one server. A child may `smtps_config_free` its
+/// inherited config (its copy is its own; connections keep what they need), and the parent
+/// may free its own at any time. Do not fork a process that runs a server on library threads
+/// and then use the library in the child.
+///
 /// Returns `SMTPS_RESULT_TLS_NOT_CONFIGURED` without a certificate, or the file's error
 /// (`SMTPS_RESULT_CERTIFICATE_FILE`, `SMTPS_RESULT_PRIVATE_KEY`, ...) with the file named in
 /// `smtps_last_error()`.
@@ -690,8 +701,9 @@ pub unsafe extern "C" fn smtps_config_set_limit(
 
 /// Offers (`true`) or withholds (`false`) an SMTP extension (`SMTPS_EXTENSION_*`) in the EHLO
 /// reply, and accepts or refuses its parameters. AUTH is not switched here: a server offers it
-/// when its callbacks include `on_auth`; STARTTLS follows the listener's mode; LIMITS and
-/// ENHANCEDSTATUSCODES are always on.
+/// when its callbacks include `on_auth`, a connection (`smtps_conn_new`) always once secure
+/// (its host refuses the AUTH events to withhold it); STARTTLS follows the listener's mode;
+/// LIMITS and ENHANCEDSTATUSCODES are always on.
 ///
 /// `SMTPS_RESULT_INVALID_PARAMETER` for a value that is not an `SMTPS_EXTENSION_*`.
 ///

@@ -51,7 +51,11 @@ pub enum smtps_event_kind {
     /// HELO or EHLO (`flag`: EHLO); `text` is the client's name. Decide.
     Helo = 2,
     /// AUTH: `text` the user, `secret` the password, `authzid` the authorization identity.
-    /// Decide: accept answers `235 2.7.0`, refuse with `535 5.7.8`.
+    /// Decide: accept answers `235 2.7.0`, refuse with `535 5.7.8`. A connection offers AUTH
+    /// (PLAIN, LOGIN) in its EHLO reply whenever the session is secure (implicit TLS, after
+    /// STARTTLS, or in plaintext with `smtps_config_set_danger_allow_plaintext_auth`), and
+    /// nothing switches that off: a host that checks no credentials refuses every AUTH event
+    /// (such as `502 5.5.1`).
     Auth = 3,
     /// MAIL FROM: `text` the address without `<>` (empty for `<>`). Decide.
     Mail = 4,
@@ -78,8 +82,22 @@ pub enum smtps_event_kind {
     TooManyErrors = 14,
 }
 
-/// An event from `smtps_conn_next_event`. The views borrow the connection: valid until the
-/// next call on it.
+/// An event from `smtps_conn_next_event`. The views borrow the connection.
+///
+/// How long a view from `smtps_conn_*` stays valid (events, `smtps_conn_mail_from`,
+/// `smtps_conn_recipient`, `smtps_conn_param`, `smtps_conn_tls_*`, `smtps_conn_sni`): until
+/// the next call that may change the connection, which is every function taking a mutable
+/// `smtps_conn *`: `smtps_conn_feed`, `_feed_eof`, `_read_fd`, `_write_fd`, `_take_output`,
+/// `_next_event`, `_decide`, `_refuse_message`, `_close`, `_handle_timeout`,
+/// `_expect_proxy_header` and `_free`. (Sending output moves input on inside the connection:
+/// copy a `BODY` event's `data` before `smtps_conn_take_output` or `smtps_conn_write_fd`.)
+/// Functions taking a `const smtps_conn *` only read and never invalidate a view:
+/// `smtps_conn_wants_read`, `_wants_write`, `_is_closed`, `_next_timeout_ms`,
+/// `_pending_output`, `_close_reason`, `_mail_from`, `_recipient_count`, `_recipient` (any
+/// index), `_param` and `_proxy_*`; `smtps_conn_tls_version`, `_tls_cipher` and `_sni` only
+/// read too. So `smtps_conn_recipient(conn, 1)` leaves the views of
+/// `smtps_conn_recipient(conn, 0)`, `smtps_conn_mail_from(conn)` and the last event intact.
+/// The PROXY views (`smtps_conn_proxy_*`) last until `smtps_conn_free`.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -175,11 +193,26 @@ impl Conn {
     }
 }
 
-/// Makes a connection in `mode` (`SMTPS_MODE_*`) with `config`'s host name, limits, policies
-/// and certificates (loaded on first use and shared with later connections; see
-/// `smtps_config_load_certificates`). In `SMTPS_MODE_IMPLICIT_TLS` the first event comes after
-/// the handshake; otherwise `SMTPS_EVENT_KIND_CONNECT` comes at once. `config` may be freed
-/// afterwards. On success `*conn_out` receives the connection, freed by `smtps_conn_free`.
+/// Makes a connection in `mode` (`SMTPS_MODE_*`) with `config`'s settings as they are now. In
+/// `SMTPS_MODE_IMPLICIT_TLS` the first event comes after the handshake; otherwise
+/// `SMTPS_EVENT_KIND_CONNECT` comes at once. `config` may be freed afterwards (also by a
+/// forked child: its copy is its own). On success `*conn_out` receives the connection, freed
+/// by `smtps_conn_free`. Starts no thread.
+///
+/// What applies from `config`: the host name; the extensions (`smtps_config_set_extension`);
+/// the limits `SMTPS_LIMIT_MESSAGE_SIZE`, `_RECIPIENTS`, `_ERRORS`, `_TRANSACTIONS`,
+/// `_BODY_CHUNK` and `_JUNK_COMMANDS`; the policies `smtps_config_set_require_auth` and
+/// `smtps_config_set_danger_allow_plaintext_auth` (and `SMTPS_MODE_START_TLS_REQUIRED` adds
+/// TLS before MAIL); every `SMTPS_TIMEOUT_*` but `SMTPS_TIMEOUT_DECISION` (see
+/// `smtps_conn_next_timeout_ms`); and the certificates, default and SNI (loaded on first use
+/// and shared with later connections; see `smtps_config_load_certificates`). Later setter calls
+/// do not reach a connection already made, except a certificate reload. Server-only settings
+/// are ignored: listeners and their PROXY and port-sharing settings, workers,
+/// `SMTPS_LIMIT_CONNECTIONS`, `SMTPS_LIMIT_CONNECTIONS_PER_IP`, `SMTPS_TIMEOUT_DECISION`; the
+/// trusted PROXY sources serve only `smtps_config_proxy_trusts`.
+///
+/// AUTH is not a setting here: the connection offers it whenever the session is secure (see
+/// `SMTPS_EVENT_KIND_AUTH`); a host without a user database refuses each AUTH event.
 ///
 /// `SMTPS_RESULT_TLS_NOT_CONFIGURED` for a TLS mode without a certificate.
 ///
@@ -343,8 +376,11 @@ pub unsafe extern "C" fn smtps_conn_proxy_ssl_tlv(
 /// that is the back-pressure. `len` 0 with `data` NULL is allowed.
 ///
 /// `SMTPS_RESULT_TLS_HANDSHAKE` / `SMTPS_RESULT_TLS_SESSION` when TLS fails (details in
-/// `smtps_last_error()`): send what `smtps_conn_take_output` still gives (the alert), then
-/// close. After the connection closed, bytes are taken and ignored.
+/// `smtps_last_error()`): the connection is then closed (`smtps_conn_is_closed`,
+/// `SMTPS_CLOSE_REASON_TLS`) and its output holds the TLS alert: send what
+/// `smtps_conn_take_output` still gives, then close the socket (`smtps_conn_next_timeout_ms`
+/// gives the linger until then, -1 after). After the connection closed, bytes are taken and
+/// ignored.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection; `data` is valid for `len` bytes; `taken_out` is NULL
@@ -392,7 +428,7 @@ pub unsafe extern "C" fn smtps_conn_feed_eof(conn: *mut smtps_conn) -> smtps_res
 /// Sets `*event_out` to the next event; `kind` is `SMTPS_EVENT_KIND_NONE` when there is none
 /// (send the output, read more input, or answer the awaited decision). Call it until it gives
 /// NONE after every feed and every decision. The event's views are valid until the next call
-/// on this connection.
+/// taking a mutable `smtps_conn *` (see `smtps_event`).
 ///
 /// # Safety
 /// `conn` is NULL or a live connection; `event_out` is NULL or writable.
@@ -491,7 +527,8 @@ fn next_event(conn: &mut Conn) -> smtps_event {
 
 /// The MAIL FROM address of the transaction in progress as the host accepted it, without `<>`
 /// (empty for the null reverse path, and outside a transaction: after RSET, a new EHLO,
-/// STARTTLS, or the end of a message). Valid until the next call on this connection.
+/// STARTTLS, or the end of a message). Valid until the next call taking a mutable
+/// `smtps_conn *` (see `smtps_event`; other getters leave it valid).
 ///
 /// # Safety
 /// `conn` is NULL or a live connection.
@@ -510,7 +547,9 @@ pub unsafe extern "C" fn smtps_conn_recipient_count(conn: *const smtps_conn) -> 
 }
 
 /// Accepted recipient number `index` (from 0, in the order accepted), without `<>`; empty if
-/// out of range. Valid until the next call on this connection.
+/// out of range. Valid until the next call taking a mutable `smtps_conn *` (see
+/// `smtps_event`): reading another index, `smtps_conn_mail_from` or any other getter leaves it
+/// valid.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection.
@@ -524,7 +563,8 @@ pub unsafe extern "C" fn smtps_conn_recipient(conn: *const smtps_conn, index: us
 
 /// Finds the ESMTP parameter `keyword` (case-insensitive) of the last event, when it was
 /// `SMTPS_EVENT_KIND_MAIL` or `SMTPS_EVENT_KIND_RCPT`, and sets `*value_out` to its value, valid
-/// until the next call on this connection. Keywords and values as for `smtps_session_param`
+/// until the next call taking a mutable `smtps_conn *` (see `smtps_event`). Keywords and values
+/// as for `smtps_session_param`
 /// (`SIZE`, `BODY`, `SMTPUTF8`, `AUTH`, `RET`, `ENVID`, `REQUIRETLS` on MAIL; `NOTIFY`, `ORCPT`
 /// on RCPT).
 ///
@@ -555,7 +595,8 @@ pub unsafe extern "C" fn smtps_conn_param(
 /// with the host's reply; 4xx/5xx refuses (`421` closes). `enhanced` (such as `"2.0.0"`) and
 /// `text` are NULL or NUL-terminated UTF-8, copied.
 ///
-/// `SMTPS_RESULT_UNKNOWN_DECISION` if `decision` is not the awaited one;
+/// `SMTPS_RESULT_UNKNOWN_DECISION` if `decision` is not the awaited one (answered already, or
+/// dropped by `smtps_conn_close`, `SMTPS_TIMEOUT_SESSION` or a socket error);
 /// `SMTPS_RESULT_INVALID_REPLY` if the reply is malformed or does not fit (the decision then
 /// still waits).
 ///
@@ -595,7 +636,14 @@ pub unsafe extern "C" fn smtps_conn_decide(
 
 /// Refuses the message being received (the host's spool failed): the rest of the body is read
 /// and not passed on, then answered with this reply (4xx or 5xx; NULL texts give
-/// `452 4.3.1`-style defaults). Does nothing outside a message body.
+/// `452 4.3.1`-style defaults). Does nothing outside a message body (after
+/// `SMTPS_EVENT_KIND_MESSAGE_END` was polled, answer its decision instead).
+///
+/// Neither `SMTPS_EVENT_KIND_MESSAGE_END` nor `SMTPS_EVENT_KIND_MESSAGE_ABORTED` follows for
+/// the refused message, even when its end had already been read: the host made the call, so
+/// it deletes its spool file when it makes it. `smtps_conn_mail_from` and
+/// `smtps_conn_recipient` may still report the refused transaction until the client's next
+/// MAIL, RSET or EHLO: do not take them as a message in progress.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection; `enhanced` and `text` are NULL or NUL-terminated.
@@ -621,7 +669,14 @@ pub unsafe extern "C" fn smtps_conn_refuse_message(
 
 /// Closes the session with a final reply (4xx or 5xx, such as `421 4.4.2` on the host's
 /// timeout): a message in progress is aborted, and the connection closes once the output is
-/// sent.
+/// sent. Before the session began (a PROXY header or an implicit-TLS handshake under way) it
+/// closes without a reply.
+///
+/// Allowed at any time, also while a decision is awaited: that decision is dropped, never
+/// answered (`smtps_conn_decide` then returns `SMTPS_RESULT_UNKNOWN_DECISION`), and the client
+/// gets only this reply. If a message had started (a `SMTPS_EVENT_KIND_MESSAGE_END` awaiting
+/// its decision included), `SMTPS_EVENT_KIND_MESSAGE_ABORTED` (`SMTPS_ABORT_REASON_CLOSED`)
+/// follows: poll the events after the call, and delete that message's spool file.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection; `enhanced` and `text` are NULL or NUL-terminated.
@@ -667,6 +722,13 @@ fn negative_reply(
 ///
 /// `SMTPS_RESULT_IO` for another read error (named in `smtps_last_error`): the connection then
 /// closes (`SMTPS_CLOSE_REASON_IO`) and drops its output.
+///
+/// A TLS failure is not an error code here (unlike `smtps_conn_feed`), and
+/// `smtps_last_error` is not set: the call returns `SMTPS_RESULT_OK` and the connection closes
+/// itself, with `smtps_conn_is_closed()` true and `smtps_conn_close_reason()`
+/// `SMTPS_CLOSE_REASON_TLS`, and the TLS alert in its output. Check `smtps_conn_is_closed`
+/// after each call: send the alert while `smtps_conn_wants_write` (`smtps_conn_next_timeout_ms`
+/// gives the linger meanwhile, -1 once it is sent or dropped), then close the socket.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection; `fd` is an open descriptor; `read_out` is NULL or
@@ -833,7 +895,8 @@ pub unsafe extern "C" fn smtps_conn_is_closed(conn: *const smtps_conn) -> bool {
     }
 }
 
-/// The TLS version (`"TLSv1.3"`); empty without TLS. Valid until the next call on `conn`.
+/// The TLS version (`"TLSv1.3"`); empty without TLS. Valid until the next call taking a
+/// mutable `smtps_conn *` (see `smtps_event`); this one only reads.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection.
@@ -845,7 +908,8 @@ pub unsafe extern "C" fn smtps_conn_tls_version(conn: *mut smtps_conn) -> smtps_
     }
 }
 
-/// The TLS cipher suite; empty without TLS. Valid until the next call on `conn`.
+/// The TLS cipher suite; empty without TLS. Valid until the next call taking a mutable
+/// `smtps_conn *` (see `smtps_event`); this one only reads.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection.
@@ -857,8 +921,8 @@ pub unsafe extern "C" fn smtps_conn_tls_cipher(conn: *mut smtps_conn) -> smtps_s
     }
 }
 
-/// The SNI server name the client asked for; empty if none. Valid until the next call on
-/// `conn`.
+/// The SNI server name the client asked for; empty if none. Valid until the next call taking
+/// a mutable `smtps_conn *` (see `smtps_event`); this one only reads.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection.
@@ -877,8 +941,13 @@ pub unsafe extern "C" fn smtps_conn_sni(conn: *mut smtps_conn) -> smtps_str {
 pub const SMTPS_CONN_OUTPUT_LIMIT: usize = 65536;
 
 /// Milliseconds until `smtps_conn_handle_timeout` should be called (0: now), or -1 when no
-/// timer runs (the connection is over and its output sent or dropped). Use it as the timeout
-/// of the host's `poll()`, and ask again after every call that changes the connection.
+/// timer runs: only once the connection is over (`smtps_conn_is_closed`) and its output sent
+/// or dropped (`smtps_conn_wants_write` false), as after a QUIT whose `221` was taken, or a
+/// TLS failure whose alert was sent. Never -1 while the connection is open, even while a
+/// decision is awaited (the connection level has no decision timer; `SMTPS_TIMEOUT_SESSION`
+/// runs), and while a closing connection still has output (`SMTPS_TIMEOUT_CLOSE_LINGER`).
+/// Use it as the timeout of the host's `poll()`, and ask again after every call that changes
+/// the connection; -1 means close the socket and free the connection.
 ///
 /// The timers are the config's `SMTPS_TIMEOUT_HANDSHAKE`, `_COMMAND`, `_DATA_BLOCK`,
 /// `_SESSION`, `_CLOSE_LINGER` and `_PROXY_HEADER`, measured on the library's monotonic

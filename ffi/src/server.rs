@@ -266,6 +266,9 @@ fn phase_error(state: &State) -> smtps_result {
 /// it points to must stay valid until `smtps_server_free` returns and be safe to use from
 /// those threads. `config` can be freed afterwards.
 ///
+/// Starts no thread (only `smtps_server_start` and `smtps_server_run` do; see there for the
+/// signal mask), so a host may still fork after it.
+///
 /// On success `*server_out` receives the server; on failure it is left alone.
 /// `callbacks->on_message_end` is required (`SMTPS_RESULT_INVALID_PARAMETER`).
 ///
@@ -318,6 +321,12 @@ pub unsafe extern "C" fn smtps_server_new(
 /// it. NULL is a no-op. Must not be called from a callback (it would wait for itself); if it
 /// is, the server is only shut down and its memory leaked.
 ///
+/// No `smtps_server_stop` is needed first: after one, or after `smtps_server_run` returned or
+/// `smtps_server_dispatch` gave `SMTPS_RESULT_SERVER_STOPPED`, it only frees. After a
+/// `smtps_server_shutdown` still under way it waits for that shutdown, grace included (the
+/// grace is not cut to 0). In the poll-loop mode the remaining callbacks run on the calling
+/// thread during the call, as in `smtps_server_stop`.
+///
 /// # Safety
 /// `server` is NULL or from `smtps_server_new` and not freed before; no other thread uses it
 /// during or after the call.
@@ -339,6 +348,11 @@ pub unsafe extern "C" fn smtps_server_free(server: *mut smtps_server) {
 
 /// Serves on library threads (the workers) and returns at once. Callbacks run on the workers.
 ///
+/// This call creates the library's threads: one per worker (`smtps_config_set_workers`) and a
+/// supervisor. They inherit the calling thread's signal mask, as every `pthread_create` does:
+/// a host that takes signals with `sigwait` (or a `signalfd`) blocks them with
+/// `pthread_sigmask` before this call, so that no library thread receives them.
+///
 /// `SMTPS_RESULT_WRONG_STATE` if started already, `SMTPS_RESULT_SERVER_STOPPED` after a stop.
 ///
 /// # Safety
@@ -357,7 +371,12 @@ pub unsafe extern "C" fn smtps_server_start(server: *const smtps_server) -> smtp
 /// `*fd_out` receives a file descriptor (owned by the server: do not close or read it) that
 /// polls readable (`POLLIN`) whenever the server has work: a client, a reply given from
 /// another thread, a shutdown. Call `smtps_server_dispatch` then, and also once
-/// `smtps_server_next_timeout_ms` milliseconds have passed (timers).
+/// `smtps_server_next_timeout_ms` milliseconds have passed (timers). Starts no thread.
+///
+/// A deferred decision answered with `smtps_server_reply` on the dispatching thread itself,
+/// between two dispatches, wakes the loop the same way: the descriptor polls readable at once
+/// (`smtps_server_next_timeout_ms` does not change), so the host's next `poll()` returns and
+/// the next dispatch sends the reply; no extra dispatch is needed.
 ///
 /// # Safety
 /// `server` is NULL or a live server; `fd_out` is NULL or writable.
@@ -444,7 +463,9 @@ pub unsafe extern "C" fn smtps_server_next_timeout_ms(server: *const smtps_serve
 /// Serves on the calling thread (plus one library thread per further worker) until the
 /// server is shut down — by `smtps_server_shutdown` from a callback or another thread, or
 /// `smtps_server_stop` from another thread. Callbacks run on the calling thread and the
-/// other workers.
+/// other workers. The further workers' threads are created by this call and inherit the
+/// calling thread's signal mask (see `smtps_server_start`). Once it has returned,
+/// `smtps_server_stop` gives `SMTPS_RESULT_ALREADY_STOPPED`; `smtps_server_free` is enough.
 ///
 /// # Safety
 /// `server` is NULL or a live server.
@@ -485,6 +506,12 @@ pub unsafe extern "C" fn smtps_server_run(server: *const smtps_server) -> smtps_
 ///
 /// `SMTPS_RESULT_ALREADY_STOPPED` if a shutdown or stop was requested before.
 ///
+/// The end of a poll loop (`smtps_server_start_polled`) whose host answers deferred decisions
+/// from the loop (a commit queue drained after each dispatch): call this, keep polling,
+/// dispatching and answering until `smtps_server_dispatch` returns
+/// `SMTPS_RESULT_SERVER_STOPPED`, then `smtps_server_free`. Not `smtps_server_stop`: it blocks
+/// the loop, so the decisions it would answer wait until the grace ends and are aborted.
+///
 /// # Safety
 /// `server` is NULL or a live server.
 #[unsafe(no_mangle)]
@@ -503,11 +530,19 @@ pub unsafe extern "C" fn smtps_server_shutdown(
 
 /// Shuts down as `smtps_server_shutdown` does and waits until every worker has stopped and
 /// every callback has returned; `on_disconnect` has then been called for every session. In
-/// the poll-loop mode the remaining callbacks run on the calling thread meanwhile. A server
-/// never started just closes its listeners.
+/// the poll-loop mode the remaining callbacks run on the calling thread meanwhile, inside this
+/// call: work the host does in its own loop between dispatches (answering deferred decisions
+/// from a queue) does not happen, so such decisions wait until `grace_ms` ends and their
+/// messages are aborted. Such a host uses `smtps_server_shutdown` and keeps dispatching until
+/// `SMTPS_RESULT_SERVER_STOPPED` instead. A server never started just closes its listeners.
 ///
-/// `SMTPS_RESULT_ALREADY_STOPPED` for a second stop; `SMTPS_RESULT_IN_CALLBACK` from a
-/// callback (use `smtps_server_shutdown` there).
+/// After `smtps_server_shutdown` it waits for that shutdown to finish (its grace, not
+/// `grace_ms`) and returns `SMTPS_RESULT_OK`; likewise, at once, after `smtps_server_dispatch`
+/// gave `SMTPS_RESULT_SERVER_STOPPED`. Not needed before `smtps_server_free`, which stops the
+/// server itself.
+///
+/// `SMTPS_RESULT_ALREADY_STOPPED` for a second stop and after `smtps_server_run` returned;
+/// `SMTPS_RESULT_IN_CALLBACK` from a callback (use `smtps_server_shutdown` there).
 ///
 /// # Safety
 /// `server` is NULL or a live server.
@@ -540,6 +575,18 @@ pub unsafe extern "C" fn smtps_server_stop(
 /// by mistake); nothing changes then. `SMTPS_RESULT_INVALID_REPLY` if the reply is malformed
 /// or does not answer the command (the decision then still waits);
 /// `SMTPS_RESULT_SERVER_STOPPED` after a stop.
+///
+/// For `on_message_end`: any result other than `SMTPS_RESULT_OK` means this reply did not
+/// give the client a `250`: delete the stored copy (after `SMTPS_RESULT_INVALID_REPLY` the
+/// decision still waits: reply again correctly, or delete the copy and let
+/// `SMTPS_TIMEOUT_DECISION` answer `451 4.3.0`). `SMTPS_RESULT_OK` means the reply was handed
+/// to the session; `on_message_aborted` for that session can still follow when a shutdown's
+/// grace ends at the same moment, and then it wins: the client never got the `250`, delete
+/// the copy. So a host tracks `on_message_aborted` for commits in flight too.
+///
+/// Given inside the decision's own callback (and answered `SMTPS_RESULT_OK`), the reply wins
+/// and the callback's return value is ignored: return `SMTPS_ANSWER_ACCEPT` or any other
+/// value, nothing is logged. If the reply failed, the return value decides as usual.
 ///
 /// # Safety
 /// `server` is NULL or a live server; `enhanced` and `text` are NULL or NUL-terminated.

@@ -17,6 +17,11 @@
  *   7. EHLO offers only what the host serves: AUTH only with on_auth, DSN and SMTPUTF8 only
  *      when switched on; and the MAIL/RCPT parameters reach the callbacks
  *      (smtps_session_param).
+ *   9. poll-loop mode: a reply given on the dispatching thread between dispatches makes the
+ *      server's descriptor readable at once (the loop needs no extra dispatch); the loop ends
+ *      with smtps_server_shutdown and dispatching until SMTPS_RESULT_SERVER_STOPPED, after
+ *      which smtps_server_stop returns SMTPS_RESULT_OK at once and a second one
+ *      SMTPS_RESULT_ALREADY_STOPPED.
  *
  *   contract
  *
@@ -27,6 +32,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -452,6 +458,81 @@ static void invalid_callback_answer_greets_no_one(struct host *host, uint16_t po
   }
 }
 
+/* Whether fd polls readable within ms milliseconds. */
+static int readable(int fd, int ms) {
+  struct pollfd p;
+  p.fd = fd;
+  p.events = POLLIN;
+  p.revents = 0;
+  return poll(&p, 1, ms) == 1 && (p.revents & POLLIN) != 0;
+}
+
+static size_t deferred_count(struct host *host) {
+  size_t count;
+  pthread_mutex_lock(&host->lock);
+  count = host->count;
+  pthread_mutex_unlock(&host->lock);
+  return count;
+}
+
+static void polled_reply_wakes_the_loop(struct host *host) {
+  char line[512];
+  smtps_result result;
+  smtps_server *server = serve(host, "127.0.0.1:0", 0, &result);
+  uint16_t port = 0;
+  size_t n = 0, before = deferred_count(host);
+  uint64_t id;
+  int sfd = -1, fd, i;
+  check_result("polled: server_new", result, SMTPS_RESULT_OK);
+  if (server == NULL) {
+    return;
+  }
+  smtps_server_local_port(server, 0, &port);
+  check_result("polled: start_polled", smtps_server_start_polled(server, &sfd), SMTPS_RESULT_OK);
+  fd = dial(port);
+  check("polled: connect", fd >= 0);
+  for (i = 0; i < 200 && !readable(fd, 0); i++) {
+    readable(sfd, 50);
+    smtps_server_dispatch(server, &n);
+  }
+  check("polled: greeting 220", reply(fd, line, sizeof line) == 220);
+  say(fd, "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<later@y.test>\r\n");
+  for (i = 0; i < 200 && deferred_count(host) == before; i++) {
+    readable(sfd, 50);
+    smtps_server_dispatch(server, &n);
+  }
+  id = deferred(host, before + 1);
+  check("polled: RCPT deferred", id != 0);
+  for (i = 0; i < 100 && readable(sfd, 0); i++) {
+    smtps_server_dispatch(server, &n);
+  }
+  check("polled: the descriptor is quiet before the reply", !readable(sfd, 0));
+  check_result("polled: reply on the loop's thread between dispatches",
+               smtps_server_reply(server, id, 250, "2.1.5", "later ok"), SMTPS_RESULT_OK);
+  check("polled: the reply makes the descriptor readable at once", readable(sfd, 0));
+  check_result("polled: dispatch", smtps_server_dispatch(server, &n), SMTPS_RESULT_OK);
+  check("polled: EHLO 250", reply(fd, line, sizeof line) == 250);
+  check("polled: MAIL 250", reply(fd, line, sizeof line) == 250);
+  check("polled: the deferred RCPT answered",
+        reply(fd, line, sizeof line) == 250 && strstr(line, "later ok") != NULL);
+  /* The end of a poll loop: shutdown, then dispatch until SERVER_STOPPED. */
+  check_result("polled: shutdown", smtps_server_shutdown(server, 1000), SMTPS_RESULT_OK);
+  result = SMTPS_RESULT_OK;
+  for (i = 0; i < 400 && result == SMTPS_RESULT_OK; i++) {
+    readable(sfd, (int)smtps_server_next_timeout_ms(server));
+    result = smtps_server_dispatch(server, &n);
+  }
+  check_result("polled: dispatch ends with SERVER_STOPPED", result, SMTPS_RESULT_SERVER_STOPPED);
+  check("polled: the idle client got 421", reply(fd, line, sizeof line) == 421);
+  check_result("polled: stop after SERVER_STOPPED returns at once", smtps_server_stop(server, 0),
+               SMTPS_RESULT_OK);
+  check_result("polled: a second stop", smtps_server_stop(server, 0), SMTPS_RESULT_ALREADY_STOPPED);
+  smtps_server_free(server);
+  if (fd >= 0) {
+    close(fd);
+  }
+}
+
 int main(void) {
   struct host host;
   smtps_server *server;
@@ -477,6 +558,7 @@ int main(void) {
   leaving_clients_cannot_raise_sigpipe(&host, server, port);
   invalid_callback_answer_greets_no_one(&host, port);
   ehlo_offers_only_what_the_host_serves(&host, port);
+  polled_reply_wakes_the_loop(&host);
 
   {
     size_t needed = 0;

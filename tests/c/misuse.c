@@ -9,6 +9,8 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "smtps.h"
 
@@ -41,6 +43,242 @@ static smtps_answer on_message_end(void *ud, const smtps_session *session, uint6
   (void)session;
   (void)size;
   return SMTPS_ANSWER_ACCEPT;
+}
+
+/* Connection-level helpers for the documented contract below. */
+static void feed_all(smtps_conn *conn, const char *text) {
+  size_t n = 0;
+  smtps_conn_feed(conn, (const uint8_t *)text, strlen(text), &n);
+}
+
+/* Takes every pending octet of output into out (NUL-terminated, cut to fit). */
+static size_t drain_output(smtps_conn *conn, char *out, size_t len) {
+  size_t used = 0, n = 0;
+  char scratch[512];
+  do {
+    smtps_conn_take_output(conn, (uint8_t *)scratch, sizeof scratch, &n);
+    if (used + n < len) {
+      memcpy(out + used, scratch, n);
+      used += n;
+    }
+  } while (n > 0);
+  out[used] = 0;
+  return used;
+}
+
+/* Polls events, accepting every decision, until NONE; returns a bit per kind seen. */
+static unsigned accept_events(smtps_conn *conn) {
+  unsigned seen = 0;
+  smtps_event ev;
+  for (;;) {
+    smtps_conn_next_event(conn, &ev);
+    if (ev.kind == SMTPS_EVENT_KIND_NONE) {
+      return seen;
+    }
+    seen |= 1u << ev.kind;
+    if (ev.awaits_decision) {
+      smtps_conn_decide(conn, ev.decision, 0, NULL, NULL);
+    }
+  }
+}
+
+/* A plain connection greeted, with EHLO accepted and its output taken. */
+static smtps_conn *greeted(smtps_config *config) {
+  smtps_conn *conn = NULL;
+  char out[2048];
+  smtps_conn_new(config, SMTPS_MODE_PLAIN, &conn);
+  accept_events(conn);
+  feed_all(conn, "EHLO c.test\r\n");
+  accept_events(conn);
+  drain_output(conn, out, sizeof out);
+  return conn;
+}
+
+/* The documented contract of smtps_conn_*, beyond error codes. */
+static void conn_contract(void) {
+  smtps_config *config = smtps_config_new();
+  smtps_conn *conn;
+  smtps_event ev, rcpt;
+  smtps_str from, first, second;
+  char out[2048];
+  unsigned seen;
+
+  /* Views: read-only calls (const smtps_conn *) never invalidate one; views of different
+     getters live side by side until the next call taking a mutable smtps_conn *. */
+  conn = greeted(config);
+  feed_all(conn, "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\n");
+  smtps_conn_next_event(conn, &ev); /* MAIL */
+  smtps_conn_decide(conn, ev.decision, 0, NULL, NULL);
+  smtps_conn_next_event(conn, &ev); /* the first RCPT */
+  smtps_conn_decide(conn, ev.decision, 0, NULL, NULL);
+  smtps_conn_next_event(conn, &rcpt);
+  check_true("views: second RCPT event", rcpt.kind == SMTPS_EVENT_KIND_RCPT && rcpt.awaits_decision);
+  from = smtps_conn_mail_from(conn);
+  first = smtps_conn_recipient(conn, 0);
+  second = smtps_conn_recipient(conn, 1); /* out of range: empty */
+  (void)smtps_conn_recipient_count(conn);
+  (void)smtps_conn_wants_read(conn);
+  (void)smtps_conn_wants_write(conn);
+  (void)smtps_conn_is_closed(conn);
+  (void)smtps_conn_next_timeout_ms(conn);
+  (void)smtps_conn_pending_output(conn);
+  (void)smtps_conn_close_reason(conn);
+  (void)smtps_conn_param(conn, "NOTIFY", &second);
+  second = smtps_conn_recipient(conn, 1);
+  check_true("views: mail_from and recipient(0) survive other getters",
+             from.len == 8 && memcmp(from.data, "a@x.test", 8) == 0 && first.len == 8 &&
+                 memcmp(first.data, "b@y.test", 8) == 0 && second.len == 0);
+  check_true("views: the event's text survives read-only getters",
+             rcpt.text.len == 8 && memcmp(rcpt.text.data, "c@y.test", 8) == 0);
+  smtps_conn_decide(conn, rcpt.decision, 0, NULL, NULL);
+  first = smtps_conn_recipient(conn, 0);
+  second = smtps_conn_recipient(conn, 1);
+  check_true("views: re-read after a decision",
+             smtps_conn_recipient_count(conn) == 2 && first.len == 8 && second.len == 8 &&
+                 memcmp(second.data, "c@y.test", 8) == 0);
+  smtps_conn_free(conn);
+
+  /* A message refused mid-body (smtps_conn_refuse_message): neither MESSAGE_END nor
+     MESSAGE_ABORTED follows; the refusal answers the end of the body. */
+  conn = greeted(config);
+  feed_all(conn, "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+  accept_events(conn);
+  feed_all(conn, "Subject: t\r\n\r\nfirst part\r\n");
+  smtps_conn_next_event(conn, &ev);
+  check_true("refuse: a BODY event", ev.kind == SMTPS_EVENT_KIND_BODY);
+  check("refuse_message", smtps_conn_refuse_message(conn, 452, "4.3.1", "Spool full"), SMTPS_RESULT_OK);
+  accept_events(conn);
+  feed_all(conn, "second part\r\n.\r\n");
+  seen = accept_events(conn);
+  check_true("refuse: no MESSAGE_END, no MESSAGE_ABORTED",
+             !(seen & (1u << SMTPS_EVENT_KIND_MESSAGE_END)) &&
+                 !(seen & (1u << SMTPS_EVENT_KIND_MESSAGE_ABORTED)));
+  drain_output(conn, out, sizeof out);
+  check_true("refuse: the end is answered 452 4.3.1", strstr(out, "452 4.3.1") != NULL);
+  smtps_conn_free(conn);
+  /* The same when the end of the body arrived with the refused chunk. */
+  conn = greeted(config);
+  feed_all(conn, "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+  accept_events(conn);
+  feed_all(conn, "Subject: t\r\n\r\nall\r\n.\r\n");
+  smtps_conn_next_event(conn, &ev);
+  smtps_conn_refuse_message(conn, 452, NULL, NULL);
+  seen = accept_events(conn);
+  check_true("refuse (end already read): no MESSAGE_END, no MESSAGE_ABORTED",
+             ev.kind == SMTPS_EVENT_KIND_BODY && !(seen & (1u << SMTPS_EVENT_KIND_MESSAGE_END)) &&
+                 !(seen & (1u << SMTPS_EVENT_KIND_MESSAGE_ABORTED)));
+  drain_output(conn, out, sizeof out);
+  check_true("refuse (end already read): answered 452", strstr(out, "452 ") != NULL);
+  smtps_conn_free(conn);
+
+  /* smtps_conn_close while MESSAGE_END awaits its decision: allowed; MESSAGE_ABORTED
+     (CLOSED) follows, the decision is gone, the client gets only the 421. */
+  conn = greeted(config);
+  feed_all(conn, "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+  accept_events(conn);
+  drain_output(conn, out, sizeof out);
+  feed_all(conn, "Subject: t\r\n\r\nbody\r\n.\r\n");
+  do {
+    smtps_conn_next_event(conn, &ev);
+  } while (ev.kind == SMTPS_EVENT_KIND_BODY);
+  check_true("close: MESSAGE_END awaits a decision",
+             ev.kind == SMTPS_EVENT_KIND_MESSAGE_END && ev.awaits_decision);
+  check("close while a decision is awaited", smtps_conn_close(conn, 421, "4.3.2", "Shutting down"),
+        SMTPS_RESULT_OK);
+  smtps_conn_next_event(conn, &rcpt);
+  check_true("close: MESSAGE_ABORTED (CLOSED) follows",
+             rcpt.kind == SMTPS_EVENT_KIND_MESSAGE_ABORTED &&
+                 rcpt.abort_reason == SMTPS_ABORT_REASON_CLOSED);
+  check("close: the decision is unknown afterwards",
+        smtps_conn_decide(conn, ev.decision, 250, NULL, NULL), SMTPS_RESULT_UNKNOWN_DECISION);
+  drain_output(conn, out, sizeof out);
+  check_true("close: the client gets 421, never 250",
+             strstr(out, "421 4.3.2") != NULL && strstr(out, "250") == NULL);
+  check_true("close: closed, reason REFUSED", smtps_conn_is_closed(conn) &&
+                                                  smtps_conn_close_reason(conn) ==
+                                                      SMTPS_CLOSE_REASON_REFUSED);
+  /* smtps_conn_next_timeout_ms: -1 only once closed and every octet sent. */
+  smtps_conn_handle_timeout(conn);
+  check_true("timeout: -1 once closed and the output sent", smtps_conn_next_timeout_ms(conn) == -1);
+  smtps_conn_free(conn);
+  conn = greeted(config);
+  feed_all(conn, "QUIT\r\n");
+  accept_events(conn);
+  check_true("timeout: a timer runs while the 221 waits",
+             smtps_conn_is_closed(conn) && smtps_conn_wants_write(conn) &&
+                 smtps_conn_next_timeout_ms(conn) >= 0);
+  drain_output(conn, out, sizeof out);
+  check_true("timeout: -1 after the 221 was taken",
+             strstr(out, "221") != NULL && smtps_conn_next_timeout_ms(conn) == -1);
+  smtps_conn_free(conn);
+
+  /* AUTH: the connection level offers it whenever the session is secure (here: plaintext
+     allowed); it cannot be switched off, only refused event by event. */
+  check("set_extension(AUTH) is not a switch", smtps_config_set_extension(config, 9, false),
+        SMTPS_RESULT_INVALID_PARAMETER);
+  conn = greeted(config);
+  feed_all(conn, "EHLO c.test\r\n");
+  accept_events(conn);
+  drain_output(conn, out, sizeof out);
+  check_true("AUTH: not offered in plaintext", strstr(out, "AUTH") == NULL);
+  smtps_conn_free(conn);
+  smtps_config_set_danger_allow_plaintext_auth(config, true);
+  conn = greeted(config);
+  feed_all(conn, "EHLO c.test\r\n");
+  accept_events(conn);
+  drain_output(conn, out, sizeof out);
+  check_true("AUTH: offered once secure (or plaintext allowed)", strstr(out, "AUTH PLAIN") != NULL);
+  feed_all(conn, "AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"); /* \0alice\0secret */
+  smtps_conn_next_event(conn, &ev);
+  check_true("AUTH: an AUTH event awaits the host",
+             ev.kind == SMTPS_EVENT_KIND_AUTH && ev.awaits_decision && ev.text.len == 5);
+  check("AUTH: refused by the host", smtps_conn_decide(conn, ev.decision, 502, "5.5.1", "AUTH not offered"),
+        SMTPS_RESULT_OK);
+  drain_output(conn, out, sizeof out);
+  check_true("AUTH: the client gets the host's 502", strstr(out, "502 5.5.1") != NULL);
+  smtps_conn_free(conn);
+  smtps_config_free(config);
+}
+
+/* TLS failures read with smtps_conn_read_fd: not an error code (unlike smtps_conn_feed); the
+   connection closes itself (SMTPS_CLOSE_REASON_TLS) with the alert in its output. */
+static void conn_tls_failure(const char *cert, const char *key) {
+  static const char junk[] = "EHLO plaintext.test\r\n";
+  smtps_config *config = smtps_config_new();
+  smtps_conn *conn = NULL;
+  int pair[2];
+  size_t n = 0;
+  char out[512];
+  smtps_config_set_certificate_files(config, cert, key);
+  smtps_conn_new(config, SMTPS_MODE_IMPLICIT_TLS, &conn);
+  check("tls: feed(plaintext to implicit TLS)",
+        smtps_conn_feed(conn, (const uint8_t *)junk, sizeof junk - 1, &n), SMTPS_RESULT_TLS_HANDSHAKE);
+  smtps_conn_free(conn);
+  conn = NULL;
+  smtps_conn_new(config, SMTPS_MODE_IMPLICIT_TLS, &conn);
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) {
+    check_true("socketpair", 0);
+    return;
+  }
+  if (write(pair[1], junk, sizeof junk - 1) != (ssize_t)(sizeof junk - 1)) {
+    check_true("write", 0);
+  }
+  check("tls: read_fd(plaintext to implicit TLS) is OK", smtps_conn_read_fd(conn, pair[0], &n),
+        SMTPS_RESULT_OK);
+  check_true("tls: read_fd read it", n == sizeof junk - 1);
+  check_true("tls: closed, reason TLS", smtps_conn_is_closed(conn) &&
+                                            smtps_conn_close_reason(conn) == SMTPS_CLOSE_REASON_TLS);
+  check_true("tls: an alert to send", smtps_conn_wants_write(conn));
+  check_true("tls: a timer (the linger) while it waits", smtps_conn_next_timeout_ms(conn) >= 0);
+  check("tls: write_fd(the alert)", smtps_conn_write_fd(conn, pair[0], &n), SMTPS_RESULT_OK);
+  check_true("tls: the alert is a TLS alert record",
+             n >= 5 && read(pair[1], out, sizeof out) == (ssize_t)n && out[0] == 0x15);
+  check_true("tls: nothing left, -1", !smtps_conn_wants_write(conn) &&
+                                          smtps_conn_next_timeout_ms(conn) == -1);
+  smtps_conn_free(conn);
+  close(pair[0]);
+  close(pair[1]);
+  smtps_config_free(config);
 }
 
 int main(int argc, char **argv) {
@@ -380,12 +618,15 @@ int main(int argc, char **argv) {
   check_true("session_proxy_ssl_tlv(NULL) is false",
              !smtps_session_proxy_ssl_tlv(NULL, SMTPS_PP2_SUBTYPE_SSL_CN, NULL));
 
+  conn_contract();
+
   if (argc == 3) {
     config = smtps_config_new();
     smtps_config_set_certificate_files(config, argv[1], argv[2]);
     check("load_certificates(good files)", smtps_config_load_certificates(config), SMTPS_RESULT_OK);
     check("reload_certificates", smtps_config_reload_certificates(config), SMTPS_RESULT_OK);
     smtps_config_free(config);
+    conn_tls_failure(argv[1], argv[2]);
   }
 
   if (failures) {
