@@ -3,8 +3,8 @@
 //! in `docs/LOGGING.md`. Anything that formats one of these lines goes through [`Line`].
 //!
 //! ```text
-//! smtps: session=7 event=session client=192.0.2.10:50412 listener=0.0.0.0:465 tls=TLSv1.3 cipher=TLS13_AES_256_GCM_SHA384 sni=mx.example.org user=alice messages=1 bytes=1532 result=quit duration=0.412
-//! smtps: session=7 event=message queue_id=1767225600.M1P2Q3.mx from=<a@example.org> nrcpt=1 to=<b@example.net> size=1532 result=accepted code=250
+//! smtps: session=7 event=session_summary client=192.0.2.10:50412 listener=0.0.0.0:465 tls=TLSv1.3 cipher=TLS13_AES_256_GCM_SHA384 sni=mx.example.org user=alice messages=1 bytes=1532 result=quit duration=0.412
+//! smtps: session=7 event=message_summary queue_id=1767225600.M1P2Q3.mx from=<a@example.org> nrcpt=1 to=<b@example.net> size=1532 result=accepted code=250
 //! smtps: session=9 event=auth_failed client=203.0.113.5 user=admin failures=3
 //! smtps: session=9 event=auth_throttled client=203.0.113.5 user=admin by=client failures=5 action=reply
 //! ```
@@ -106,7 +106,7 @@ pub fn session(info: &SessionInfo, reason: &CloseReason, bytes: u64, duration: D
         Some((word, rest)) => (word.to_owned(), Some(rest.trim_end_matches(')').to_owned())),
         None => (reason, None),
     };
-    let line = Line::new(Some(info.id), "session")
+    let line = Line::new(Some(info.id), "session_summary")
         .field("client", info.peer)
         .field("listener", info.local)
         .optional("tls", tls.map(smtps_tls::TlsInfo::version_name))
@@ -171,7 +171,7 @@ impl MessageLog {
             MessageResult::Accepted(code) => ("accepted", code),
             MessageResult::Refused(code) => ("refused", code),
         };
-        let line = Line::new(Some(self.session), "message")
+        let line = Line::new(Some(self.session), "message_summary")
             .optional("queue_id", queue_id)
             .field("from", format_args!("<{}>", self.from))
             .field("nrcpt", self.recipients.len());
