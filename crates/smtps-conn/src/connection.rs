@@ -687,11 +687,18 @@ impl Connection {
             // Octets held back go to the transport first: they may finish a handshake.
             self.move_input();
         }
+        // An implicit-TLS session starts once TLS 1.3 was agreed, before the client's
+        // `Finished`, where 0.5-RTT data is allowed: the greeting then leaves with the server's
+        // flight, a round trip sooner (RFC 8446 §2). Nothing the client sends can reach the
+        // session before its `Finished` is verified.
         if self.session.is_none()
             && self.proxy != ProxyStage::Reading
-            && !self.transport.is_handshaking()
+            && (!self.transport.is_handshaking() || self.transport.in_half_rtt())
             && !self.dead
         {
+            if self.transport.in_half_rtt() {
+                self.tls = self.transport.half_rtt_tls_info();
+            }
             self.session = Some(ServerSession::new(
                 Arc::clone(&self.session_config),
                 self.security,
@@ -704,7 +711,11 @@ impl Connection {
         {
             self.start_tls();
         }
-        if self.tls.is_none() && self.transport.is_tls() && !self.transport.is_handshaking() {
+        if self.transport.is_tls()
+            && !self.transport.is_handshaking()
+            && (self.tls.is_none() || self.timers.handshake_since.is_some())
+        {
+            // The handshake's end (what a 0.5-RTT start recorded is now final too).
             self.tls = self.transport.tls_info();
             self.timers.handshake_since = None;
         }

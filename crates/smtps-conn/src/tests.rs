@@ -748,3 +748,95 @@ fn envelope_holds_what_the_host_accepted_until_the_transaction_ends_rfc5321_3_3(
     accept_all(&mut conn);
     assert_eq!(conn.mail_from(), Some(""));
 }
+
+/// Answers every decision at once; the greeting is the host's default.
+fn greet_at_once(conn: &mut Connection) {
+    accept_all(conn);
+}
+
+#[test]
+fn implicit_tls_greeting_leaves_with_the_server_flight_rfc8446_half_rtt() {
+    use std::io::{Read as _, Write as _};
+
+    let now = Instant::now();
+    let mut conn = Connection::new(Mode::ImplicitTls, config(), Some(acceptor()), now)
+        .expect("implicit TLS connection");
+    let mut client = smtps_testkit::client_connection(
+        &smtps_testkit::client_config(),
+        smtps_testkit::SERVER_NAME,
+    );
+    // Flight 1: the ClientHello.
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).expect("client hello");
+    conn.feed(now, &hello).expect("feed");
+    greet_at_once(&mut conn);
+    assert!(
+        conn.tls_info().is_some(),
+        "the host sees what TLS agreed from the first event"
+    );
+    // Flight 2: the server's whole answer — with the greeting in it.
+    let flight = conn.output().to_vec();
+    conn.consume_output(flight.len());
+    let mut wire = &flight[..];
+    while !wire.is_empty() {
+        client.read_tls(&mut wire).expect("read");
+        client.process_new_packets().expect("valid TLS");
+    }
+    let mut greeting = String::new();
+    let _ = client.reader().read_to_string(&mut greeting);
+    assert!(
+        greeting.starts_with("220 "),
+        "the 220 came before the client said anything more: {greeting:?}"
+    );
+    // Until the client's Finished arrives, nothing it could send reaches the session.
+    assert!(conn.poll_event().is_none());
+    let mut finished = Vec::new();
+    client
+        .writer()
+        .write_all(b"EHLO c.test\r\n")
+        .expect("write");
+    while client.wants_write() {
+        client.write_tls(&mut finished).expect("finished");
+    }
+    conn.feed(now, &finished).expect("feed");
+    let events = accept_all(&mut conn);
+    assert!(events.iter().any(|e| e.starts_with("Helo")), "{events:?}");
+    assert!(!conn.is_handshaking());
+}
+
+#[test]
+fn without_half_rtt_the_greeting_waits_for_the_clients_finished() {
+    use std::io::Read as _;
+
+    let now = Instant::now();
+    let acceptor = std::sync::Arc::new(
+        smtps_tls::TlsSettings::new()
+            .default_certificate(smtps_testkit::TestCertificate::localhost().source())
+            .half_rtt_data(false)
+            .build()
+            .expect("acceptor"),
+    );
+    let mut conn =
+        Connection::new(Mode::ImplicitTls, config(), Some(acceptor), now).expect("connection");
+    let mut client = smtps_testkit::client_connection(
+        &smtps_testkit::client_config(),
+        smtps_testkit::SERVER_NAME,
+    );
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).expect("client hello");
+    conn.feed(now, &hello).expect("feed");
+    let events = accept_all(&mut conn);
+    assert!(
+        events.is_empty(),
+        "no session before the handshake ends: {events:?}"
+    );
+    let flight = conn.output().to_vec();
+    let mut wire = &flight[..];
+    while !wire.is_empty() {
+        client.read_tls(&mut wire).expect("read");
+        client.process_new_packets().expect("valid TLS");
+    }
+    let mut greeting = String::new();
+    let _ = client.reader().read_to_string(&mut greeting);
+    assert_eq!(greeting, "");
+}

@@ -267,10 +267,12 @@ fn tls_failure(reason: &CloseReason, handshaking: bool) -> Option<usize> {
     if !handshaking {
         return None;
     }
+    // The server's own closes (a limit's or the host's `421`, a shutdown) are not TLS
+    // failures, even when they come in the 0.5-RTT window before the client's `Finished`.
     match reason {
         CloseReason::ClientClosed | CloseReason::Io(_) => Some(5),
         CloseReason::Timeout(Timer::Handshake) => Some(6),
-        _ => Some(7),
+        _ => None,
     }
 }
 

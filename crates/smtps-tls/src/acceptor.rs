@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 
-use crate::error::Error;
+use crate::error::{Error, PemOrigin};
 use crate::settings::{self, TlsSettings};
 
 /// The server side of TLS for one listener (or several): a `rustls::ServerConfig` built from
@@ -46,6 +46,21 @@ pub struct CertificateInfo {
     pub not_after_unix: i64,
     /// The end-entity certificate as loaded (DER).
     pub end_entity: CertificateDer<'static>,
+    /// Where the chain was read from: its file, for messages that must name it.
+    pub source: PemOrigin,
+}
+
+impl CertificateInfo {
+    /// Seconds from `now` until `notAfter`: negative once the certificate has expired. A
+    /// gauge for monitoring (`smtps_certificate_expiry_seconds`), read at scrape time with
+    /// `SystemTime::now()`.
+    #[must_use]
+    pub fn seconds_to_expiry(&self, now: SystemTime) -> i64 {
+        match self.not_after.duration_since(now) {
+            Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            Err(past) => i64::try_from(past.duration().as_secs()).map_or(i64::MIN, |s| -s),
+        }
+    }
 }
 
 impl TlsAcceptor {

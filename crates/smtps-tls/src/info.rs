@@ -43,6 +43,12 @@ impl TlsInfo {
         if conn.is_handshaking() {
             return None;
         }
+        Self::negotiated_so_far(conn)
+    }
+
+    /// What `conn` negotiated so far, the handshake complete or not: `None` before the
+    /// ClientHello was processed.
+    pub(crate) fn negotiated_so_far(conn: &ServerConnection) -> Option<Self> {
         let client_certificate = conn.peer_certificates().and_then(|c| c.first()).map(|der| {
             let fields = x509::parse_certificate(der).ok();
             ClientCertificate {

@@ -41,6 +41,7 @@ pub struct TlsSettings {
     tickets: SessionTickets,
     session_cache: usize,
     client_auth: ClientAuth,
+    half_rtt: bool,
 }
 
 /// A certificate chain and its private key, as PEM (RFC 7468) files or bytes.
@@ -164,6 +165,7 @@ impl TlsSettings {
             tickets: SessionTickets::Rotating,
             session_cache: Self::DEFAULT_SESSION_CACHE,
             client_auth: ClientAuth::Off,
+            half_rtt: true,
         }
     }
 
@@ -225,6 +227,16 @@ impl TlsSettings {
     /// Client-certificate verification (default off).
     pub fn client_auth(mut self, mode: ClientAuth) -> Self {
         self.client_auth = mode;
+        self
+    }
+
+    /// Whether a TLS 1.3 server may send application data with its first flight, before the
+    /// client's `Finished` (RFC 8446 §2, "0.5-RTT data"; default on): on an implicit-TLS port
+    /// the `220` greeting then reaches the client with the handshake's end, one round trip
+    /// sooner. Never with client certificates (the client is not authenticated yet then); see
+    /// SECURITY.md for what the host must not decide before the handshake's end.
+    pub fn half_rtt_data(mut self, on: bool) -> Self {
+        self.half_rtt = on;
         self
     }
 
@@ -306,6 +318,10 @@ pub(crate) fn build(
         }
     }
     config.ignore_client_order = true;
+    // The greeting in the server's first flight (RFC 8446 §2's 0.5-RTT data), but never to a
+    // peer whose certificate is still to be checked.
+    config.send_half_rtt_data =
+        settings.half_rtt && matches!(settings.client_auth, ClientAuth::Off);
     // One TLS 1.3 ticket per handshake (rustls sends more by default): an SMTP client keeps
     // one session per server at a time, and each ticket costs the server a key derivation
     // and an encryption on every full handshake.
@@ -436,6 +452,7 @@ fn load_certified_key(
         not_after: unix_to_system_time(fields.not_after),
         not_after_unix: fields.not_after,
         end_entity,
+        source: source.chain.origin(),
     });
     Ok(Arc::new(certified))
 }

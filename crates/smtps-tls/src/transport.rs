@@ -69,6 +69,8 @@ struct Plain {
 #[derive(Debug)]
 struct Tls {
     conn: ServerConnection,
+    /// The configuration lets application data go out before the client's `Finished`.
+    half_rtt: bool,
     failure: Option<TlsError>,
     first_byte: Option<u8>,
     /// Decrypted bytes not yet read (from rustls' `IoState`, minus what was read since).
@@ -352,6 +354,34 @@ impl Transport {
         }
     }
 
+    /// Whether the handshake is under way and what is written now leaves with the server's
+    /// first flight, before the client's `Finished` (TLS 1.3 0.5-RTT data, RFC 8446 §2;
+    /// [`TlsSettings::half_rtt_data`](crate::TlsSettings::half_rtt_data)): the ClientHello was
+    /// accepted, TLS 1.3 chosen, and no client certificate is asked for. Data written meanwhile
+    /// is held by rustls until its keys are ready.
+    pub fn in_half_rtt(&self) -> bool {
+        match &self.state {
+            State::Plain(_) => false,
+            State::Tls(t) => {
+                t.half_rtt
+                    && t.failure.is_none()
+                    && t.conn.is_handshaking()
+                    && t.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+                    && t.conn.negotiated_cipher_suite().is_some()
+            }
+        }
+    }
+
+    /// What the TLS session negotiated so far, during the 0.5-RTT window
+    /// ([`Transport::in_half_rtt`]): version, cipher suite, group, SNI, resumption (no client
+    /// certificate: none is asked for then). Otherwise as [`Transport::tls_info`].
+    pub fn half_rtt_tls_info(&self) -> Option<TlsInfo> {
+        match &self.state {
+            State::Tls(t) if self.in_half_rtt() => TlsInfo::negotiated_so_far(&t.conn),
+            _ => self.tls_info(),
+        }
+    }
+
     /// What the TLS session negotiated; `None` in plaintext and during the handshake.
     pub fn tls_info(&self) -> Option<TlsInfo> {
         match &self.state {
@@ -423,9 +453,11 @@ impl Plain {
 
 impl Tls {
     fn new(config: Arc<ServerConfig>) -> Result<Self, Error> {
+        let half_rtt = config.send_half_rtt_data;
         let conn = ServerConnection::new(config).map_err(ConfigError::Incompatible)?;
         Ok(Self {
             conn,
+            half_rtt,
             failure: None,
             first_byte: None,
             plaintext_pending: 0,
