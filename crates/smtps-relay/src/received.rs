@@ -10,6 +10,35 @@
 //!
 //! (continuation lines begin with a tab). Everything that came from the client is sanitized:
 //! no CR, LF or other control character can end the header early or forge another one.
+//!
+//! A host prepends it to each message it stores or forwards: in `Handler::data_start`,
+//! [`Received::for_session`] takes everything from the session (client address and HELO name,
+//! `with` keyword, TLS, the recipient when there is one), and [`Received::to_header`] gives the
+//! octets to write first. The facts can also be set one by one:
+//!
+//! ```
+//! use std::time::{Duration, UNIX_EPOCH};
+//! use smtps_relay::received::{Protocol, Received};
+//!
+//! let time = UNIX_EPOCH + Duration::from_secs(1_795_802_696); // 27 Nov 2026 18:04:56 UTC
+//! let protocol = Protocol::from_session(true, true, false);
+//! let mut received = Received::new(
+//!     "192.0.2.7".parse().unwrap(), "client.example", "mx.example", protocol, "4f2a1c0d9e8b", time,
+//! );
+//! received.tls = Some("version=TLSv1.3 cipher=TLS13_AES_256_GCM_SHA384 bits=256".into());
+//! received.recipient = Some("bob@example.org".into());
+//! let header = received.to_header();
+//! assert!(header.starts_with("Received: from client.example ([192.0.2.7])\r\n\tby mx.example"));
+//! assert!(header.contains("with ESMTPS id 4f2a1c0d9e8b"));
+//! assert!(header.ends_with("for <bob@example.org>; Fri, 27 Nov 2026 18:04:56 +0000\r\n"));
+//!
+//! // A HELO name with a line break cannot forge a second header.
+//! let forged = Received::new(
+//!     "192.0.2.7".parse().unwrap(), "x\r\nX-Spam: no", "mx.example", Protocol::Smtp, "1", time,
+//! );
+//! assert_eq!(forged.to_header().matches("\r\n").count(), forged.to_header().lines().count());
+//! assert!(!forged.to_header().contains("\r\nX-Spam"));
+//! ```
 
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;

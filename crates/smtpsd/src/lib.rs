@@ -18,7 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod devcert;
 pub mod logger;
-pub mod maildir;
+pub use smtps_maildir as maildir;
 pub use smtps_relay::received;
 pub mod ticket_keys;
 pub mod users;

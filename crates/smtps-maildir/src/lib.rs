@@ -1,14 +1,46 @@
-//! Durable Maildir delivery, and a discarding sink for benchmarks.
+//! Durable Maildir delivery for smtps hosts, and a discarding sink for benchmarks.
 //!
 //! A message is written into `tmp/` under a unique name, flushed and `fsync`ed, renamed into
 //! `new/`, and the `new/` directory is `fsync`ed — only then does [`Delivery::commit`] return
-//! the [`QueueId`] the daemon may answer `250` with. A delivery that is aborted, dropped or fails
-//! leaves nothing in `new/` (the layout is the one of <https://cr.yp.to/proto/maildir.html>).
+//! the [`QueueId`] a host may answer `250` with (RFC 5321 §6.1: the `250` is a promise to
+//! deliver). A delivery that is aborted, dropped or fails leaves nothing in `new/` (the layout
+//! is the one of <https://cr.yp.to/proto/maildir.html>).
 //!
 //! File names are `<unix seconds>.P<pid>Q<counter>R<random>.<hostname>`: the process id and a
 //! process-wide counter keep names unique within one host, 48 random bits keep them unique
 //! across restarts that reuse a pid. The random part, as 12 hex digits, is also the queue id, so
 //! an operator finds the file of a logged queue id with `ls new/ | grep <id>`.
+//!
+//! # Use from a `Handler`
+//!
+//! Begin a [`Delivery`] in `data_start` (with the `Received:` header of `smtps_relay::received`
+//! as its first bytes), [`Delivery::write`] each body chunk, and in `message_end` hand the
+//! delivery and the `Responder` to a thread of your own that calls [`Delivery::commit`] — it
+//! `fsync`s, which a worker thread must not wait for — and answers `250 2.0.0 queued as <id>`
+//! or, on an error, [`DeliveryError::smtp_reply`]. `smtpsd` and the workspace's
+//! `examples/maildir_host.rs` do exactly that.
+//!
+//! ```
+//! use smtps_maildir::Maildir;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = std::env::temp_dir().join(format!("smtps-maildir-doc-{}", std::process::id()));
+//! let maildir = Maildir::open_or_create(&dir)?.with_hostname("mx.example.org");
+//! let mut delivery = maildir.begin(b"Received: from client.example by mx.example.org\r\n")?;
+//! delivery.write(b"Subject: hello\r\n\r\nHi!\r\n")?;
+//! let id = delivery.commit()?; // durable now: answer 250 2.0.0 queued as {id}
+//!
+//! let file = std::fs::read_dir(dir.join("new"))?.next().ok_or("no message")??;
+//! assert!(file.file_name().to_string_lossy().contains(id.as_str()));
+//! let stored = std::fs::read(file.path())?;
+//! assert!(stored.ends_with(b"Hi!\r\n"));
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -77,7 +109,7 @@ impl Maildir {
     /// Opens the Maildir at `path`, creating it and its `tmp/`, `new/` and `cur/` directories
     /// (mode 0700) where they are missing. Existing directories keep their mode.
     ///
-    /// File names carry the system's host name ([`crate::system_hostname`], else
+    /// File names carry the system's host name (`/proc/sys/kernel/hostname`, else
     /// `localhost`); [`Maildir::with_hostname`] sets another.
     pub fn open_or_create(path: impl AsRef<Path>) -> Result<Self, DeliveryError> {
         let root = path.as_ref().to_path_buf();
@@ -102,7 +134,7 @@ impl Maildir {
                 });
             }
         }
-        let hostname = crate::system_hostname().unwrap_or_else(|| "localhost".to_owned());
+        let hostname = system_hostname().unwrap_or_else(|| "localhost".to_owned());
         Ok(Self {
             tmp: root.join("tmp"),
             new: root.join("new"),
@@ -354,7 +386,7 @@ impl fmt::Display for DeliveryError {
             } => write!(
                 f,
                 "cannot create the maildir directory {}: {source}; check that its parent \
-                 exists and is writable by this user, or choose another --maildir",
+                 exists and is writable by this user, or choose another directory",
                 path.display()
             ),
             Self::Io {
@@ -513,6 +545,14 @@ fn sanitize_hostname(hostname: &str) -> String {
     out
 }
 
+/// The system's host name, as the kernel knows it, or `None` when it cannot be read or is
+/// empty.
+fn system_hostname() -> Option<String> {
+    let name = fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
 fn remove_quietly(path: &Path) {
     if let Err(e) = fs::remove_file(path)
         && e.kind() != io::ErrorKind::NotFound
@@ -527,7 +567,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::test_support::TempDir;
+    use smtps_testkit::TempDir;
 
     fn entries(dir: &Path) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = fs::read_dir(dir)
@@ -564,7 +604,7 @@ mod tests {
             text.contains(&root.join("new").display().to_string()),
             "{text}"
         );
-        assert!(text.contains("--maildir"), "{text}");
+        assert!(text.contains("choose another directory"), "{text}");
     }
 
     #[test]
