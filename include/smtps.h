@@ -864,6 +864,13 @@ typedef struct smtps_callbacks {
 #define SMTPS_EXTENSION_DSN 7
 
 /**
+ * AUTH (RFC 4954). On by default, offered over TLS only: a server offers it only when its
+ * callbacks include `on_auth` as well; a connection-level host that checks no credentials
+ * switches it off here.
+ */
+#define SMTPS_EXTENSION_AUTH 9
+
+/**
  * REQUIRETLS (RFC 8689). Off by default: it promises TLS for every onward hop.
  */
 #define SMTPS_EXTENSION_REQUIRETLS 10
@@ -1091,10 +1098,11 @@ smtps_result smtps_config_set_limit(struct smtps_config *config, smtps_limit lim
 
 /**
  * Offers (`true`) or withholds (`false`) an SMTP extension (`SMTPS_EXTENSION_*`) in the EHLO
- * reply, and accepts or refuses its parameters. AUTH is not switched here: a server offers it
- * when its callbacks include `on_auth`, a connection (`smtps_conn_new`) always once secure
- * (its host refuses the AUTH events to withhold it); STARTTLS follows the listener's mode;
- * LIMITS and ENHANCEDSTATUSCODES are always on.
+ * reply, and accepts or refuses its parameters. `SMTPS_EXTENSION_AUTH` off withholds AUTH at
+ * both levels (EHLO lists no AUTH and `AUTH` gets `502 5.5.1`); on (the default), a server
+ * still offers it only when its callbacks include `on_auth`, a connection (`smtps_conn_new`)
+ * once secure. STARTTLS follows the listener's mode; LIMITS and ENHANCEDSTATUSCODES are
+ * always on.
  *
  * `SMTPS_RESULT_INVALID_PARAMETER` for a value that is not an `SMTPS_EXTENSION_*`.
  *
@@ -1349,9 +1357,8 @@ smtps_result smtps_conn_decide(struct smtps_conn *conn,
  *
  * Neither `SMTPS_EVENT_KIND_MESSAGE_END` nor `SMTPS_EVENT_KIND_MESSAGE_ABORTED` follows for
  * the refused message, even when its end had already been read: the host made the call, so
- * it deletes its spool file when it makes it. `smtps_conn_mail_from` and
- * `smtps_conn_recipient` may still report the refused transaction until the client's next
- * MAIL, RSET or EHLO: do not take them as a message in progress.
+ * it deletes its spool file when it makes it. Once the refused message's end has been read,
+ * `smtps_conn_mail_from` and `smtps_conn_recipient_count` report no transaction.
  *
  * # Safety
  * `conn` is NULL or a live connection; `enhanced` and `text` are NULL or NUL-terminated.
@@ -1391,12 +1398,12 @@ smtps_result smtps_conn_close(struct smtps_conn *conn,
  * `SMTPS_RESULT_IO` for another read error (named in `smtps_last_error`): the connection then
  * closes (`SMTPS_CLOSE_REASON_IO`) and drops its output.
  *
- * A TLS failure is not an error code here (unlike `smtps_conn_feed`), and
- * `smtps_last_error` is not set: the call returns `SMTPS_RESULT_OK` and the connection closes
- * itself, with `smtps_conn_is_closed()` true and `smtps_conn_close_reason()`
- * `SMTPS_CLOSE_REASON_TLS`, and the TLS alert in its output. Check `smtps_conn_is_closed`
- * after each call: send the alert while `smtps_conn_wants_write` (`smtps_conn_next_timeout_ms`
- * gives the linger meanwhile, -1 once it is sent or dropped), then close the socket.
+ * `SMTPS_RESULT_TLS_HANDSHAKE` / `SMTPS_RESULT_TLS_SESSION` when what was read failed TLS,
+ * as for `smtps_conn_feed` (details in `smtps_last_error`, `*read_out` set): the connection
+ * closes itself, with `smtps_conn_is_closed()` true, `smtps_conn_close_reason()`
+ * `SMTPS_CLOSE_REASON_TLS`, and the TLS alert in its output. Send the alert while
+ * `smtps_conn_wants_write` (`smtps_conn_next_timeout_ms` gives the linger meanwhile, -1 once it
+ * is sent or dropped), then close the socket.
  *
  * # Safety
  * `conn` is NULL or a live connection; `fd` is an open descriptor; `read_out` is NULL or

@@ -129,6 +129,10 @@ pub const SMTPS_EXTENSION_BINARYMIME: smtps_extension = 6;
 /// delivery status notifications as the client asks (RFC 3461 §5), which only the host can
 /// keep; read the values with `smtps_session_param`.
 pub const SMTPS_EXTENSION_DSN: smtps_extension = 7;
+/// AUTH (RFC 4954). On by default, offered over TLS only: a server offers it only when its
+/// callbacks include `on_auth` as well; a connection-level host that checks no credentials
+/// switches it off here.
+pub const SMTPS_EXTENSION_AUTH: smtps_extension = 9;
 /// REQUIRETLS (RFC 8689). Off by default: it promises TLS for every onward hop.
 pub const SMTPS_EXTENSION_REQUIRETLS: smtps_extension = 10;
 
@@ -142,6 +146,7 @@ fn extension(value: smtps_extension) -> Option<Extensions> {
         SMTPS_EXTENSION_CHUNKING => Extensions::CHUNKING,
         SMTPS_EXTENSION_BINARYMIME => Extensions::BINARY_MIME,
         SMTPS_EXTENSION_DSN => Extensions::DSN,
+        SMTPS_EXTENSION_AUTH => Extensions::AUTH,
         SMTPS_EXTENSION_REQUIRETLS => Extensions::REQUIRE_TLS,
         _ => return None,
     })
@@ -700,10 +705,11 @@ pub unsafe extern "C" fn smtps_config_set_limit(
 }
 
 /// Offers (`true`) or withholds (`false`) an SMTP extension (`SMTPS_EXTENSION_*`) in the EHLO
-/// reply, and accepts or refuses its parameters. AUTH is not switched here: a server offers it
-/// when its callbacks include `on_auth`, a connection (`smtps_conn_new`) always once secure
-/// (its host refuses the AUTH events to withhold it); STARTTLS follows the listener's mode;
-/// LIMITS and ENHANCEDSTATUSCODES are always on.
+/// reply, and accepts or refuses its parameters. `SMTPS_EXTENSION_AUTH` off withholds AUTH at
+/// both levels (EHLO lists no AUTH and `AUTH` gets `502 5.5.1`); on (the default), a server
+/// still offers it only when its callbacks include `on_auth`, a connection (`smtps_conn_new`)
+/// once secure. STARTTLS follows the listener's mode; LIMITS and ENHANCEDSTATUSCODES are
+/// always on.
 ///
 /// `SMTPS_RESULT_INVALID_PARAMETER` for a value that is not an `SMTPS_EXTENSION_*`.
 ///

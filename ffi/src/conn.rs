@@ -12,7 +12,7 @@ use smtps_tls::TlsInfo;
 
 use crate::callbacks::{smtps_abort_reason, smtps_close_reason};
 use crate::config::{listener_mode, smtps_config, smtps_mode};
-use crate::error::{conn_error, fail, io_error, smtps_result};
+use crate::error::{conn_error, fail, io_error, smtps_result, tls_error};
 use crate::ffi::{
     Castable, OwnershipBox, byte_slice, byte_slice_mut, c_str, check_out, take_box, to_boxed_ptr,
     try_mut_from_ptr, try_ref_from_ptr, try_str_opt, write_out,
@@ -641,9 +641,8 @@ pub unsafe extern "C" fn smtps_conn_decide(
 ///
 /// Neither `SMTPS_EVENT_KIND_MESSAGE_END` nor `SMTPS_EVENT_KIND_MESSAGE_ABORTED` follows for
 /// the refused message, even when its end had already been read: the host made the call, so
-/// it deletes its spool file when it makes it. `smtps_conn_mail_from` and
-/// `smtps_conn_recipient` may still report the refused transaction until the client's next
-/// MAIL, RSET or EHLO: do not take them as a message in progress.
+/// it deletes its spool file when it makes it. Once the refused message's end has been read,
+/// `smtps_conn_mail_from` and `smtps_conn_recipient_count` report no transaction.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection; `enhanced` and `text` are NULL or NUL-terminated.
@@ -723,12 +722,12 @@ fn negative_reply(
 /// `SMTPS_RESULT_IO` for another read error (named in `smtps_last_error`): the connection then
 /// closes (`SMTPS_CLOSE_REASON_IO`) and drops its output.
 ///
-/// A TLS failure is not an error code here (unlike `smtps_conn_feed`), and
-/// `smtps_last_error` is not set: the call returns `SMTPS_RESULT_OK` and the connection closes
-/// itself, with `smtps_conn_is_closed()` true and `smtps_conn_close_reason()`
-/// `SMTPS_CLOSE_REASON_TLS`, and the TLS alert in its output. Check `smtps_conn_is_closed`
-/// after each call: send the alert while `smtps_conn_wants_write` (`smtps_conn_next_timeout_ms`
-/// gives the linger meanwhile, -1 once it is sent or dropped), then close the socket.
+/// `SMTPS_RESULT_TLS_HANDSHAKE` / `SMTPS_RESULT_TLS_SESSION` when what was read failed TLS,
+/// as for `smtps_conn_feed` (details in `smtps_last_error`, `*read_out` set): the connection
+/// closes itself, with `smtps_conn_is_closed()` true, `smtps_conn_close_reason()`
+/// `SMTPS_CLOSE_REASON_TLS`, and the TLS alert in its output. Send the alert while
+/// `smtps_conn_wants_write` (`smtps_conn_next_timeout_ms` gives the linger meanwhile, -1 once it
+/// is sent or dropped), then close the socket.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection; `fd` is an open descriptor; `read_out` is NULL or
@@ -743,6 +742,7 @@ pub unsafe extern "C" fn smtps_conn_read_fd(
         let conn = try_mut_from_ptr!(conn);
         check_out!(read_out);
         let buf = conn.read_buf.get_or_insert_with(|| vec![0; READ_CHUNK].into_boxed_slice());
+        let failed_before = conn.inner.close_reason().is_some();
         let n = match conn.inner.read_from(Instant::now(), &mut Fd(fd), buf) {
             Ok(n) => n,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
@@ -750,7 +750,12 @@ pub unsafe extern "C" fn smtps_conn_read_fd(
         };
         // SAFETY: checked non-NULL above; writable by contract.
         unsafe { write_out(read_out, n) };
-        smtps_result::Ok
+        match conn.inner.close_reason() {
+            Some(CloseReason::Tls(error)) if !failed_before => {
+                tls_error(&smtps_tls::Error::Tls(error.clone()))
+            }
+            _ => smtps_result::Ok,
+        }
     }
 }
 

@@ -645,7 +645,14 @@ pub unsafe extern "C" fn smtps_server_reply(
             _ => {
                 if let Some(Pending::Deferred { responder, .. }) = registry.remove(&decision_id) {
                     drop(registry);
-                    responder.respond(verdict);
+                    // The decision timer may have fired meanwhile: exactly one of the two
+                    // answers the client, and the host must know which.
+                    if !responder.try_respond(verdict) {
+                        return fail(
+                            smtps_result::UnknownDecision,
+                            format_args!("decision {decision_id} was answered by the library (timeout or shutdown)"),
+                        );
+                    }
                 }
             }
         }

@@ -213,9 +213,21 @@ static void conn_contract(void) {
   smtps_conn_free(conn);
 
   /* AUTH: the connection level offers it whenever the session is secure (here: plaintext
-     allowed); it cannot be switched off, only refused event by event. */
-  check("set_extension(AUTH) is not a switch", smtps_config_set_extension(config, 9, false),
+     allowed), unless the host switches it off. */
+  check("set_extension(unknown)", smtps_config_set_extension(config, 3, false),
         SMTPS_RESULT_INVALID_PARAMETER);
+  smtps_config_set_danger_allow_plaintext_auth(config, true);
+  check("set_extension(AUTH, off)",
+        smtps_config_set_extension(config, SMTPS_EXTENSION_AUTH, false), SMTPS_RESULT_OK);
+  conn = greeted(config);
+  feed_all(conn, "EHLO c.test\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+  accept_events(conn);
+  drain_output(conn, out, sizeof out);
+  check_true("AUTH switched off: not offered, and refused with 502",
+             strstr(out, "AUTH PLAIN") == NULL && strstr(out, "502") != NULL);
+  smtps_conn_free(conn);
+  smtps_config_set_extension(config, SMTPS_EXTENSION_AUTH, true);
+  smtps_config_set_danger_allow_plaintext_auth(config, false);
   conn = greeted(config);
   feed_all(conn, "EHLO c.test\r\n");
   accept_events(conn);
@@ -263,8 +275,8 @@ static void conn_tls_failure(const char *cert, const char *key) {
   if (write(pair[1], junk, sizeof junk - 1) != (ssize_t)(sizeof junk - 1)) {
     check_true("write", 0);
   }
-  check("tls: read_fd(plaintext to implicit TLS) is OK", smtps_conn_read_fd(conn, pair[0], &n),
-        SMTPS_RESULT_OK);
+  check("tls: read_fd(plaintext to implicit TLS) is TLS_HANDSHAKE, as feed",
+        smtps_conn_read_fd(conn, pair[0], &n), SMTPS_RESULT_TLS_HANDSHAKE);
   check_true("tls: read_fd read it", n == sizeof junk - 1);
   check_true("tls: closed, reason TLS", smtps_conn_is_closed(conn) &&
                                             smtps_conn_close_reason(conn) == SMTPS_CLOSE_REASON_TLS);

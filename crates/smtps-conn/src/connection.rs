@@ -648,6 +648,10 @@ impl Connection {
     /// STARTTLS, or the end of a message).
     #[must_use]
     pub fn mail_from(&self) -> Option<&str> {
+        // A message refused mid-body ends its transaction without an event.
+        if !self.in_transaction() {
+            return None;
+        }
         self.envelope.mail_from()
     }
 
@@ -655,6 +659,9 @@ impl Connection {
     /// §4.1.1.3).
     #[must_use]
     pub fn recipients(&self) -> &[String] {
+        if !self.in_transaction() {
+            return &[];
+        }
         self.envelope.recipients()
     }
 

@@ -738,6 +738,20 @@ fn envelope_holds_what_the_host_accepted_until_the_transaction_ends_rfc5321_3_3(
     assert_eq!(conn.recipients(), ["c@d.test"]);
     conn.decide(end, Verdict::Accept).expect("commit");
     assert_eq!(conn.mail_from(), None);
+    // A message refused mid-body ends its transaction though no event says so.
+    conn.feed(
+        now,
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n",
+    )
+    .expect("feed");
+    accept_all(&mut conn);
+    conn.feed(now, b"part of the body\r\n").expect("feed");
+    let _ = conn.poll_event();
+    conn.refuse_message(Reply::from_parts(452, Some("4.3.1"), "Spool full").expect("reply"));
+    conn.feed(now, b"rest\r\n.\r\n").expect("feed");
+    accept_all(&mut conn);
+    assert_eq!(conn.mail_from(), None);
+    assert!(conn.recipients().is_empty());
     // A refused MAIL opens nothing; `<>` is the empty reverse path.
     conn.feed(now, b"MAIL FROM:<>\r\n").expect("feed");
     decide_each(&mut conn, |_| {

@@ -404,6 +404,10 @@ impl std::fmt::Debug for InputGate {
     }
 }
 
+/// `HostSide::awaited` once a responder has claimed the decision: its answer is in the
+/// worker's mailbox, and the decision timer must leave it alone.
+pub(crate) const CLAIMED: u64 = u64::MAX;
+
 /// Where a deferred answer goes: the worker's queue, woken through its `Waker`.
 pub(crate) struct DeferSlot {
     pub(crate) mailbox: Arc<Mailbox>,
@@ -490,9 +494,9 @@ impl Responder {
             .is_none_or(|slot| slot.awaited.load(Ordering::Acquire) != slot.decision.as_u64() + 1)
     }
 
-    /// Gives the answer.
+    /// Gives the answer (see [`Responder::try_respond`] to learn whether it was taken).
     pub fn respond(mut self, verdict: Verdict) {
-        self.send(verdict);
+        let _ = self.send(verdict);
     }
 
     /// Accepts with the default reply.
@@ -510,22 +514,45 @@ impl Responder {
         self.respond(Verdict::Reject(reply));
     }
 
-    fn send(&mut self, verdict: Verdict) {
-        if let Some(slot) = self.slot.take() {
-            slot.mailbox.post(Completion {
-                token: slot.token,
-                session: slot.session,
-                decision: slot.decision,
-                verdict,
-            });
+    /// Gives the answer unless it can no longer reach the client ([`Responder::is_closed`]).
+    /// Returns whether it was taken: `true` means the session applies it; `false` means the
+    /// server had already answered for the host (its decision timeout's `451 4.3.0`) or the
+    /// session closed, so the client never sees this verdict — for a message, the host must
+    /// not keep it (the client will send it again).
+    ///
+    /// The check and the hand-over are one atomic step, racing the decision timer fairly: of
+    /// the two, exactly one answers the client.
+    #[must_use = "false means the client never got this answer"]
+    pub fn try_respond(mut self, verdict: Verdict) -> bool {
+        self.send(verdict)
+    }
+
+    fn send(&mut self, verdict: Verdict) -> bool {
+        let Some(slot) = self.slot.take() else {
+            return false;
+        };
+        let awaited = slot.decision.as_u64() + 1;
+        if slot
+            .awaited
+            .compare_exchange(awaited, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
         }
+        slot.mailbox.post(Completion {
+            token: slot.token,
+            session: slot.session,
+            decision: slot.decision,
+            verdict,
+        });
+        true
     }
 }
 
 impl Drop for Responder {
     fn drop(&mut self) {
         if self.slot.is_some() {
-            self.send(temporary_failure());
+            let _ = self.send(temporary_failure());
         }
     }
 }

@@ -274,8 +274,20 @@ impl<H: Handler> Worker<H> {
                 continue;
             };
             slot.deadline = None;
+            // A responder that claimed the decision first has its answer in the mailbox: that
+            // answer stands, not the timer's.
             if let Some(pending) = &slot.side.pending
                 && now.duration_since(pending.since) >= self.shared.config.timeouts.decision
+                && slot
+                    .side
+                    .awaited
+                    .compare_exchange(
+                        pending.decision.as_u64() + 1,
+                        0,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
             {
                 log::warn!(
                     "smtps: session={} host did not decide in time",
