@@ -4,7 +4,8 @@
 # discarded after its normal queue work), stunnel4 in front of Postfix's smtp-sink, and aiosmtpd
 # with an SSL context. Writes BENCHMARKS.md (figures, smtpsd's ratio to each peer, the machine,
 # the versions and the exact commands) and, with PROFILE=1, includes scripts/profile.sh's
-# callgrind counts.
+# callgrind counts. The marked sections of other scripts (bench-relay.sh, bench-rtt.sh) are kept
+# as they are (scripts/bench-report.py --keep-sections; tested by scripts/test_bench_report.py).
 #
 # Usage (as root, on Debian 12; needs network only to Debian's and PyPI's package registries):
 #     scripts/bench-peers.sh
@@ -439,6 +440,10 @@ log "writing $OUT"
     echo "settings=DURATION=$DURATION RUNS=$RUNS IDLE_N=$IDLE_N POSTFIX_IDLE_N=$POSTFIX_IDLE_N PACED_RATE=$PACED_RATE"
     echo "paced_rate=$PACED_RATE"
 } >"$WORK/meta.txt"
+# Rendered beside OUT, then moved over it: the sections other scripts own (bench-relay.sh,
+# bench-rtt.sh: <!-- bench-NAME: begin --> ... end -->) are carried over from the old OUT.
 "$VENV/bin/python" scripts/bench-report.py --results "$RESULTS" --meta "$WORK/meta.txt" \
-    --commands "$COMMANDS" --profile "$WORK/profile/profile.md" --notes scripts/bench-notes.md >"$OUT"
+    --commands "$COMMANDS" --profile "$WORK/profile/profile.md" --notes scripts/bench-notes.md \
+    --keep-sections "$OUT" >"$OUT.new"
+mv -f "$OUT.new" "$OUT"
 log "done: $OUT"

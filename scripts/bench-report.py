@@ -1,11 +1,40 @@
 #!/usr/bin/env python3
 """Renders BENCHMARKS.md from the raw lines of scripts/bench-peers.sh (one smtps-loadgen
-summary line per run, prefixed with peer=, load=, round=). Standard library only."""
+summary line per run, prefixed with peer=, load=, round=). Standard library only.
+
+Sections written by other scripts into the same file, between `<!-- bench-NAME: begin -->` and
+`<!-- bench-NAME: end -->` (scripts/bench-relay.sh, scripts/bench-rtt.sh), are not this
+script's: with `--keep-sections OLD_FILE` they are carried over from OLD_FILE unchanged, in
+their order, before "## Profile" (see keep_sections; scripts/test_bench_report.py tests it)."""
 
 import argparse
 import os
+import re
 import statistics
 from collections import defaultdict
+
+# A marked section: `<!-- bench-NAME: begin -->` ... `<!-- bench-NAME: end -->` (inner markers
+# such as `<!-- bench-relay: notes begin -->` are part of the section).
+SECTION = re.compile(r"^<!-- bench-([\w-]+): begin -->\n.*?^<!-- bench-\1: end -->\n?",
+                     re.S | re.M)
+
+
+def keep_sections(new, old, owned=()):
+    """Returns `new` with every marked section of `old` that `new` lacks (and whose name is not
+    in `owned`) put back, in the order of `old`, before the first "## Profile" heading of
+    `new` (or before "## Commands", or at the end)."""
+    present = {m.group(1) for m in SECTION.finditer(new)}
+    kept = [m.group(0).rstrip("\n") + "\n" for m in SECTION.finditer(old)
+            if m.group(1) not in present and m.group(1) not in owned]
+    if not kept:
+        return new
+    block = "\n".join(kept)
+    for heading in ("## Profile", "## Commands"):
+        m = re.search(r"^" + re.escape(heading), new, re.M)
+        if m:
+            head = new[:m.start()].rstrip("\n")
+            return head + "\n\n" + block + "\n" + new[m.start():]
+    return new.rstrip("\n") + "\n\n" + block
 
 PEERS = [
     ("smtpsd", "smtpsd --sink"),
@@ -90,6 +119,8 @@ def main():
     ap.add_argument("--commands", required=True)
     ap.add_argument("--profile")
     ap.add_argument("--notes")
+    ap.add_argument("--keep-sections", metavar="OLD_FILE",
+                    help="carry the other scripts' marked sections over from this file")
     a = ap.parse_args()
     runs = parse(a.results)
     meta = dict(l.rstrip("\n").split("=", 1) for l in open(a.meta, encoding="utf-8") if "=" in l)
@@ -315,7 +346,11 @@ def main():
     w("```")
     w(open(a.results, encoding="utf-8").read().rstrip())
     w("```\n</details>")
-    print("\n".join(out))
+    text = "\n".join(out) + "\n"
+    if a.keep_sections and os.path.exists(a.keep_sections):
+        with open(a.keep_sections, encoding="utf-8") as f:
+            text = keep_sections(text, f.read())
+    print(text, end="")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 //! `smtps-loadgen`: a load generator for SMTP servers over implicit TLS, STARTTLS or plain TCP.
 //!
-//! Three modes (`sessions`, `messages`, `idle`), each printing one `key=value` summary line on
-//! standard output. See `smtps-loadgen --help`.
+//! Four modes (`sessions`, `messages`, `idle`, `rtt`), each printing one `key=value` summary
+//! line on standard output, and `delay-proxy`, a TCP proxy that adds a fixed one-way delay (for
+//! `rtt` on a machine without netem). See `smtps-loadgen --help`.
 
+mod delay;
 mod engine;
 mod message;
 mod procfs;
 mod proxy;
 mod reply;
+mod rtt;
 mod stats;
 mod tls;
 
@@ -31,6 +34,21 @@ USAGE:
         pipelined when PIPELINING is offered, then the dot-stuffed body)
     smtps-loadgen idle --target HOST:PORT --pid PID [OPTIONS]
         N connections held open after EHLO; the server's memory per connection
+    smtps-loadgen rtt --target HOST:PORT [--delay-ms D] [OPTIONS]
+        one session at a time, --count N times (default 10): connect, TLS, banner,
+        EHLO (after the banner is read), [STARTTLS, TLS, EHLO], one message (MAIL,
+        RCPT and DATA pipelined when PIPELINING is offered), QUIT; the median time
+        from connect() returning to each reply, and with --delay-ms (the one-way
+        delay of a delay-proxy in the path) the same in round trips (2 x D);
+        one line per session on standard error; --warmup W sessions first, not
+        counted (default 1)
+    smtps-loadgen delay-proxy --listen HOST:PORT --target HOST:PORT --delay-ms D
+            [--log FILE] [--idle-timeout SECS]
+        a TCP proxy that holds every chunk D ms in each direction (order and chunk
+        boundaries kept, half-close passed on, TCP_NODELAY), connects to the target
+        D ms after each accept (the last leg of the TCP handshake); --log: one line
+        per chunk (ms since accept when read and when sent, direction, size, TLS
+        records or text); runs until killed
 
 Each mode prints one line of key=value pairs on standard output.
 
@@ -93,6 +111,9 @@ MEASURING THE SERVER:
 SUMMARY KEYS:
     always:   mode tls proxy target threads (proxy_source with --proxy)
     sessions: sessions rate p50_ms p90_ms p99_ms max_ms errors replies
+    rtt:      sessions pipelining (used, offered-not-used, not-offered), and for each
+              milestone (tls banner ehlo [starttls ehlo_tls] data message quit)
+              NAME_ms (median) NAME_min_ms NAME_max_ms, NAME_rtt with --delay-ms
     messages: messages rate mb_s p50_ms .. max_ms errors replies (non-250 replies by code),
               per_connection with --per-connection
     idle:     established rss_kib_per_conn pss_kib_per_conn
@@ -102,6 +123,12 @@ SUMMARY KEYS:
 /// The parsed command line.
 struct Options {
     mode: Mode,
+    /// `rtt`: one timed session at a time instead of the load of `mode`.
+    rtt: bool,
+    /// `rtt`: the one-way delay in the path, to express times in round trips.
+    delay: Option<Duration>,
+    /// `rtt`: sessions run first and not counted.
+    warmup: u64,
     target: SocketAddr,
     security: Security,
     trust: Option<tls::Trust>,
@@ -134,19 +161,23 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     if args.iter().any(|a| a == "--help" || a == "-h") || args.is_empty() {
         return Ok(None);
     }
-    let mode = match args[0].as_str() {
-        "sessions" => Mode::Sessions,
-        "messages" => Mode::Messages,
-        "idle" => Mode::Idle,
+    let (mode, rtt) = match args[0].as_str() {
+        "sessions" => (Mode::Sessions, false),
+        "messages" => (Mode::Messages, false),
+        "idle" => (Mode::Idle, false),
+        "rtt" => (Mode::Sessions, true),
         other => {
             return Err(format!(
-                "unknown mode {other:?}: sessions, messages or idle"
+                "unknown mode {other:?}: sessions, messages, idle, rtt or delay-proxy"
             ));
         }
     };
     let mut target = None;
     let mut o = Options {
         mode,
+        rtt,
+        delay: None,
+        warmup: 1,
         target: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         security: Security::Implicit,
         trust: None,
@@ -288,6 +319,8 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             }
             "--settle" => o.settle = secs(&value)?,
             "--label" => o.label = Some(value),
+            "--delay-ms" => o.delay = Some(millis(name, &value)?),
+            "--warmup" => o.warmup = num(&value)?,
             _ => return Err(format!("unknown option {name} (see --help)")),
         }
     }
@@ -312,8 +345,109 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     Ok(Some(o))
 }
 
+/// Milliseconds, fractions allowed.
+fn millis(name: &str, v: &str) -> Result<Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .map(|ms| Duration::from_secs_f64(ms / 1e3))
+        .ok_or_else(|| format!("{name}: expected milliseconds, got {v:?}"))
+}
+
+/// The `delay-proxy` command line.
+struct DelayOptions {
+    listen: SocketAddr,
+    config: delay::Config,
+    log: Option<String>,
+}
+
+fn parse_delay_args(args: &[String]) -> Result<DelayOptions, String> {
+    let (mut listen, mut target, mut delay) = (None, None, None);
+    let mut log = None;
+    let mut idle_timeout = Duration::from_secs(300);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let (name, value) = match flag.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, v.to_owned()),
+            _ => (
+                flag.as_str(),
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{flag} needs a value"))?,
+            ),
+        };
+        let addr = |v: &str| -> Result<SocketAddr, String> {
+            v.to_socket_addrs()
+                .map_err(|e| format!("{name} {v}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{name} {v}: no address"))
+        };
+        match name {
+            "--listen" => listen = Some(addr(&value)?),
+            "--target" => target = Some(addr(&value)?),
+            "--delay-ms" => delay = Some(millis(name, &value)?),
+            "--log" => log = Some(value),
+            "--idle-timeout" => {
+                idle_timeout = millis(name, &value)?
+                    .checked_mul(1000)
+                    .filter(|d| *d >= Duration::from_millis(100))
+                    .ok_or_else(|| format!("{name}: at least 0.1 s"))?;
+            }
+            _ => return Err(format!("delay-proxy: unknown option {name} (see --help)")),
+        }
+    }
+    Ok(DelayOptions {
+        listen: listen.ok_or("delay-proxy needs --listen HOST:PORT")?,
+        config: delay::Config {
+            target: target.ok_or("delay-proxy needs --target HOST:PORT")?,
+            delay: delay.ok_or("delay-proxy needs --delay-ms D")?,
+            idle_timeout,
+        },
+        log,
+    })
+}
+
+fn run_delay_proxy(args: &[String]) -> ExitCode {
+    let o = match parse_delay_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("smtps-loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log = match &o.log {
+        None => None,
+        Some(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => {
+                let w: Box<dyn std::io::Write + Send> = Box::new(std::io::BufWriter::new(f));
+                Some(Arc::new(std::sync::Mutex::new(w)))
+            }
+            Err(e) => {
+                eprintln!("smtps-loadgen: --log {path}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match delay::run(o.listen, o.config, log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smtps-loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "delay-proxy")
+        && !args.iter().any(|a| a == "--help" || a == "-h")
+    {
+        return run_delay_proxy(&args[1..]);
+    }
     let options = match parse_args(&args) {
         Ok(Some(o)) => o,
         Ok(None) => {
@@ -325,7 +459,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&options) {
+    let result = if options.rtt {
+        run_rtt(&options)
+    } else {
+        run(&options)
+    };
+    match result {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
@@ -343,6 +482,111 @@ fn loadavg() -> String {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "-".to_owned())
+}
+
+/// The `rtt` mode: `--count` sessions one after another, the median of each milestone.
+fn run_rtt(o: &Options) -> Result<String, String> {
+    let tls_config = tls::client_config(
+        o.trust.as_ref().unwrap_or(&tls::Trust::Insecure),
+        &o.groups,
+        &o.suites,
+    )?;
+    let message = message::generate(o.size, &o.from, &o.to);
+    let plan = rtt::Plan {
+        target: o.target,
+        security: o.security,
+        tls: tls_config,
+        server_name: tls::server_name(&o.server_name)?,
+        ehlo: format!("EHLO {}\r\n", o.ehlo).into_bytes(),
+        envelope: [
+            format!("MAIL FROM:<{}>\r\n", o.from).into_bytes(),
+            format!("RCPT TO:<{}>\r\n", o.to).into_bytes(),
+            b"DATA\r\n".to_vec(),
+        ],
+        payload: message::dot_stuff(&message),
+        pipelining: o.pipelining,
+        timeout: o.timeout,
+    };
+    let count = o.count.unwrap_or(10).max(1);
+    let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1e3);
+    let mut sessions = Vec::new();
+    let mut errors = std::collections::BTreeMap::<String, u64>::new();
+    for i in 0..o.warmup {
+        if let Err(e) = rtt::session(&plan) {
+            eprintln!("rtt warmup={} error={e:?}", i + 1);
+        }
+    }
+    for i in 0..count {
+        match rtt::session(&plan) {
+            Ok(m) => {
+                let fields: Vec<String> = rtt::named(&m)
+                    .into_iter()
+                    .map(|(name, t)| format!("{name}_ms={}", ms(t)))
+                    .collect();
+                eprintln!(
+                    "rtt session={} connect_ms={} {}",
+                    i + 1,
+                    ms(m.connect),
+                    fields.join(" ")
+                );
+                sessions.push(m);
+            }
+            Err(e) => {
+                eprintln!("rtt session={} error={e:?}", i + 1);
+                *errors.entry(e).or_default() += 1;
+            }
+        }
+    }
+    let Some(first) = sessions.first() else {
+        return Err(format!("every session failed: {errors:?}"));
+    };
+    let mut line = format!(
+        "mode=rtt tls={} target={} sessions={} pipelining={} delay_ms={}",
+        o.security.name(),
+        o.target,
+        sessions.len(),
+        first.pipelining.map_or("-", rtt::Pipelining::name),
+        o.delay.map_or_else(|| "-".to_owned(), ms),
+    );
+    for (name, _) in rtt::named(first) {
+        let mut values: Vec<Duration> = sessions
+            .iter()
+            .filter_map(|m| {
+                rtt::named(m)
+                    .into_iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, t)| t)
+            })
+            .collect();
+        let (Some(&min), Some(&max)) = (values.iter().min(), values.iter().max()) else {
+            continue;
+        };
+        let Some(median) = rtt::median(&mut values) else {
+            continue;
+        };
+        line += &format!(
+            " {name}_ms={} {name}_min_ms={} {name}_max_ms={}",
+            ms(median),
+            ms(min),
+            ms(max)
+        );
+        if let Some(delay) = o.delay {
+            line += &format!(" {name}_rtt={}", rtt::round_trips(median, delay));
+        }
+    }
+    let errors = if errors.is_empty() {
+        "0".to_owned()
+    } else {
+        errors.values().sum::<u64>().to_string()
+    };
+    line += &format!(" errors={errors}");
+    if let Some((suite, group)) = &first.tls_params {
+        line += &format!(" suite={suite} kx={group}");
+    }
+    if let Some(label) = &o.label {
+        line += &format!(" label={label}");
+    }
+    Ok(line)
 }
 
 #[allow(clippy::too_many_lines)]
@@ -638,6 +882,39 @@ mod tests {
             "target needed"
         );
         assert!(parse_args(&args("sessions --target 127.0.0.1:1 --tls none --workers")).is_err());
+    }
+
+    #[test]
+    fn parses_rtt_and_delay_proxy_options() {
+        let o = parse_args(&args(
+            "rtt --target 127.0.0.1:1 --tls starttls --insecure --count 5 --delay-ms 12.5 --warmup 0",
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(o.rtt);
+        assert_eq!(o.security, Security::StartTls);
+        assert_eq!(o.count, Some(5));
+        assert_eq!(o.delay, Some(Duration::from_micros(12_500)));
+        assert_eq!(o.warmup, 0);
+        assert!(parse_args(&args("rtt --target 127.0.0.1:1 --insecure --delay-ms x")).is_err());
+
+        let d = parse_delay_args(&args(
+            "--listen 127.0.0.1:0 --target=127.0.0.1:25 --delay-ms 10 --log /tmp/x --idle-timeout 5",
+        ))
+        .unwrap();
+        assert_eq!(d.config.delay, Duration::from_millis(10));
+        assert_eq!(d.config.target.port(), 25);
+        assert_eq!(d.config.idle_timeout, Duration::from_secs(5));
+        assert_eq!(d.log.as_deref(), Some("/tmp/x"));
+        for bad in [
+            "--listen 127.0.0.1:0 --target 127.0.0.1:25",
+            "--listen 127.0.0.1:0 --delay-ms 10",
+            "--target 127.0.0.1:25 --delay-ms 10",
+            "--listen 127.0.0.1:0 --target 127.0.0.1:25 --delay-ms 10 --bogus 1",
+            "--listen 127.0.0.1:0 --target 127.0.0.1:25 --delay-ms",
+        ] {
+            assert!(parse_delay_args(&args(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

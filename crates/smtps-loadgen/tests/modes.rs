@@ -28,7 +28,10 @@ impl Drop for Server {
 }
 
 fn start() -> Server {
-    let dir = std::env::temp_dir().join(format!("smtps-loadgen-test-{}", std::process::id()));
+    // One directory per server: the tests run in parallel in one process.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("smtps-loadgen-test-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
@@ -250,4 +253,104 @@ fn every_mode_against_smtpsd() {
     ]);
     assert_eq!(r["sessions"], "0");
     assert!(r["errors"].starts_with("connect:"), "{r:?}");
+}
+
+/// A `delay-proxy` child process, killed when dropped.
+struct DelayProxy {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl DelayProxy {
+    fn start(target: &str, delay_ms: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_smtps-loadgen"))
+            .args([
+                "delay-proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--target",
+                target,
+                "--delay-ms",
+                delay_ms,
+                "--idle-timeout",
+                "30",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // "delay-proxy: 127.0.0.1:PORT -> TARGET with D ms each way"; EOF if it failed.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .strip_prefix("delay-proxy: ")
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_else(|| panic!("no address from delay-proxy: {line:?}"))
+            .to_owned();
+        Self { child, addr }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn rtt_through_the_delay_proxy() {
+    let server = start();
+    let ca = server.dir.join("cert.pem").display().to_string();
+    let delay_ms = 5.0;
+    let rtt_ms = 2.0 * delay_ms;
+    for (index, tls) in [(0, "implicit"), (1, "starttls")] {
+        let proxy = DelayProxy::start(&server.addrs[index].to_string(), "5");
+        let r = loadgen(&[
+            "rtt",
+            "--target",
+            &proxy.addr,
+            "--tls",
+            tls,
+            "--ca",
+            &ca,
+            "--count",
+            "3",
+            "--delay-ms",
+            "5",
+        ]);
+        assert_eq!(r["mode"], "rtt");
+        assert_eq!(r["tls"], tls);
+        assert_eq!(r["sessions"], "3", "{r:?}");
+        assert_eq!(r["errors"], "0", "{r:?}");
+        assert_eq!(r["pipelining"], "used", "smtpsd offers PIPELINING: {r:?}");
+        assert_eq!(r["kx"], "X25519");
+        // Lower bounds only (the machine may be slow, never fast): the flights each needs.
+        let (banner, ehlo, message, quit) = match tls {
+            // ClientHello and the server's flight (with the banner as 0.5-RTT data): 1;
+            // Finished+EHLO and its reply: 2; MAIL/RCPT/DATA: 3; body: 4; QUIT: 5.
+            "implicit" => (1.0, 2.0, 4.0, 5.0),
+            // The banner after the connect's last leg: 1; EHLO 2; STARTTLS 3; handshake 4;
+            // EHLO 5; MAIL/RCPT/DATA 6; body 7; QUIT 8.
+            _ => (1.0, 2.0, 7.0, 8.0),
+        };
+        for (key, trips) in [
+            ("banner_ms", banner),
+            ("ehlo_ms", ehlo),
+            ("message_ms", message),
+            ("quit_ms", quit),
+        ] {
+            assert!(
+                number(&r, key) >= trips * rtt_ms * 0.95,
+                "{key} below {trips} round trips: {r:?}"
+            );
+        }
+        assert!(number(&r, "quit_ms") >= number(&r, "message_ms"));
+        assert!(r.contains_key("ehlo_rtt"), "{r:?}");
+        if tls == "starttls" {
+            assert!(number(&r, "ehlo_tls_ms") >= 5.0 * rtt_ms * 0.95, "{r:?}");
+        }
+    }
 }
