@@ -312,6 +312,7 @@ fn write_side(
                 due,
             } => {
                 sleep_until(due);
+                let sent_at = Instant::now();
                 let written = to.write_all(&bytes);
                 if log.is_some() {
                     let what = records.describe(&bytes);
@@ -320,7 +321,7 @@ fn write_side(
                         &format!(
                             "conn={id} read_ms={:.3} sent_ms={:.3} dir={} bytes={} {what}",
                             ms(read_at),
-                            ms(Instant::now()),
+                            ms(sent_at),
                             direction.name(),
                             bytes.len(),
                         ),
@@ -334,7 +335,7 @@ fn write_side(
             }
             Item::End { due } => {
                 sleep_until(due);
-                let _ = to.shutdown(Shutdown::Write);
+                // Logged first, so the line is there once the peer sees the end.
                 log_line(
                     log,
                     &format!(
@@ -343,11 +344,10 @@ fn write_side(
                         direction.name()
                     ),
                 );
+                let _ = to.shutdown(Shutdown::Write);
                 return;
             }
             Item::Abort => {
-                let _ = to.shutdown(Shutdown::Both);
-                let _ = other.shutdown(Shutdown::Both);
                 log_line(
                     log,
                     &format!(
@@ -356,6 +356,8 @@ fn write_side(
                         direction.name()
                     ),
                 );
+                let _ = to.shutdown(Shutdown::Both);
+                let _ = other.shutdown(Shutdown::Both);
                 return;
             }
         }
