@@ -47,6 +47,8 @@ pub enum StartError {
     TicketKeys(crate::ticket_keys::TicketKeyError),
     /// The `--relay-ca` file could not be used.
     RelayCa(PathBuf, String),
+    /// The `--maildir` is not a directory and cannot be created (`check-config`).
+    MaildirPath(PathBuf),
     /// A listener could not be opened, or the loop could not start.
     Server(smtps_server::Error),
 }
@@ -63,6 +65,12 @@ impl fmt::Display for StartError {
                 f,
                 "cannot use {} as --relay-ca: {reason}; give the PEM certificates of the CA that \
                  signed the backend's certificate",
+                path.display()
+            ),
+            Self::MaildirPath(path) => write!(
+                f,
+                "cannot deliver into {}: it is not a directory and its parent does not exist; \
+                 create it or fix --maildir",
                 path.display()
             ),
             Self::Server(e) => write!(f, "{e}"),
@@ -87,48 +95,7 @@ impl Daemon {
     /// # Errors
     /// A [`StartError`] that names the file or address and what to do.
     pub fn build(options: &Options) -> Result<Self, StartError> {
-        let mut dev_certificate = None;
-        let mut certificates: Vec<(PathBuf, PathBuf)> = options
-            .certificates
-            .iter()
-            .map(|c| (c.chain.clone(), c.key.clone()))
-            .collect();
-        if options.needs_dev_certificate() {
-            let dir = dev_certificate_dir();
-            let generated = crate::devcert::generate(&dir).map_err(StartError::DevCertificate)?;
-            dev_certificate = Some(generated.cert_path.clone());
-            certificates.push((generated.cert_path, generated.key_path));
-        }
-        let ticket_keys = match &options.ticket_keys {
-            Some(path) => Some((
-                path.clone(),
-                crate::ticket_keys::load(path).map_err(StartError::TicketKeys)?,
-            )),
-            None => None,
-        };
-        let tls = match certificates.split_first() {
-            None => None,
-            Some(((chain, key), others)) => {
-                let mut settings = TlsSettings::new().certificate_files(chain, key);
-                if options.no_resumption {
-                    settings = settings
-                        .session_tickets(SessionTickets::Off)
-                        .session_cache(0);
-                }
-                if let Some((_, keys)) = &ticket_keys {
-                    settings = settings.session_tickets(SessionTickets::HostKeys(Arc::clone(keys)));
-                }
-                for (chain, key) in others {
-                    for name in certificate_names(chain, key)? {
-                        settings =
-                            settings.sni_certificate(name, CertificateSource::files(chain, key));
-                    }
-                }
-                Some(Arc::new(
-                    TlsAcceptor::new(settings).map_err(StartError::Tls)?,
-                ))
-            }
-        };
+        let (tls, ticket_keys, dev_certificate) = load_tls(options, true)?;
         let spool = match &options.spool {
             SpoolOption::Relay(_) => None,
             SpoolOption::Maildir(path) => {
@@ -160,6 +127,9 @@ impl Daemon {
         let mut config = ServerConfig::new(session);
         for listener in &options.listeners {
             let mut listener_config = ListenerConfig::new(listener.addr, listener.mode);
+            if listener.share_port {
+                listener_config = listener_config.share_port();
+            }
             if let Some(untrusted) = listener.proxy {
                 listener_config = listener_config
                     .proxy(ProxyPolicy::new(options.proxy_trusted.clone()).untrusted(untrusted));
@@ -251,6 +221,110 @@ impl Daemon {
             Host::Relay(server) => server.run(),
         }
     }
+}
+
+/// Loads the certificates (generating the development one if `generate` and the options ask
+/// for it) and the ticket keys.
+type LoadedTls = (
+    Option<Arc<TlsAcceptor>>,
+    Option<(PathBuf, Arc<TicketKeys>)>,
+    Option<PathBuf>,
+);
+
+fn load_tls(options: &Options, generate: bool) -> Result<LoadedTls, StartError> {
+    let mut dev_certificate = None;
+    let mut certificates: Vec<(PathBuf, PathBuf)> = options
+        .certificates
+        .iter()
+        .map(|c| (c.chain.clone(), c.key.clone()))
+        .collect();
+    if generate && options.needs_dev_certificate() {
+        let dir = dev_certificate_dir();
+        let generated = crate::devcert::generate(&dir).map_err(StartError::DevCertificate)?;
+        dev_certificate = Some(generated.cert_path.clone());
+        certificates.push((generated.cert_path, generated.key_path));
+    }
+    let ticket_keys = match &options.ticket_keys {
+        Some(path) => Some((
+            path.clone(),
+            crate::ticket_keys::load(path).map_err(StartError::TicketKeys)?,
+        )),
+        None => None,
+    };
+    let tls = match certificates.split_first() {
+        None => None,
+        Some(((chain, key), others)) => {
+            let mut settings = TlsSettings::new().certificate_files(chain, key);
+            if options.no_resumption {
+                settings = settings
+                    .session_tickets(SessionTickets::Off)
+                    .session_cache(0);
+            }
+            if let Some((_, keys)) = &ticket_keys {
+                settings = settings.session_tickets(SessionTickets::HostKeys(Arc::clone(keys)));
+            }
+            for (chain, key) in others {
+                for name in certificate_names(chain, key)? {
+                    settings = settings.sni_certificate(name, CertificateSource::files(chain, key));
+                }
+            }
+            Some(Arc::new(
+                TlsAcceptor::new(settings).map_err(StartError::Tls)?,
+            ))
+        }
+    };
+    Ok((tls, ticket_keys, dev_certificate))
+}
+
+/// `smtpsd check-config`: loads what the options name without binding a port (the running
+/// daemon may hold it) or writing anything, and describes it.
+///
+/// # Errors
+/// The first [`StartError`], naming the file at fault.
+pub fn check(options: &Options) -> Result<String, StartError> {
+    use std::fmt::Write as _;
+    let mut report = String::new();
+    let (tls, ticket_keys, _) = load_tls(options, false)?;
+    if let Some(tls) = &tls {
+        for (info, files) in tls.certificates().iter().zip(&options.certificates) {
+            let _ = writeln!(
+                report,
+                "loaded {} (key {}): {}",
+                files.chain.display(),
+                files.key.display(),
+                info.dns_names.join(", ")
+            );
+        }
+    }
+    if let Some((path, _)) = &ticket_keys {
+        let _ = writeln!(report, "loaded ticket keys from {}", path.display());
+    }
+    if let Some(path) = &options.users {
+        UserFile::load(path).map_err(StartError::Users)?;
+        let _ = writeln!(report, "loaded users from {}", path.display());
+    }
+    match &options.spool {
+        SpoolOption::Relay(target) => {
+            if let Some(ca) = &target.ca {
+                backend_tls(ca)?;
+                let _ = writeln!(report, "loaded relay CA from {}", ca.display());
+            }
+        }
+        SpoolOption::Maildir(path) => {
+            let usable = if path.exists() {
+                path.is_dir()
+            } else {
+                path.parent()
+                    .is_none_or(|p| p.as_os_str().is_empty() || p.is_dir())
+            };
+            if !usable {
+                return Err(StartError::MaildirPath(path.clone()));
+            }
+            let _ = writeln!(report, "maildir {} usable", path.display());
+        }
+        _ => {}
+    }
+    Ok(report)
 }
 
 /// The server with its host: delivering into the spool, or relaying to a backend.

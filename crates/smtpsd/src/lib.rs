@@ -6,11 +6,12 @@
 //! - [`received`]: the `Received:` trace header (RFC 5321 §4.4, RFC 3848).
 //! - [`users`]: the AUTH user file with argon2 password hashes.
 //! - [`devcert`]: the self-signed certificate of `--dev` mode.
-//! - [`config`]: the command line.
+//! - [`config`]: the command line and the config file.
+//! - [`systemd`]: sd_notify (ready, reload, stop, watchdog) and handed-over sockets.
 //! - [`daemon`]: the options turned into a running server with a delivering handler.
 //! - [`logger`]: a plain stderr logger for the `log` facade.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // allowed once: clock_gettime in `systemd`
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -20,6 +21,7 @@ pub mod devcert;
 pub mod logger;
 pub use smtps_maildir as maildir;
 pub use smtps_relay::received;
+pub mod systemd;
 pub mod ticket_keys;
 pub mod users;
 

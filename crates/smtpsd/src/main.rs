@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use smtpsd::config::{self, Command, Options};
-use smtpsd::daemon::{Daemon, SHUTDOWN_GRACE};
+use smtpsd::daemon::Daemon;
+use smtpsd::systemd::{ListenFds, Notifier, Watchdog};
 use smtpsd::{logger, users};
 
 fn main() -> ExitCode {
@@ -14,18 +15,19 @@ fn main() -> ExitCode {
         Ok(command) => command,
         Err(e) => {
             eprintln!("smtpsd: {e}");
-            return ExitCode::from(2);
+            // check-config answers 0 or 1; a run's usage errors keep their 2.
+            let checking = std::env::args_os()
+                .nth(1)
+                .is_some_and(|a| a == "check-config");
+            return ExitCode::from(if checking { 1 } else { 2 });
         }
     };
     match command {
-        Command::Help => {
-            print!("{}", config::HELP);
+        Command::Help(text) | Command::Version(text) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
-        Command::Version => {
-            println!("smtpsd {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig(options) => check_config(&options),
         Command::HashPassword => hash_password(),
         Command::GenTicketKey => match smtpsd::ticket_keys::generate_line() {
             Ok(line) => {
@@ -51,6 +53,26 @@ fn run(options: &Options) -> ExitCode {
         Ok(limit) => log::debug!("smtpsd: descriptor limit {limit}"),
         Err(error) => log::warn!("smtpsd: cannot raise the descriptor limit: {error}"),
     }
+    // A supervisor's listening sockets (systemd socket activation) cannot be served yet: the
+    // server binds its own, one per worker. Say so rather than leave them unanswered.
+    match ListenFds::from_env() {
+        Ok(None) => {}
+        Ok(Some(fds)) => {
+            eprintln!(
+                "smtpsd: {} listening sockets were handed over (LISTEN_FDS, named {}), but \
+                 smtpsd cannot serve inherited sockets yet; start it without the socket unit \
+                 (it binds --listen itself)",
+                fds.names.len(),
+                fds.names.join(", ")
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("smtpsd: socket activation: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let notifier = std::sync::Arc::new(Notifier::from_env());
     let daemon = match Daemon::build(options) {
         Ok(daemon) => daemon,
         Err(error) => {
@@ -68,16 +90,18 @@ fn run(options: &Options) -> ExitCode {
         }
     };
     let signal_handle = signals.handle();
+    let grace = options.shutdown_grace;
+    let signal_notifier = std::sync::Arc::clone(&notifier);
     let watcher = std::thread::spawn(move || {
         for signal in signals.forever() {
             if signal == SIGHUP {
+                signal_notifier.reloading();
                 reloader.reload();
+                signal_notifier.ready();
             } else {
-                log::info!(
-                    "smtpsd: shutting down (grace {}s)",
-                    SHUTDOWN_GRACE.as_secs()
-                );
-                handle.shutdown(SHUTDOWN_GRACE);
+                signal_notifier.stopping();
+                log::info!("smtpsd: shutting down (grace {}s)", grace.as_secs());
+                handle.shutdown(grace);
                 return;
             }
         }
@@ -100,11 +124,42 @@ fn run(options: &Options) -> ExitCode {
             daemon.dev_certificate.as_deref(),
         );
     }
+    // The listeners are bound and listening: clients queue from now on.
+    notifier.ready();
+    let watchdog = match smtpsd::systemd::watchdog_interval() {
+        Some(interval) if notifier.is_active() => {
+            match Watchdog::start(std::sync::Arc::clone(&notifier), interval) {
+                Ok(watchdog) => Some(watchdog),
+                Err(error) => {
+                    log::error!("smtpsd: cannot start the watchdog thread: {error}");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let result = daemon.run();
+    drop(watchdog);
     signal_handle.close();
     let _ = watcher.join();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("smtpsd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `smtpsd check-config`: what would run, and whether everything it names loads.
+fn check_config(options: &Options) -> ExitCode {
+    print!("{options}");
+    match smtpsd::daemon::check(options) {
+        Ok(report) => {
+            print!("{report}");
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("smtpsd: {error}");
             ExitCode::FAILURE
