@@ -2,7 +2,9 @@
 //! direction, so that round trips can be measured on a machine without `netem`.
 //!
 //! Each accepted connection gets four threads: per direction, a reader that timestamps every
-//! chunk as `read(2)` returns it and queues it with its due time (read time + delay), and a
+//! chunk with the kernel's arrival time (`SO_TIMESTAMPNS`, so a reader thread scheduled late on
+//! a busy machine does not add to the delay; the time `recvmsg(2)` returned where the kernel
+//! gives none) and queues it with its due time (arrival + delay), and a
 //! writer that sleeps until the due time and writes the chunk with one `write(2)` (TCP_NODELAY
 //! on every socket, so each chunk leaves as its own segment as far as TCP allows). One FIFO per
 //! direction keeps the order. An end of stream is queued like a chunk and becomes a
@@ -20,12 +22,13 @@
 //! accept when the chunk was read and when it was written, the direction, the size and what the
 //! chunk holds (TLS records by content type, or the first plaintext line).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How a proxy behaves.
 #[derive(Debug, Clone)]
@@ -184,7 +187,7 @@ fn connection(
     let delay = config.delay;
     let Ok(up_reader) = std::thread::Builder::new()
         .name(format!("delay-{id}-up"))
-        .spawn(move || read_side(client_reader, delay, &up_tx))
+        .spawn(move || read_side(&client_reader, delay, &up_tx))
     else {
         return;
     };
@@ -214,7 +217,7 @@ fn connection(
     let (down_tx, down_rx) = mpsc::channel();
     let down_reader = std::thread::Builder::new()
         .name(format!("delay-{id}-down"))
-        .spawn(move || read_side(server_reader, delay, &down_tx));
+        .spawn(move || read_side(&server_reader, delay, &down_tx));
     let down_writer = {
         let log = log.cloned();
         let server = server.try_clone();
@@ -260,18 +263,23 @@ fn connection(
 }
 
 /// Reads `from` until its end or an error, queuing each chunk with its due time.
-fn read_side(mut from: TcpStream, delay: Duration, to: &mpsc::Sender<Item>) {
+fn read_side(from: &TcpStream, delay: Duration, to: &mpsc::Sender<Item>) {
     let mut buf = vec![0u8; 64 * 1024];
+    enable_timestamps(from);
     loop {
-        match from.read(&mut buf) {
-            Ok(0) => {
+        match recv_stamped(from, &mut buf) {
+            Ok((0, _)) => {
                 let _ = to.send(Item::End {
                     due: Instant::now() + delay,
                 });
                 return;
             }
-            Ok(n) => {
-                let read_at = Instant::now();
+            Ok((n, arrived)) => {
+                let now = Instant::now();
+                let read_at = arrived
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .and_then(|ago| now.checked_sub(ago))
+                    .unwrap_or(now);
                 let item = Item::Chunk {
                     bytes: buf[..n].to_vec(),
                     read_at,
@@ -362,6 +370,68 @@ fn write_side(
             }
         }
     }
+}
+
+/// Asks the kernel to stamp received data with its arrival time (best effort).
+fn enable_timestamps(socket: &TcpStream) {
+    let on: libc::c_int = 1;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: the descriptor is open (borrowed from `socket`), and the option value points to
+    // a c_int of the length given, alive for the call.
+    let _ = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            len,
+        )
+    };
+}
+
+/// One `recvmsg(2)`: the octets read, and the kernel's receive time of the data when it gives
+/// one (`SCM_TIMESTAMPNS`, of the last segment read).
+fn recv_stamped(
+    socket: &TcpStream,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<SystemTime>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one timespec control message, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; all zeros is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: the descriptor is open; msg points to one iovec over `buf` and to `control`,
+    // both alive and of the lengths given, for the duration of the call.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &raw mut msg, 0) };
+    let Ok(n) = usize::try_from(n) else {
+        return Err(std::io::Error::last_os_error());
+    };
+    let mut stamp = None;
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR/CMSG_NXTHDR stay within
+    // msg_control/msg_controllen and return null at the end.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+    while !cmsg.is_null() {
+        // SAFETY: cmsg is non-null and points into `control`, as CMSG_* guarantee.
+        let header = unsafe { &*cmsg };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_TIMESTAMPNS {
+            // SAFETY: an SCM_TIMESTAMPNS message carries one timespec; read unaligned.
+            let ts: libc::timespec =
+                unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
+            if let (Ok(secs), Ok(nanos)) = (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec)) {
+                stamp = UNIX_EPOCH.checked_add(Duration::new(secs, nanos));
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR; cmsg is a header of this message.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&raw const msg, cmsg) };
+    }
+    Ok((n, stamp))
 }
 
 fn sleep_until(due: Instant) {
@@ -468,6 +538,8 @@ fn text_of(chunk: &[u8], pos: usize, parts: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::io::Read;
+
     use super::*;
 
     const DELAY: Duration = Duration::from_millis(30);

@@ -523,8 +523,11 @@ fn run_rtt(o: &Options) -> Result<String, String> {
                     .into_iter()
                     .map(|(name, t)| format!("{name}_ms={}", ms(t)))
                     .collect();
+                let hello = m
+                    .hello
+                    .map_or_else(String::new, |t| format!(" hello_sent_ms={}", ms(t)));
                 eprintln!(
-                    "rtt session={} connect_ms={} {}",
+                    "rtt session={} connect_ms={}{hello} {}",
                     i + 1,
                     ms(m.connect),
                     fields.join(" ")

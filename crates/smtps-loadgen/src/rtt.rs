@@ -63,6 +63,8 @@ impl Pipelining {
 pub(crate) struct Milestones {
     /// How long `connect()` itself took.
     pub(crate) connect: Duration,
+    /// Implicit TLS: the ClientHello written (the client's own start-up time).
+    pub(crate) hello: Option<Duration>,
     /// The client's TLS handshake done (it has the server's Finished).
     pub(crate) tls: Option<Duration>,
     /// The banner (`220`) read.
@@ -133,6 +135,7 @@ pub(crate) fn session(plan: &Plan) -> Result<Milestones, String> {
     };
     if plan.security == Security::Implicit {
         wire.start_tls(plan)?;
+        m.hello = Some(t0.elapsed());
     }
     expect(&wire.read_reply()?, 220, "banner")?;
     m.banner = t0.elapsed();
