@@ -807,7 +807,6 @@ macro_rules! from_str_values {
 }
 
 from_str_values!(
-    Listener,
     RelayTarget,
     Hostname,
     Size,
@@ -815,6 +814,68 @@ from_str_values!(
     TrustedNetwork,
     LogLevel,
 );
+
+/// A listener in a config file: the `--listen` text, or a table
+/// `{ address = "[::]:465", mode = "implicit-tls", proxy = "required" | "or-direct",
+/// share-port = true, name = "submissions" }`.
+impl<'de> Deserialize<'de> for Listener {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ListenerVisitor)
+    }
+}
+
+struct ListenerVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ListenerVisitor {
+    type Value = Listener;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"ADDR:PORT=MODE[+...]\" or a table { address, mode, ... }")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Listener, E> {
+        Listener::from_str(value).map_err(E::custom)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Listener, A::Error> {
+        use serde::de::Error;
+        let table = ListenerTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        let mut text = format!("{}={}", table.address, table.mode);
+        match table.proxy.as_deref() {
+            None => {}
+            Some("required") => text.push_str("+proxy"),
+            Some("or-direct") => text.push_str("+proxy-or-direct"),
+            Some(other) => {
+                return Err(A::Error::custom(format!(
+                    "invalid proxy {other:?}: expected \"required\" (only headers from \
+                     --proxy-trusted sources) or \"or-direct\" (others served directly)"
+                )));
+            }
+        }
+        if table.share_port {
+            text.push_str("+share-port");
+        }
+        if let Some(name) = &table.name {
+            text.push_str("+name=");
+            text.push_str(name);
+        }
+        Listener::from_str(&text).map_err(A::Error::custom)
+    }
+}
+
+/// The table form of a listener.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ListenerTable {
+    address: String,
+    mode: String,
+    #[serde(default)]
+    proxy: Option<String>,
+    #[serde(default)]
+    share_port: bool,
+    #[serde(default)]
+    name: Option<String>,
+}
 
 struct FromStrVisitor<T>(PhantomData<T>);
 
@@ -1529,6 +1590,75 @@ log-level = "debug"
         assert_eq!(o.log_level, log::LevelFilter::Warn);
         assert_eq!(o.hostname, "mx.example.org");
         assert_eq!(o.settings.max_recipients, NonZeroUsize::new(100));
+    }
+
+    #[test]
+    fn listeners_in_a_config_file_may_be_tables() {
+        let (_dir, path) = write_config(
+            r#"
+sink = true
+proxy-trusted = ["10.0.0.0/8"]
+listen = [
+    "127.0.0.1:2525=plain",
+    { address = "[::]:465", mode = "implicit-tls", proxy = "required", name = "submissions" },
+]
+cert = ["a.pem"]
+key = ["a.key"]
+
+[[listen]]
+address = "0.0.0.0:587"
+mode = "starttls-required"
+proxy = "or-direct"
+share-port = true
+"#,
+        );
+        // TOML forbids mixing: an array and [[listen]] for one key.
+        let message = error(&["--config", path.to_str().unwrap()]).to_string();
+        assert!(message.contains("listen"), "{message}");
+
+        let (_dir, path) = write_config(
+            r#"
+sink = true
+proxy-trusted = ["10.0.0.0/8"]
+cert = ["a.pem"]
+key = ["a.key"]
+listen = [
+    "127.0.0.1:2525=plain",
+    { address = "[::]:465", mode = "implicit-tls", proxy = "required", name = "submissions" },
+    { address = "0.0.0.0:587", mode = "starttls-required", proxy = "or-direct", share-port = true },
+]
+"#,
+        );
+        let o = run(&["--config", path.to_str().unwrap()]);
+        assert_eq!(o.listeners.len(), 3);
+        assert_eq!(o.listeners[1].mode, Mode::ImplicitTls);
+        assert_eq!(o.listeners[1].proxy, Some(Untrusted::Refuse));
+        assert_eq!(o.listeners[1].name.as_deref(), Some("submissions"));
+        assert_eq!(o.listeners[2].proxy, Some(Untrusted::Direct));
+        assert!(o.listeners[2].share_port);
+
+        for (table, needle) in [
+            (
+                r#"{ address = "[::]:465", mode = "tls" }"#,
+                "a mode after `=`",
+            ),
+            (r#"{ address = "[::]:465" }"#, "missing field `mode`"),
+            (
+                r#"{ address = "[::]:465", mode = "plain", port = 1 }"#,
+                "unknown field `port`",
+            ),
+            (
+                r#"{ address = "[::]:465", mode = "plain", proxy = "yes" }"#,
+                "invalid proxy",
+            ),
+        ] {
+            let (_dir, path) = write_config(&format!("sink = true\nlisten = [{table}]\n"));
+            let message = error(&["--config", path.to_str().unwrap()]).to_string();
+            assert!(
+                message.contains(needle) && message.contains("line 2"),
+                "{table}: {message}"
+            );
+        }
     }
 
     #[test]
