@@ -378,6 +378,10 @@ run_peer_load() { # PEER LOAD ROUND
     esac
 }
 
+# scripts/bench-rtt.sh sources this file (BENCH_PEERS_SOURCED=1) for the installation, the
+# certificate and the peers' start-up and clean-up: stop here.
+if [ "${BENCH_PEERS_SOURCED:-0}" = 1 ]; then return 0; fi
+
 # --- main ----------------------------------------------------------------------------------------
 install_peers
 log "building smtpsd and smtps-loadgen (release)"
