@@ -217,11 +217,17 @@ fn handed_over_sockets_are_refused_with_the_reason() {
         .arg(SMTPSD)
         .env("LISTEN_FDS", "1")
         .env("LISTEN_FDNAMES", "smtp");
-    // SAFETY: between fork and exec only dup2(2) runs, which is async-signal-safe; `fd` stays
-    // open in the parent until the child has exec'd (`listener` lives to the end).
+    // SAFETY: between fork and exec only dup2(2) or fcntl(2) runs, both async-signal-safe;
+    // `fd` stays open in the parent while the command is spawned (the caller holds the socket).
     unsafe {
         command.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            // dup2 onto itself would keep close-on-exec: clear it instead.
+            let result = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if result < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
