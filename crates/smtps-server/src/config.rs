@@ -24,7 +24,22 @@ pub struct ListenerConfig {
     /// default), binding a port that anyone listens on fails with "address in use". On for a
     /// zero-downtime upgrade: start the new process beside the old one, then stop the old.
     pub share_port: bool,
+    /// A listening socket handed over by a supervisor (systemd socket activation,
+    /// `sd_listen_fds(3)`): served as it is, by every worker, instead of binding `addr`.
+    pub inherited: Option<InheritedListener>,
 }
+
+/// A listening socket someone else opened ([`ListenerConfig::inherited`]).
+#[derive(Debug, Clone)]
+pub struct InheritedListener(pub Arc<std::net::TcpListener>);
+
+impl PartialEq for InheritedListener {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for InheritedListener {}
 
 impl ListenerConfig {
     /// A listener on `addr` in `mode`, without PROXY protocol.
@@ -35,7 +50,19 @@ impl ListenerConfig {
             mode,
             proxy: None,
             share_port: false,
+            inherited: None,
         }
+    }
+
+    /// Serves `socket`, a listening TCP socket handed over (its address becomes `addr`).
+    ///
+    /// # Errors
+    /// The socket's address cannot be read (not a socket).
+    pub fn inherited(socket: std::net::TcpListener, mode: Mode) -> std::io::Result<Self> {
+        let addr = socket.local_addr()?;
+        let mut config = Self::new(addr, mode);
+        config.inherited = Some(InheritedListener(Arc::new(socket)));
+        Ok(config)
     }
 
     /// Shares the port with another process's listeners ([`ListenerConfig::share_port`]).

@@ -62,7 +62,7 @@ mod server;
 mod turn;
 mod worker;
 
-pub use config::{ConnectionLimits, ListenerConfig, ServerConfig};
+pub use config::{ConnectionLimits, InheritedListener, ListenerConfig, ServerConfig};
 pub use error::Error;
 pub use handler::{Answer, Context, Credentials, Handler, InputGate, Responder, SessionInfo};
 pub use metrics::{

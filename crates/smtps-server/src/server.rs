@@ -118,6 +118,19 @@ impl<H: Handler> Server<H> {
         let mut local_addrs = Vec::new();
         for listener in &config.listeners {
             let mut addr = listener.addr;
+            if let Some(inherited) = &listener.inherited {
+                // Every worker polls the same socket (a descriptor each); one accept wins.
+                for worker in &mut sockets {
+                    let socket = inherited
+                        .0
+                        .try_clone()
+                        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                        .map_err(|source| Error::Bind { addr, source })?;
+                    worker.push(TcpListener::from_std(socket));
+                }
+                local_addrs.push(addr);
+                continue;
+            }
             if !listener.share_port {
                 addr = claim_alone(addr)?;
             }

@@ -81,6 +81,10 @@ pub struct Options {
     pub shutdown_grace: Duration,
     /// `--log-level` (default `info`).
     pub log_level: log::LevelFilter,
+    /// `--log-target` (default standard error).
+    pub log_target: crate::logger::LogTarget,
+    /// AUTH brute-force throttling.
+    pub auth_throttle: smtps_relay::auth::ThrottleConfig,
     /// `--config`: the file the options were read from, if any.
     pub config_file: Option<PathBuf>,
     /// Every option as given (the file's, overridden by the flags'), for options that need
@@ -417,9 +421,29 @@ settings! {
         /// sessions are told 421 at once.
         #[arg(long, value_name = "SECS", help_heading = "Limits and timeouts")]
         pub shutdown_grace: Option<Seconds>,
+        /// Serve the server's counters for Prometheus on ADDR (HTTP, GET /metrics; no TLS and
+        /// no authentication: keep it on loopback or a management network).
+        #[arg(long, value_name = "ADDR")]
+        pub metrics: Option<std::net::SocketAddr>,
         /// off, error, warn, info (default), debug or trace.
         #[arg(long, value_name = "LEVEL")]
         pub log_level: Option<LogLevel>,
+        /// Where log lines go: stderr (default), syslog (/dev/log, facility mail) or journald
+        /// (standard error with sd-daemon priority prefixes).
+        #[arg(long, value_name = "TARGET")]
+        pub log_target: Option<LogTargetArg>,
+        /// Failed AUTH attempts from one client address (an IPv6 /64) within 15 minutes after
+        /// which its AUTH is refused without verifying the password (default 5).
+        #[arg(long, value_name = "N", help_heading = "Delivery and AUTH")]
+        pub auth_max_failures: Option<std::num::NonZeroU32>,
+        /// Failed AUTH attempts for one user name, from any address, within 15 minutes after
+        /// which AUTH for that name is refused unverified (default 20).
+        #[arg(long, value_name = "N", help_heading = "Delivery and AUTH")]
+        pub auth_max_failures_per_user: Option<std::num::NonZeroU32>,
+        /// What a throttled client gets: reply (454 4.7.0 at once; the default), tarpit (10 s
+        /// of silence, then 421 4.7.0 and the connection closes) or tarpit:SECS (1 to 120).
+        #[arg(long, value_name = "reply|tarpit[:SECS]", help_heading = "Delivery and AUTH")]
+        pub auth_throttle: Option<AuthThrottleAction>,
     }
 }
 
@@ -582,6 +606,20 @@ impl Settings {
             },
             shutdown_grace: secs(s.shutdown_grace).unwrap_or(DEFAULT_SHUTDOWN_GRACE),
             log_level: s.log_level.map_or(log::LevelFilter::Info, |level| level.0),
+            log_target: s.log_target.map(|target| target.0).unwrap_or_default(),
+            auth_throttle: {
+                let mut throttle = smtps_relay::auth::ThrottleConfig::default();
+                if let Some(n) = s.auth_max_failures {
+                    throttle.max_failures = n.get();
+                }
+                if let Some(n) = s.auth_max_failures_per_user {
+                    throttle.max_failures_per_user = n.get();
+                }
+                if let Some(action) = s.auth_throttle {
+                    throttle.action = action.0;
+                }
+                throttle
+            },
             config_file,
             settings: self,
         })
@@ -813,6 +851,8 @@ from_str_values!(
     Seconds,
     TrustedNetwork,
     LogLevel,
+    LogTargetArg,
+    AuthThrottleAction,
 );
 
 /// A listener in a config file: the `--listen` text, or a table
@@ -1087,6 +1127,34 @@ impl FromStr for TrustedNetwork {
                  e.g. 10.0.0.0/8, 2001:db8::/32 or 192.0.2.10"
             )
         })
+    }
+}
+
+/// An `--auth-throttle` action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthThrottleAction(pub smtps_relay::auth::ThrottleAction);
+
+impl FromStr for AuthThrottleAction {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        smtps_relay::auth::ThrottleAction::from_str(value).map(Self)
+    }
+}
+
+/// A `--log-target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogTargetArg(pub crate::logger::LogTarget);
+
+impl FromStr for LogTargetArg {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        crate::logger::LogTarget::from_str(value)
+            .map(Self)
+            .map_err(|()| {
+                format!("invalid log target {value:?}: expected stderr, syslog or journald")
+            })
     }
 }
 

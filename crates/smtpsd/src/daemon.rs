@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smtps_proto::{AbortReason, Reply, SessionConfig};
 use smtps_server::{
@@ -16,8 +16,9 @@ use smtps_tls::{CertificateSource, SessionTickets, TicketKeys, TlsAcceptor, TlsS
 use crate::config::{Options, RelayTarget, SpoolOption};
 use crate::maildir::{Delivery, DeliveryError, Maildir, Spool};
 use crate::users::UserFile;
-use smtps_relay::auth::{Authenticator, authenticate};
+use smtps_relay::auth::{AuthThrottle, Authenticator, Throttled, authenticate};
 use smtps_relay::backend::BackendConfig;
+use smtps_relay::logline::{self, MessageLog, MessageResult};
 use smtps_relay::received::Received;
 use smtps_relay::relay::Relay;
 
@@ -47,6 +48,8 @@ pub enum StartError {
     TicketKeys(crate::ticket_keys::TicketKeyError),
     /// The `--relay-ca` file could not be used.
     RelayCa(PathBuf, String),
+    /// A socket handed over by the supervisor matches no listener, or cannot be used.
+    Activation(String),
     /// The `--maildir` is not a directory and cannot be created (`check-config`).
     MaildirPath(PathBuf),
     /// A listener could not be opened, or the loop could not start.
@@ -67,6 +70,7 @@ impl fmt::Display for StartError {
                  signed the backend's certificate",
                 path.display()
             ),
+            Self::Activation(reason) => write!(f, "socket activation: {reason}"),
             Self::MaildirPath(path) => write!(
                 f,
                 "cannot deliver into {}: it is not a directory and its parent does not exist; \
@@ -95,6 +99,18 @@ impl Daemon {
     /// # Errors
     /// A [`StartError`] that names the file or address and what to do.
     pub fn build(options: &Options) -> Result<Self, StartError> {
+        Self::build_with(options, Vec::new())
+    }
+
+    /// [`Daemon::build`], serving the sockets a supervisor handed over (socket activation)
+    /// for the listeners they match: by `+name=NAME`, else by address. The others are bound.
+    ///
+    /// # Errors
+    /// As [`Daemon::build`], and [`StartError::Activation`] for a socket no listener matches.
+    pub fn build_with(
+        options: &Options,
+        mut handed_over: Vec<(String, std::net::TcpListener)>,
+    ) -> Result<Self, StartError> {
         let (tls, ticket_keys, dev_certificate) = load_tls(options, true)?;
         let spool = match &options.spool {
             SpoolOption::Relay(_) => None,
@@ -114,7 +130,10 @@ impl Daemon {
             _ => Some(Spool::Sink),
         };
         let users: Option<Arc<dyn Authenticator>> = match &options.users {
-            Some(path) => Some(Arc::new(UserFile::load(path).map_err(StartError::Users)?)),
+            Some(path) => Some(Arc::new(Throttled::new(
+                UserFile::load(path).map_err(StartError::Users)?,
+                AuthThrottle::new(options.auth_throttle),
+            ))),
             None => None,
         };
         let mut session = SessionConfig::new(options.hostname.clone());
@@ -126,7 +145,20 @@ impl Daemon {
         }
         let mut config = ServerConfig::new(session);
         for listener in &options.listeners {
-            let mut listener_config = ListenerConfig::new(listener.addr, listener.mode);
+            let matching = handed_over
+                .iter()
+                .position(|(name, socket)| match &listener.name {
+                    Some(wanted) => wanted == name,
+                    None => socket.local_addr().is_ok_and(|a| a == listener.addr),
+                });
+            let mut listener_config = match matching {
+                Some(i) => {
+                    let (name, socket) = handed_over.swap_remove(i);
+                    ListenerConfig::inherited(socket, listener.mode)
+                        .map_err(|e| StartError::Activation(format!("{name}: {e}")))?
+                }
+                None => ListenerConfig::new(listener.addr, listener.mode),
+            };
             if listener.share_port {
                 listener_config = listener_config.share_port();
             }
@@ -135,6 +167,15 @@ impl Daemon {
                     .proxy(ProxyPolicy::new(options.proxy_trusted.clone()).untrusted(untrusted));
             }
             config = config.add_listener(listener_config);
+        }
+        if let Some((name, socket)) = handed_over.first() {
+            let addr = socket
+                .local_addr()
+                .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            return Err(StartError::Activation(format!(
+                "the socket {name} ({addr}) handed over matches no listener; add \
+                 +name={name} to a --listen, or listen on {addr}"
+            )));
         }
         if let Some(tls) = &tls {
             config = config.tls(Arc::clone(tls));
@@ -182,6 +223,12 @@ impl Daemon {
             ticket_keys,
             dev_certificate,
         })
+    }
+
+    /// The certificates served (for [`crate::certwatch`]); `None` without TLS.
+    #[must_use]
+    pub fn tls(&self) -> Option<Arc<TlsAcceptor>> {
+        self.tls.clone()
     }
 
     /// What `SIGHUP` rereads: the certificates and the ticket key file.
@@ -435,12 +482,12 @@ pub struct Delivering {
     spool: Spool,
     users: Option<Arc<dyn Authenticator>>,
     hostname: String,
-    commits: Mutex<mpsc::Sender<(Delivery, Responder)>>,
+    commits: Mutex<mpsc::Sender<Commit>>,
 }
 
 impl Delivering {
     fn new(spool: Spool, users: Option<Arc<dyn Authenticator>>, hostname: String) -> Self {
-        let (sender, receiver) = mpsc::channel::<(Delivery, Responder)>();
+        let (sender, receiver) = mpsc::channel::<Commit>();
         let receiver = Arc::new(Mutex::new(receiver));
         for index in 0..COMMITTERS {
             let receiver = Arc::clone(&receiver);
@@ -460,25 +507,45 @@ impl Delivering {
     }
 }
 
-fn commit_loop(receiver: &Mutex<mpsc::Receiver<(Delivery, Responder)>>) {
+/// A message for a commit thread: the file, who awaits the answer, its log line.
+type Commit = (Delivery, Responder, MessageLog);
+
+fn commit_loop(receiver: &Mutex<mpsc::Receiver<Commit>>) {
     loop {
         let next = receiver
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .recv();
-        let Ok((delivery, responder)) = next else {
+        let Ok((delivery, responder, message)) = next else {
             return;
         };
-        match delivery.commit() {
-            Ok(id) => responder.accept_with(Reply::new(
+        responder.respond(commit(delivery, &message));
+    }
+}
+
+/// Commits a message, logs its line, and gives the verdict: `250 queued as ID` once durable.
+fn commit(delivery: Delivery, message: &MessageLog) -> smtps_proto::Verdict {
+    match delivery.commit() {
+        Ok(id) => {
+            let reply = Reply::new(
                 smtps_proto::ReplyCode::OK,
                 smtps_proto::EnhancedStatus::new(2, 0, 0),
                 format!("queued as {id}"),
-            )),
-            Err(error) => {
-                log::error!("smtpsd: delivery failed: {error}");
-                responder.reject(delivery_reply(&error));
-            }
+            );
+            log::info!(
+                "{}",
+                message.line(Some(id.as_str()), MessageResult::Accepted(250))
+            );
+            smtps_proto::Verdict::AcceptWith(reply)
+        }
+        Err(error) => {
+            log::error!("smtpsd: delivery failed: {error}");
+            let reply = delivery_reply(&error);
+            log::info!(
+                "{}",
+                message.line(None, MessageResult::Refused(reply.code().as_u16()))
+            );
+            smtps_proto::Verdict::Reject(reply)
         }
     }
 }
@@ -494,17 +561,24 @@ fn delivery_reply(error: &DeliveryError) -> Reply {
     })
 }
 
-/// Per-session state: the message being spooled.
-#[derive(Default)]
+/// Per-session state: the message being spooled, and what the session line reports.
 pub struct Session {
     delivery: Option<Delivery>,
+    started: Instant,
+    /// Octets of the messages that reached their end.
+    bytes: u64,
 }
 
 impl Handler for Delivering {
     type Session = Session;
 
     fn connect(&self, _cx: &mut Context<'_>) -> (Session, Answer) {
-        (Session::default(), Answer::Accept)
+        let session = Session {
+            delivery: None,
+            started: Instant::now(),
+            bytes: 0,
+        };
+        (session, Answer::Accept)
     }
 
     /// AUTH is offered with a `--users` file, and only then.
@@ -556,8 +630,11 @@ impl Handler for Delivering {
         })
     }
 
-    fn message_end(&self, session: &mut Session, cx: &mut Context<'_>, _size: u64) -> Answer {
+    fn message_end(&self, session: &mut Session, cx: &mut Context<'_>, size: u64) -> Answer {
+        session.bytes = session.bytes.saturating_add(size);
+        let message = MessageLog::new(cx.info(), size);
         let Some(delivery) = session.delivery.take() else {
+            log::info!("{}", message.line(None, MessageResult::Refused(451)));
             return Answer::Reject(Reply::new(
                 smtps_proto::ReplyCode::LOCAL_ERROR,
                 smtps_proto::EnhancedStatus::new(4, 3, 0),
@@ -565,16 +642,14 @@ impl Handler for Delivering {
             ));
         };
         if matches!(self.spool, Spool::Sink) {
-            return match delivery.commit() {
-                Ok(id) => Answer::AcceptWith(Reply::new(
-                    smtps_proto::ReplyCode::OK,
-                    smtps_proto::EnhancedStatus::new(2, 0, 0),
-                    format!("queued as {id}"),
-                )),
-                Err(error) => Answer::Reject(delivery_reply(&error)),
+            return match commit(delivery, &message) {
+                smtps_proto::Verdict::AcceptWith(reply) => Answer::AcceptWith(reply),
+                smtps_proto::Verdict::Reject(reply) => Answer::Reject(reply),
+                _ => Answer::Accept,
             };
         }
         let Some(responder) = cx.defer() else {
+            log::info!("{}", message.line(None, MessageResult::Refused(451)));
             return Answer::Reject(Reply::new(
                 smtps_proto::ReplyCode::LOCAL_ERROR,
                 None,
@@ -585,7 +660,7 @@ impl Handler for Delivering {
             .commits
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .send((delivery, responder));
+            .send((delivery, responder, message));
         if sent.is_err() {
             log::error!("smtpsd: no commit thread is running");
         }
@@ -602,7 +677,10 @@ impl Handler for Delivering {
         session.delivery = None;
     }
 
-    fn disconnect(&self, session: Session, _cx: &mut Context<'_>, _reason: CloseReason) {
-        drop(session);
+    fn disconnect(&self, session: Session, cx: &mut Context<'_>, reason: CloseReason) {
+        log::info!(
+            "{}",
+            logline::session(cx.info(), &reason, session.bytes, session.started.elapsed())
+        );
     }
 }

@@ -6,20 +6,24 @@
 //! - [`received`]: the `Received:` trace header (RFC 5321 §4.4, RFC 3848).
 //! - [`users`]: the AUTH user file with argon2 password hashes.
 //! - [`devcert`]: the self-signed certificate of `--dev` mode.
-//! - [`config`]: the command line and the config file.
+//! - [`config`]: the command line.
 //! - [`systemd`]: sd_notify (ready, reload, stop, watchdog) and handed-over sockets.
 //! - [`daemon`]: the options turned into a running server with a delivering handler.
-//! - [`logger`]: a plain stderr logger for the `log` facade.
+//! - [`logger`]: the logger for the `log` facade: stderr, syslog or journald.
+//! - [`metrics_http`]: `--metrics`: the counters for Prometheus on a listener of their own.
+//! - [`certwatch`]: certificate expiry warnings, at start and daily.
 
 #![deny(unsafe_code)] // allowed once: clock_gettime in `systemd`
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod certwatch;
 pub mod config;
 pub mod daemon;
 pub mod devcert;
 pub mod logger;
 pub use smtps_maildir as maildir;
+pub mod metrics_http;
 pub use smtps_relay::received;
 pub mod systemd;
 pub mod ticket_keys;

@@ -46,39 +46,61 @@ fn main() -> ExitCode {
 
 /// Runs the server until SIGTERM or SIGINT; SIGHUP reloads the certificates and ticket keys.
 fn run(options: &Options) -> ExitCode {
-    logger::init(options.log_level);
+    if let Err(error) = logger::init(options.log_level, options.log_target) {
+        eprintln!("smtpsd: {error}");
+        return ExitCode::FAILURE;
+    }
+    if options.log_target == logger::LogTarget::Journald
+        && std::env::var_os("JOURNAL_STREAM").is_none()
+    {
+        log::warn!(
+            "smtpsd: --log-target journald, but standard error is not the journal (no JOURNAL_STREAM): lines carry <N> prefixes and no timestamps"
+        );
+    }
     // One descriptor per connection: the default soft limit (often 1024) would cap the
     // server far below what the machine can hold.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => log::debug!("smtpsd: descriptor limit {limit}"),
         Err(error) => log::warn!("smtpsd: cannot raise the descriptor limit: {error}"),
     }
-    // A supervisor's listening sockets (systemd socket activation) cannot be served yet: the
-    // server binds its own, one per worker. Say so rather than leave them unanswered.
-    match ListenFds::from_env() {
-        Ok(None) => {}
-        Ok(Some(fds)) => {
-            eprintln!(
-                "smtpsd: {} listening sockets were handed over (LISTEN_FDS, named {}), but \
-                 smtpsd cannot serve inherited sockets yet; start it without the socket unit \
-                 (it binds --listen itself)",
-                fds.names.len(),
-                fds.names.join(", ")
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(error) => {
-            eprintln!("smtpsd: socket activation: {error}");
-            return ExitCode::FAILURE;
-        }
-    }
+    // The listening sockets a supervisor handed over (systemd socket activation).
+    let handed_over =
+        match ListenFds::from_env().and_then(|fds| fds.map_or(Ok(Vec::new()), ListenFds::take)) {
+            Ok(sockets) => sockets,
+            Err(error) => {
+                eprintln!("smtpsd: socket activation: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
     let notifier = std::sync::Arc::new(Notifier::from_env());
-    let daemon = match Daemon::build(options) {
+    let daemon = match Daemon::build_with(options, handed_over) {
         Ok(daemon) => daemon,
         Err(error) => {
             eprintln!("smtpsd: {error}");
             return ExitCode::FAILURE;
         }
+    };
+    let _certificate_watch = daemon.tls().map(smtpsd::certwatch::start);
+    let _metrics = match options.settings.metrics {
+        Some(addr) => {
+            let extra = daemon.tls().map(smtpsd::metrics_http::certificate_expiry);
+            match smtpsd::metrics_http::MetricsEndpoint::start(addr, daemon.handle(), extra) {
+                Ok(endpoint) => {
+                    log::info!(
+                        "smtpsd: metrics on http://{}/metrics",
+                        endpoint.local_addr()
+                    );
+                    Some(endpoint)
+                }
+                Err(error) => {
+                    eprintln!(
+                        "smtpsd: cannot serve metrics on {addr}: {error} (choose another --metrics address)"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
     };
     let handle = daemon.handle();
     let reloader = daemon.reloader();

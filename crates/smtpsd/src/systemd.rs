@@ -194,6 +194,46 @@ impl ListenFds {
     }
 }
 
+impl ListenFds {
+    /// Takes the descriptors `3..3 + n` as listening TCP sockets, with their names. Call once,
+    /// and only for the variables of this process ([`Self::from_env`]).
+    ///
+    /// # Errors
+    /// A descriptor is not a listening TCP socket; the message names it.
+    pub fn take(self) -> Result<Vec<(String, std::net::TcpListener)>, String> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let mut sockets = Vec::new();
+        for (i, name) in (Self::START..).zip(self.names) {
+            // Close-on-exec, as sd_listen_fds(3) sets it; and a check that `i` is open at all
+            // (owning a closed descriptor would be an I/O-safety violation).
+            // SAFETY: fcntl(2) on a descriptor number only sets that descriptor's flags.
+            #[allow(unsafe_code)]
+            let open = unsafe { libc::fcntl(i, libc::F_SETFD, libc::FD_CLOEXEC) } == 0;
+            if !open {
+                return Err(format!(
+                    "descriptor {i} ({name}) is not open, though LISTEN_FDS counts it"
+                ));
+            }
+            // SAFETY: LISTEN_PID names this process, so the supervisor opened descriptors
+            // 3..3+LISTEN_FDS for it (sd_listen_fds(3)); nothing else in smtpsd uses them, and
+            // `take` consumes the only ListenFds, so each is owned once.
+            #[allow(unsafe_code)]
+            let fd = unsafe { OwnedFd::from_raw_fd(i) };
+            let socket = socket2::Socket::from(fd);
+            let listening = socket.r#type().ok() == Some(socket2::Type::STREAM)
+                && socket.is_listener().unwrap_or(false);
+            if !listening {
+                return Err(format!(
+                    "descriptor {i} ({name}) is not a listening TCP socket; give the socket unit \
+                     ListenStream= lines only"
+                ));
+            }
+            sockets.push((name, std::net::TcpListener::from(socket)));
+        }
+        Ok(sockets)
+    }
+}
+
 fn connect(name: &[u8]) -> io::Result<(UnixDatagram, std::os::unix::net::SocketAddr)> {
     use std::os::unix::net::SocketAddr;
     let addr = match name.strip_prefix(b"@") {

@@ -200,23 +200,21 @@ fn an_abstract_notify_socket_is_reached() {
 
 // --- socket activation -------------------------------------------------------------------------
 
-/// A listening socket handed over at descriptor 3 with `LISTEN_FDS`, `LISTEN_FDNAMES` and
-/// `LISTEN_PID` set to the child's own pid (a shell sets it to `$$`, then execs smtpsd in its
-/// place, as systemd does before exec). smtps-server cannot serve an inherited socket yet:
-/// smtpsd must say so and exit 1, not leave the socket unanswered.
-#[test]
-fn handed_over_sockets_are_refused_with_the_reason() {
+/// A command that runs smtpsd with `socket` handed over at descriptor 3 the way systemd does
+/// it: `LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` set to the child's own pid (a shell
+/// sets it to `$$`, then execs smtpsd in its place).
+fn activated(socket: &TcpListener, name: &str, args: &[&str]) -> Command {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let fd = listener.as_raw_fd();
+    let fd = socket.as_raw_fd();
     let mut command = Command::new("/bin/sh");
     command
         .arg("-c")
-        .arg("LISTEN_PID=$$ exec \"$0\" --listen 127.0.0.1:0=plain+name=smtp --sink")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
         .arg(SMTPSD)
+        .args(args)
         .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "smtp");
+        .env("LISTEN_FDNAMES", name);
     // SAFETY: between fork and exec only dup2(2) or fcntl(2) runs, both async-signal-safe;
     // `fd` stays open in the parent while the command is spawned (the caller holds the socket).
     unsafe {
@@ -233,15 +231,59 @@ fn handed_over_sockets_are_refused_with_the_reason() {
             Ok(())
         });
     }
+    command
+}
+
+#[test]
+fn a_socket_handed_over_is_served_and_the_manager_hears_each_step() {
+    let dir = TempDir::new("activation");
+    let path = dir.path().join("notify.sock");
+    let mut manager = FakeManager::bind(&path);
+    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    // A connection made before smtpsd runs waits in the socket's queue, as with systemd.
+    let mut early = PlainClient::connect(addr).unwrap();
+    let mut command = activated(
+        &socket,
+        "submission",
+        &[
+            "--listen",
+            "[::1]:1=plain+name=submission",
+            "--sink",
+            "--workers",
+            "2",
+        ],
+    );
+    command.env("NOTIFY_SOCKET", &path);
+    let (mut guard, log, addrs) = spawn_smtpsd(command, 1, STEP);
+    drop(socket);
+    assert_eq!(addrs, [addr], "{}", log.text());
+    manager.expect("READY=1");
+    assert!(early.reply().unwrap().starts_with("220"));
+    let mut client = PlainClient::connect(addr).unwrap();
+    assert!(client.reply().unwrap().starts_with("220"));
+    signal(guard.child.id(), libc::SIGTERM);
+    manager.expect("STOPPING=1");
+    drop((early, client));
+    let status = guard.wait_deadline(STEP).expect("smtpsd stopped");
+    assert!(status.success(), "{status}\n{}", log.text());
+}
+
+#[test]
+fn a_socket_no_listener_claims_is_an_error_naming_it() {
+    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    let command = activated(
+        &socket,
+        "smtps",
+        &["--listen", "127.0.0.1:0=plain+name=submission", "--sink"],
+    );
     let out = run(command, None, STEP);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(
-        out.stderr.contains("1 listening sockets were handed over")
-            && out.stderr.contains("named smtp"),
+        out.stderr.contains("the socket smtps") && out.stderr.contains("+name=smtps"),
         "{}",
         out.stderr
     );
-    drop(listener);
 }
 
 // --- zero-downtime upgrade ---------------------------------------------------------------------
