@@ -191,6 +191,14 @@ for flavour in shared static; do
     smoke "conn_server-$flavour" "$BIN/conn_server-$flavour" implicit anyone secret implicit
 done
 
+step "examples/c: the three example hosts built by pkg-config alone, shared and static, run by test.py"
+for link in shared static; do
+    timeout 300 make -s -C examples/c clean > /dev/null
+    timeout 300 make -s -C examples/c LINK=$link test \
+        || fail "examples/c ($link) failed: make -C examples/c LINK=$link test"
+done
+timeout 60 make -s -C examples/c clean > /dev/null
+
 step "a staged install (--destdir, --libdir) for packagers"
 timeout 300 bash ffi/install.sh --no-build --profile "$profile" --destdir "$WORK/stage" \
     --prefix /opt/smtps --libdir lib/x86_64-linux-gnu > /dev/null
