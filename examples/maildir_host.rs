@@ -168,7 +168,8 @@ impl Handler for MaildirHost {
     }
 
     fn message_end(&self, session: &mut Session, cx: &mut Context<'_>, _size: u64) -> Answer {
-        let (Some(delivery), Some(responder)) = (session.delivery.take(), cx.defer()) else {
+        let responder = cx.defer();
+        let Some(delivery) = session.delivery.take() else {
             return Answer::Reject(Reply::new(
                 ReplyCode::LOCAL_ERROR,
                 EnhancedStatus::new(4, 3, 0),

@@ -108,9 +108,7 @@ impl Handler for TokioHost {
         to: &ForwardPath<'_>,
         _: &RcptParameters<'_>,
     ) -> Answer {
-        let Some(responder) = cx.defer() else {
-            return Answer::Accept;
-        };
+        let responder = cx.defer();
         let address = to.address();
         // The lookup is async (a directory service, a database): answered from the task.
         self.runtime.spawn(async move {
@@ -156,7 +154,8 @@ impl Handler for TokioHost {
     }
 
     fn message_end(&self, session: &mut Session, cx: &mut Context<'_>, _size: u64) -> Answer {
-        let (Some(writer), Some(responder)) = (session.writer.take(), cx.defer()) else {
+        let responder = cx.defer();
+        let Some(writer) = session.writer.take() else {
             return Answer::Reject(local_error());
         };
         // On a send error the responder drops with the job and answers 451 4.3.0 by itself.

@@ -328,19 +328,20 @@ impl Core {
         };
         if let Some(verdict) = given {
             *last = None;
-            return answer_of(verdict);
+            return Answer::from(verdict);
         }
         if ret != SMTPS_ANSWER_DEFER {
             *last = None;
-            return answer_of(verdict_for(view, kind, ret));
+            return Answer::from(verdict_for(view, kind, ret));
         }
-        match cx.defer() {
-            Some(responder) => {
-                registry.insert(id, Pending::Deferred { kind, responder });
-                Answer::Deferred
-            }
-            None => Answer::Reject(::smtps_conn::replies::temporary_failure()),
-        }
+        registry.insert(
+            id,
+            Pending::Deferred {
+                kind,
+                responder: cx.defer(),
+            },
+        );
+        Answer::Deferred
     }
 }
 
@@ -368,14 +369,6 @@ fn verdict_for(view: &SessionView, kind: Kind, answer: smtps_answer) -> Verdict 
         SMTPS_ANSWER_ACCEPT | SMTPS_ANSWER_DEFER => Verdict::Accept,
         crate::callbacks::SMTPS_ANSWER_REJECT => Verdict::Reject(kind.default_refusal()),
         other => Verdict::Reject(invalid_answer(view, kind, other)),
-    }
-}
-
-fn answer_of(verdict: Verdict) -> Answer {
-    match verdict {
-        Verdict::AcceptWith(reply) => Answer::AcceptWith(reply),
-        Verdict::Reject(reply) => Answer::Reject(reply),
-        _ => Answer::Accept,
     }
 }
 

@@ -127,20 +127,15 @@ pub fn authenticate(
                 );
                 return match action {
                     ThrottleAction::Reply => Answer::Reject(auth_throttled()),
-                    ThrottleAction::Tarpit(_) => match cx.defer() {
-                        Some(responder) => {
-                            throttle.tarpit(responder);
-                            Answer::Deferred
-                        }
-                        None => Answer::Reject(auth_tarpit_closed()),
-                    },
+                    ThrottleAction::Tarpit(_) => {
+                        throttle.tarpit(cx.defer());
+                        Answer::Deferred
+                    }
                 };
             }
         },
     };
-    let Some(responder) = cx.defer() else {
-        return Answer::Reject(auth_failed());
-    };
+    let responder = cx.defer();
     let authenticator = Arc::clone(authenticator);
     let password = credentials.password.as_bytes().to_vec();
     let spawned = std::thread::Builder::new()

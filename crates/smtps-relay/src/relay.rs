@@ -190,9 +190,7 @@ impl Handler for Relay {
         from: &ReversePath<'_>,
         params: &MailParameters<'_>,
     ) -> Answer {
-        let Some(responder) = cx.defer() else {
-            return Answer::Reject(broken());
-        };
+        let responder = cx.defer();
         let job = Job::Mail {
             client: client_identity(cx.info()),
             path: from.to_string(),
@@ -210,9 +208,7 @@ impl Handler for Relay {
         to: &ForwardPath<'_>,
         params: &RcptParameters<'_>,
     ) -> Answer {
-        let Some(responder) = cx.defer() else {
-            return Answer::Reject(broken());
-        };
+        let responder = cx.defer();
         let job = Job::Rcpt {
             path: to.to_string(),
             params: params.into(),
@@ -223,9 +219,7 @@ impl Handler for Relay {
     }
 
     fn data_start(&self, session: &mut RelaySession, cx: &mut Context<'_>) -> Answer {
-        let Some(responder) = cx.defer() else {
-            return Answer::Reject(broken());
-        };
+        let responder = cx.defer();
         let number = self.next_message.fetch_add(1, Ordering::Relaxed);
         let id = format!("R{:X}{number:05X}", cx.info().id);
         let received = Received::for_session(cx.info(), &self.hostname, &id)
@@ -266,9 +260,7 @@ impl Handler for Relay {
     }
 
     fn message_end(&self, session: &mut RelaySession, cx: &mut Context<'_>, _size: u64) -> Answer {
-        let Some(responder) = cx.defer() else {
-            return Answer::Reject(broken());
-        };
+        let responder = cx.defer();
         let body = std::mem::take(&mut session.body);
         self.send(session, cx.info(), Job::End { body, responder });
         Answer::Deferred

@@ -205,7 +205,10 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-/// A decision method's answer.
+/// A decision method's answer: a [`Verdict`] now (the same three cases), or
+/// [`Answer::Deferred`] after taking a [`Responder`], whose later answer is a `Verdict`. The two
+/// types stay apart on purpose: a `Verdict` can never be "deferred", so a responder cannot be
+/// answered with "later". `Answer::from(verdict)` turns one into the other.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -217,6 +220,16 @@ pub enum Answer {
     Reject(Reply),
     /// The answer comes later through the [`Responder`] taken with [`Context::defer`].
     Deferred,
+}
+
+impl From<Verdict> for Answer {
+    fn from(verdict: Verdict) -> Self {
+        match verdict {
+            Verdict::AcceptWith(reply) => Self::AcceptWith(reply),
+            Verdict::Reject(reply) => Self::Reject(reply),
+            _ => Self::Accept,
+        }
+    }
 }
 
 impl Answer {
@@ -304,13 +317,15 @@ impl Context<'_> {
         self.info
     }
 
-    /// Takes the responder for this decision, to answer later; the method then returns
-    /// [`Answer::Deferred`]. In calls that take no decision (body chunks, resets) there is
-    /// nothing to defer and this returns `None`.
-    pub fn defer(&mut self) -> Option<Responder> {
-        let slot = self.defer.take()?;
-        self.deferred = true;
-        Some(Responder { slot: Some(slot) })
+    /// Takes the responder for this decision, to answer later from any thread; the method then
+    /// returns [`Answer::Deferred`]. Every decision method (`connect`, `helo`, `auth`, `mail`,
+    /// `rcpt`, `data_start`, `message_end`) can defer. The calls that decide nothing
+    /// (`body_chunk`, `message_aborted`, `reset`, `disconnect`), and a second `defer` in one
+    /// call, get a responder that answers nothing: its [`Responder::is_closed`] is `true`.
+    pub fn defer(&mut self) -> Responder {
+        let slot = self.defer.take();
+        self.deferred |= slot.is_some();
+        Responder { slot }
     }
 
     /// Pauses this session's input until the returned gate is resumed (or dropped): the

@@ -110,7 +110,7 @@ impl Handler for Recorder {
         }
         match &self.defer_to {
             Some(sender) => {
-                sender.send(cx.defer().unwrap()).unwrap();
+                sender.send(cx.defer()).unwrap();
                 Answer::Deferred
             }
             None => Answer::Accept,
@@ -137,7 +137,7 @@ impl Handler for Recorder {
         self.log.lock().unwrap().messages.push(entry);
         match &self.defer_to {
             Some(sender) => {
-                sender.send(cx.defer().unwrap()).unwrap();
+                sender.send(cx.defer()).unwrap();
                 Answer::Deferred
             }
             None => Answer::AcceptWith(Reply::from_parts(250, Some("2.0.0"), "queued").unwrap()),

@@ -642,20 +642,9 @@ impl Handler for Delivering {
             ));
         };
         if matches!(self.spool, Spool::Sink) {
-            return match commit(delivery, &message) {
-                smtps_proto::Verdict::AcceptWith(reply) => Answer::AcceptWith(reply),
-                smtps_proto::Verdict::Reject(reply) => Answer::Reject(reply),
-                _ => Answer::Accept,
-            };
+            return Answer::from(commit(delivery, &message));
         }
-        let Some(responder) = cx.defer() else {
-            log::info!("{}", message.line(None, MessageResult::Refused(451)));
-            return Answer::Reject(Reply::new(
-                smtps_proto::ReplyCode::LOCAL_ERROR,
-                None,
-                "Local error",
-            ));
-        };
+        let responder = cx.defer();
         let sent = self
             .commits
             .lock()
