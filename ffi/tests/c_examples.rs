@@ -9,116 +9,24 @@
 //! the hosts under valgrind too (slow).
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+mod common;
+
+use common::{BUILD_TIMEOUT, have, lib_dir, run};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 const VALGRIND_TIMEOUT: Duration = Duration::from_secs(900);
 
-/// The test binary's profile directory, where `libsmtps.a` is. `cargo test` builds the
-/// library only as an rlib for the tests, so the C library is brought up to date here, once
-/// (the target directory is not locked while tests run).
-fn lib_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "-p", "smtps-ffi", "--lib"]);
-        if dir.file_name().is_some_and(|name| name == "release") {
-            cargo.arg("--release");
-        }
-        cargo.env("CARGO_TARGET_DIR", dir.parent().unwrap());
-        let output = run(cargo, BUILD_TIMEOUT);
-        assert!(
-            output.status.success(),
-            "cargo build -p smtps-ffi failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        dir
-    })
-    .clone()
-}
-
 fn work_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile = exe.parent().unwrap().parent().unwrap();
-        let dir = profile.join(format!("c-examples-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    })
-}
-
-fn have(tool: &str, arg: &str) -> bool {
-    let found = Command::new(tool)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("SMTPS_C_TESTS_REQUIRED").is_none(),
-            "{tool} is required"
-        );
-        eprintln!("skipped: {tool} not found");
-    }
-    found
+    common::work_dir("c-examples")
 }
 
 fn tools_present() -> bool {
     have("cc", "--version") && have("python3", "--version") && have("openssl", "version")
-}
-
-/// Runs a command to completion within `timeout`; returns its output.
-fn run(mut command: Command, timeout: Duration) -> std::process::Output {
-    let described = format!("{command:?}");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{described}: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
-    let status = wait_for(&mut child, timeout, &described);
-    std::process::Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-fn wait_for(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: timed out");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Compiles `examples/c/<name>.c` against `libsmtps.a`, as the examples' Makefile does with

@@ -768,9 +768,21 @@ fn greet_at_once(conn: &mut Connection) {
     accept_all(conn);
 }
 
+/// Feeds a server flight to a rustls client; returns the plaintext it can read then.
+fn client_reads(client: &mut smtps_tls::rustls::ClientConnection, mut wire: &[u8]) -> String {
+    use std::io::Read as _;
+    while !wire.is_empty() {
+        client.read_tls(&mut wire).expect("read");
+        client.process_new_packets().expect("valid TLS");
+    }
+    let mut text = String::new();
+    let _ = client.reader().read_to_string(&mut text);
+    text
+}
+
 #[test]
 fn implicit_tls_greeting_leaves_with_the_server_flight_rfc8446_half_rtt() {
-    use std::io::{Read as _, Write as _};
+    use std::io::Write as _;
 
     let now = Instant::now();
     let mut conn = Connection::new(Mode::ImplicitTls, config(), Some(acceptor()), now)
@@ -791,13 +803,7 @@ fn implicit_tls_greeting_leaves_with_the_server_flight_rfc8446_half_rtt() {
     // Flight 2: the server's whole answer — with the greeting in it.
     let flight = conn.output().to_vec();
     conn.consume_output(flight.len());
-    let mut wire = &flight[..];
-    while !wire.is_empty() {
-        client.read_tls(&mut wire).expect("read");
-        client.process_new_packets().expect("valid TLS");
-    }
-    let mut greeting = String::new();
-    let _ = client.reader().read_to_string(&mut greeting);
+    let greeting = client_reads(&mut client, &flight);
     assert!(
         greeting.starts_with("220 "),
         "the 220 came before the client said anything more: {greeting:?}"
@@ -820,8 +826,6 @@ fn implicit_tls_greeting_leaves_with_the_server_flight_rfc8446_half_rtt() {
 
 #[test]
 fn without_half_rtt_the_greeting_waits_for_the_clients_finished() {
-    use std::io::Read as _;
-
     let now = Instant::now();
     let acceptor = std::sync::Arc::new(
         smtps_tls::TlsSettings::new()
@@ -845,12 +849,6 @@ fn without_half_rtt_the_greeting_waits_for_the_clients_finished() {
         "no session before the handshake ends: {events:?}"
     );
     let flight = conn.output().to_vec();
-    let mut wire = &flight[..];
-    while !wire.is_empty() {
-        client.read_tls(&mut wire).expect("read");
-        client.process_new_packets().expect("valid TLS");
-    }
-    let mut greeting = String::new();
-    let _ = client.reader().read_to_string(&mut greeting);
+    let greeting = client_reads(&mut client, &flight);
     assert_eq!(greeting, "");
 }
