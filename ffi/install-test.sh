@@ -197,6 +197,11 @@ for link in shared static; do
     timeout 300 make -s -C examples/c LINK=$link test \
         || fail "examples/c ($link) failed: make -C examples/c LINK=$link test"
 done
+if command -v valgrind > /dev/null; then
+    step "examples/c under valgrind (shared, from the installed prefix)"
+    timeout 1200 make -s -C examples/c LINK=shared valgrind \
+        || fail "examples/c under valgrind failed: make -C examples/c LINK=shared valgrind"
+fi
 timeout 60 make -s -C examples/c clean > /dev/null
 
 step "a staged install (--destdir, --libdir) for packagers"
