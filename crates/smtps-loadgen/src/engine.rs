@@ -98,6 +98,10 @@ pub(crate) struct Plan {
     pub(crate) failed: AtomicU64,
     /// Idle mode: set when the connections should quit.
     pub(crate) stop: AtomicBool,
+    /// Idle mode: connections each thread has in setup (connect to EHLO reply) at once; the
+    /// next opens when one is established or fails, so that the server's listen backlog and
+    /// the handshakes in flight stay bounded however many connections are held.
+    pub(crate) setup_window: usize,
 }
 
 impl Plan {
@@ -251,6 +255,10 @@ struct Worker<'a> {
     next_start: Instant,
     /// Worker slots waiting for their paced start.
     waiting: usize,
+    /// Idle mode: connections of this thread not opened yet (see `Plan::setup_window`).
+    unopened: usize,
+    /// Idle mode: places in the setup window freed since the last `open_unopened`.
+    setup_freed: usize,
 }
 
 /// Runs `connections` connections of the plan on this thread until the load is over.
@@ -267,6 +275,8 @@ pub(crate) fn run_thread(plan: &Plan, connections: usize, thread_index: usize) -
             interval: plan.session_interval,
             next_start: Instant::now(),
             waiting: 0,
+            unopened: 0,
+            setup_freed: 0,
         },
         Err(_) => {
             let mut result = ThreadResult::default();
@@ -275,7 +285,14 @@ pub(crate) fn run_thread(plan: &Plan, connections: usize, thread_index: usize) -
         }
     };
     worker.result.stats.latencies_us.reserve(4096);
-    for _ in 0..connections {
+    let first = if plan.mode == Mode::Idle {
+        let first = connections.min(plan.setup_window.max(1));
+        worker.unopened = connections - first;
+        first
+    } else {
+        connections
+    };
+    for _ in 0..first {
         let now = Instant::now();
         if plan.mode == Mode::Sessions {
             if worker.interval.is_some() {
@@ -297,7 +314,7 @@ impl Worker<'_> {
         let mut events = Events::with_capacity(1024);
         let mut last_sweep = Instant::now();
         let mut stop_seen = false;
-        while self.live > 0 || self.waiting > 0 {
+        while self.live > 0 || self.waiting > 0 || self.unopened > 0 {
             let mut timeout = Duration::from_millis(50);
             if self.waiting > 0 {
                 timeout = timeout.min(self.next_start.saturating_duration_since(Instant::now()));
@@ -315,6 +332,7 @@ impl Worker<'_> {
             }
             let now = Instant::now();
             self.start_paced(now);
+            self.open_unopened(now);
             if !stop_seen && self.plan.stop.load(Ordering::Relaxed) {
                 stop_seen = true;
                 self.quit_idle(now);
@@ -342,6 +360,20 @@ impl Worker<'_> {
             }
             self.waiting -= 1;
             self.next_start += interval;
+            self.open(now);
+        }
+    }
+
+    /// Idle mode: opens as many of the remaining connections as places in the setup window
+    /// were freed (each failure frees its place again, so this ends after `unopened` tries).
+    fn open_unopened(&mut self, now: Instant) {
+        while self.setup_freed > 0 && self.unopened > 0 {
+            if self.plan.stop.load(Ordering::Relaxed) || now >= self.plan.deadline {
+                self.unopened = 0;
+                return;
+            }
+            self.setup_freed -= 1;
+            self.unopened -= 1;
             self.open(now);
         }
     }
@@ -381,6 +413,7 @@ impl Worker<'_> {
         self.result.stats.error(kind);
         if self.plan.mode == Mode::Idle {
             self.plan.failed.fetch_add(1, Ordering::Relaxed);
+            self.setup_freed += 1;
         }
         // A failed connect is not retried at once: a refused port would spin. Sessions go on
         // with the remaining workers; the count stays bounded by the plan.
@@ -395,6 +428,9 @@ impl Worker<'_> {
         if !self.plan.sources.is_empty() {
             let ip = self.plan.sources[self.next_source % self.plan.sources.len()];
             self.next_source = self.next_source.wrapping_add(1);
+            if ip.is_ipv4() {
+                bind_address_no_port(&socket).map_err(|_| "bind")?;
+            }
             socket
                 .bind(&SocketAddr::new(ip, 0).into())
                 .map_err(|_| "bind")?;
@@ -454,6 +490,7 @@ impl Worker<'_> {
             self.result.stats.error(kind);
             if self.plan.mode == Mode::Idle {
                 self.plan.failed.fetch_add(1, Ordering::Relaxed);
+                self.setup_freed += 1;
             }
         }
         match self.plan.mode {
@@ -570,6 +607,12 @@ impl Worker<'_> {
             }
         }
         conn.inbuf.drain(..pos);
+        if conn.state == State::Idle && conn.inbuf.is_empty() && conn.out.is_empty() {
+            // Held for the rest of the run: keep only what the connection needs (the rustls
+            // state); the buffers grew for the banner and the EHLO reply.
+            conn.inbuf = Vec::new();
+            conn.out = OutQueue::default();
+        }
         Ok(acted)
     }
 
@@ -703,6 +746,7 @@ impl Worker<'_> {
             Mode::Idle => {
                 conn.state = State::Idle;
                 conn.deadline = None;
+                self.setup_freed += 1;
                 self.plan.established.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -754,6 +798,31 @@ impl Conn {
     fn send(&mut self, chunk: Chunk, next: State) {
         self.out.push(chunk);
         self.state = next;
+    }
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT`: a socket bound to a source address gets its port at `connect()`,
+/// unique per 4-tuple, instead of at `bind()`, unique per address; without it each source
+/// address gives at most one connection per port of `net.ipv4.ip_local_port_range` to all
+/// servers together.
+fn bind_address_no_port(socket: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is the open socket `socket` owns; `on` is a valid c_int that
+    // setsockopt only reads, and its size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

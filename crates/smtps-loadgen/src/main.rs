@@ -33,7 +33,10 @@ USAGE:
         C persistent connections sending messages of S bytes (MAIL, RCPT and DATA
         pipelined when PIPELINING is offered, then the dot-stuffed body)
     smtps-loadgen idle --target HOST:PORT --pid PID [OPTIONS]
-        N connections held open after EHLO; the server's memory per connection
+        N connections held open after EHLO; the server's memory per connection; once
+        every connection is established or failed (or --duration is over) one line
+        `idle: established=.. failed=.. setup_s=.. client_rss_kib=..` on standard
+        error, then the hold
     smtps-loadgen rtt --target HOST:PORT [--delay-ms D] [OPTIONS]
         one session at a time, --count N times (default 10): connect, TLS, banner,
         EHLO (after the banner is read), [STARTTLS, TLS, EHLO], one message (MAIL,
@@ -81,7 +84,8 @@ LOAD:
     --workers W             sessions: concurrent sessions (default: 32)
     --connections N         messages: connections (default: 16); idle: (default: 1000)
     --duration SECS         how long to start new operations (default: 10, or 600 as an
-                            upper bound when --count is given)
+                            upper bound when --count is given); idle: the longest time
+                            to open all connections (default: --timeout)
     --count N               stop after N operations (sessions or messages)
     --size BYTES            messages: message size (default: 2048)
     --no-pipelining         messages: one command at a time even with PIPELINING
@@ -93,9 +97,16 @@ LOAD:
                             offered load below saturation, for latency); default: as fast
                             as the workers go
     --hold SECS             idle: hold the connections this long (default: 3)
+    --setup-window N        idle: connections each thread has in setup (connect to the
+                            EHLO reply) at once; the next opens as one is established
+                            or fails (default: 64)
     --timeout SECS          longest single operation or connection setup (default: 30)
     --sources N             bind local addresses 127.0.0.1 .. 127.0.0.N in turn (for more
                             than ~28,000 connections to one port)
+    --source-ips LIST       bind these local addresses in turn: comma-separated addresses
+                            or IPv4 ranges in the last octet (127.0.0.2-127.0.0.9); the
+                            port is chosen at connect (IP_BIND_ADDRESS_NO_PORT), so each
+                            address gives up to a port range of connections per server
     --ehlo NAME --from ADDR --to ADDR
                             EHLO name and envelope (client.test, loadgen@client.test,
                             sink@mx.test)
@@ -116,7 +127,7 @@ SUMMARY KEYS:
               NAME_ms (median) NAME_min_ms NAME_max_ms, NAME_rtt with --delay-ms
     messages: messages rate mb_s p50_ms .. max_ms errors replies (non-250 replies by code),
               per_connection with --per-connection
-    idle:     established rss_kib_per_conn pss_kib_per_conn
+    idle:     established setup_s client_rss_kib; with --pid rss_kib_per_conn pss_kib_per_conn
     with --pid: server_cpu_s server_cpu_us_per_op server_procs; always client_cpu_us_per_op
 ";
 
@@ -145,8 +156,10 @@ struct Options {
     per_connection: Option<u64>,
     rate: Option<f64>,
     hold: Duration,
+    setup_window: usize,
     timeout: Duration,
     sources: usize,
+    source_ips: Vec<IpAddr>,
     proxy: Option<proxy::Version>,
     proxy_source: Option<proxy::SourceRange>,
     ehlo: String,
@@ -194,8 +207,10 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         per_connection: None,
         rate: None,
         hold: Duration::from_secs(3),
+        setup_window: 64,
         timeout: Duration::from_secs(30),
         sources: 0,
+        source_ips: Vec::new(),
         proxy: None,
         proxy_source: None,
         ehlo: "client.test".to_owned(),
@@ -284,6 +299,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             "--size" => o.size = size(&value)?,
             "--per-connection" => o.per_connection = Some(num(&value)?.max(1)),
             "--hold" => o.hold = secs(&value)?,
+            "--setup-window" => o.setup_window = size(&value)?.max(1),
             "--rate" => {
                 o.rate = Some(
                     value
@@ -297,6 +313,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             }
             "--timeout" => o.timeout = secs(&value)?.max(Duration::from_millis(100)),
             "--sources" => o.sources = size(&value)?.min(250),
+            "--source-ips" => o.source_ips = parse_source_ips(&value)?,
             "--proxy" => {
                 o.proxy = match value.as_str() {
                     "v1" => Some(proxy::Version::V1),
@@ -331,6 +348,21 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
     if o.sources > 0 && !matches!(o.target.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
         return Err("--sources needs an IPv4 loopback target".to_owned());
     }
+    if !o.source_ips.is_empty() {
+        if o.sources > 0 {
+            return Err("--sources and --source-ips exclude each other".to_owned());
+        }
+        if let Some(ip) = o
+            .source_ips
+            .iter()
+            .find(|ip| ip.is_ipv4() != o.target.is_ipv4())
+        {
+            return Err(format!(
+                "--source-ips {ip}: not the address family of --target {}",
+                o.target
+            ));
+        }
+    }
     match (o.proxy, o.proxy_source) {
         (None, Some(_)) => return Err("--proxy-source needs --proxy v1 or v2".to_owned()),
         (Some(_), Some(range)) if range.is_ipv4() != o.target.is_ipv4() => {
@@ -343,6 +375,38 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         _ => {}
     }
     Ok(Some(o))
+}
+
+/// `--source-ips`: comma-separated addresses, or IPv4 ranges `A.B.C.D-A.B.C.E` (or
+/// `A.B.C.D-E`) over the last octet.
+fn parse_source_ips(value: &str) -> Result<Vec<IpAddr>, String> {
+    let mut ips = Vec::new();
+    for item in value.split(',').filter(|i| !i.is_empty()) {
+        let bad = || format!("--source-ips: {item:?} is not an address or an IPv4 range");
+        let Some((first, last)) = item.split_once('-') else {
+            ips.push(item.parse::<IpAddr>().map_err(|_| bad())?);
+            continue;
+        };
+        let first: Ipv4Addr = first.parse().map_err(|_| bad())?;
+        let last: u8 = match last.parse::<Ipv4Addr>() {
+            Ok(ip) if ip.octets()[..3] == first.octets()[..3] => ip.octets()[3],
+            Ok(_) => {
+                return Err(format!(
+                    "--source-ips {item}: a range spans the last octet only"
+                ));
+            }
+            Err(_) => last.parse().map_err(|_| bad())?,
+        };
+        let [a, b, c, lo] = first.octets();
+        if last < lo {
+            return Err(format!("--source-ips {item}: an empty range"));
+        }
+        ips.extend((lo..=last).map(|d| IpAddr::V4(Ipv4Addr::new(a, b, c, d))));
+    }
+    if ips.is_empty() {
+        return Err("--source-ips: no address".to_owned());
+    }
+    Ok(ips)
 }
 
 /// Milliseconds, fractions allowed.
@@ -620,15 +684,23 @@ fn run(o: &Options) -> Result<String, String> {
     } else {
         Duration::from_secs(10)
     });
-    let sources = (1..=o.sources)
-        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, u8::try_from(i).unwrap_or(1))))
-        .collect();
+    let sources = if o.source_ips.is_empty() {
+        (1..=o.sources)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, u8::try_from(i).unwrap_or(1))))
+            .collect()
+    } else {
+        o.source_ips.clone()
+    };
     let load_before = loadavg();
     let start = Instant::now();
     let (deadline, hard_deadline) = match o.mode {
         Mode::Idle => {
-            let end = start + o.timeout + o.hold + Duration::from_secs(60);
-            (end, end)
+            // `deadline`: no connection opens after it; `hard_deadline`: the end, whatever.
+            let setup = o.duration.unwrap_or(o.timeout);
+            (
+                start + setup,
+                start + setup + o.timeout + o.hold + Duration::from_secs(60),
+            )
         }
         _ => (
             start + duration,
@@ -671,6 +743,7 @@ fn run(o: &Options) -> Result<String, String> {
         established: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        setup_window: o.setup_window,
     });
     let memory = o.mode == Mode::Idle;
     let server_before = (!o.pids.is_empty()).then(|| procfs::sample(&o.pids, memory));
@@ -691,7 +764,7 @@ fn run(o: &Options) -> Result<String, String> {
     let mut idle_fields = String::new();
     if o.mode == Mode::Idle {
         let wanted = u64::try_from(connections).unwrap_or(u64::MAX);
-        let setup_end = start + o.timeout;
+        let setup_end = plan.deadline + o.timeout;
         while plan.established.load(Ordering::Relaxed) + plan.failed.load(Ordering::Relaxed)
             < wanted
             && Instant::now() < setup_end
@@ -699,6 +772,13 @@ fn run(o: &Options) -> Result<String, String> {
             std::thread::sleep(Duration::from_millis(20));
         }
         let setup_s = start.elapsed().as_secs_f64();
+        eprintln!(
+            "idle: established={} failed={} setup_s={setup_s:.2} client_rss_kib={} hold_s={:.1}",
+            plan.established.load(Ordering::Relaxed),
+            plan.failed.load(Ordering::Relaxed),
+            procfs::own_rss_kib(),
+            o.hold.as_secs_f64()
+        );
         std::thread::sleep(o.settle.max(Duration::from_millis(500)));
         let established = plan.established.load(Ordering::Relaxed);
         if let (Some(before), false) = (server_before, o.pids.is_empty()) {
@@ -723,7 +803,10 @@ fn run(o: &Options) -> Result<String, String> {
                 per(before.pss_kib, after.pss_kib),
             );
         }
-        idle_fields = format!(" established={established} setup_s={setup_s:.2}{idle_fields}");
+        idle_fields = format!(
+            " established={established} setup_s={setup_s:.2} client_rss_kib={}{idle_fields}",
+            procfs::own_rss_kib()
+        );
         let hold_end = Instant::now() + o.hold;
         while Instant::now() < hold_end {
             std::thread::sleep(Duration::from_millis(50));
@@ -918,6 +1001,44 @@ mod tests {
         ] {
             assert!(parse_delay_args(&args(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn parses_source_ips() {
+        let o = parse_args(&args(
+            "idle --target 127.0.0.1:1 --tls none --source-ips 127.0.0.2-127.0.0.4,127.0.0.9 --setup-window 8",
+        ))
+        .unwrap()
+        .unwrap();
+        let want: Vec<IpAddr> = [2, 3, 4, 9]
+            .iter()
+            .map(|&d| IpAddr::V4(Ipv4Addr::new(127, 0, 0, d)))
+            .collect();
+        assert_eq!(o.source_ips, want);
+        assert_eq!(o.setup_window, 8);
+        assert_eq!(
+            parse_source_ips("127.0.0.2-5").unwrap().len(),
+            4,
+            "short range"
+        );
+        assert_eq!(parse_source_ips("::1").unwrap().len(), 1);
+        for bad in [
+            "",
+            "127.0.0.5-127.0.0.2",
+            "127.0.0.2-127.0.1.3",
+            "127.0.0.2-300",
+            "x",
+        ] {
+            assert!(parse_source_ips(bad).is_err(), "{bad}");
+        }
+        let plain = "idle --target 127.0.0.1:1 --tls none";
+        assert!(parse_args(&args(&format!("{plain} --source-ips ::1"))).is_err());
+        assert!(
+            parse_args(&args(&format!(
+                "{plain} --source-ips 127.0.0.2 --sources 3"
+            )))
+            .is_err()
+        );
     }
 
     #[test]

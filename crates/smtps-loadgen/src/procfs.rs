@@ -121,6 +121,14 @@ pub(crate) fn own_cpu_ticks() -> u64 {
         .map_or(0, |(_, cpu)| cpu)
 }
 
+/// This process's resident set size (VmRSS), KiB; 0 if unknown.
+pub(crate) fn own_rss_kib() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| kib_field(&s, "VmRSS"))
+        .unwrap_or(0)
+}
+
 /// Raises the soft limit on open files to the hard limit; returns the new soft limit.
 pub(crate) fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
@@ -174,6 +182,7 @@ mod tests {
         assert!(s.processes >= 1);
         assert!(s.rss_kib > 0);
         assert!(raise_fd_limit() >= 1);
+        assert!(own_rss_kib() > 0);
         assert!(clock_ticks_per_second() > 0);
     }
 }
