@@ -96,7 +96,11 @@ pub(crate) fn run(mut command: Command, timeout: Duration) -> std::process::Outp
 }
 
 /// Waits for `child` up to `timeout`; kills it and fails the test after.
-pub(crate) fn wait_for(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
+pub(crate) fn wait_for(
+    child: &mut Child,
+    timeout: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
