@@ -78,22 +78,40 @@ impl DataDecoder {
             match self.state {
                 State::Text => {
                     let rest = &input[pos..];
-                    match memchr2(b'\r', b'\n', rest) {
-                        None => {
+                    // The common case runs whole: lines ending in CRLF, not too long, the next
+                    // one not starting with a dot, are copied as they are in one piece; the
+                    // state machine takes over at anything else (a bare CR or LF, a leading
+                    // dot, a long line, the end of the input).
+                    let mut line_start = 0;
+                    let mut line_len = self.line_len;
+                    loop {
+                        let Some(found) = memchr2(b'\r', b'\n', &rest[line_start..]) else {
                             out.extend_from_slice(rest);
-                            self.line_len += rest.len();
+                            self.line_len = line_len + (rest.len() - line_start);
                             pos = input.len();
+                            break;
+                        };
+                        let i = line_start + found;
+                        let len = line_len + found;
+                        let ordinary = rest[i] == b'\r'
+                            && rest.get(i + 1) == Some(&b'\n')
+                            && rest.get(i + 2).is_some_and(|&next| next != b'.')
+                            && (len.saturating_add(2) <= self.max_line_len
+                                || self.long_line.is_some());
+                        if ordinary {
+                            line_start = i + 2;
+                            line_len = 0;
+                            continue;
                         }
-                        Some(i) => {
-                            out.extend_from_slice(&rest[..i]);
-                            self.line_len += i;
-                            pos += i + 1;
-                            if rest[i] == b'\r' {
-                                self.state = State::Cr;
-                            } else {
-                                self.bare_line_end(out, start_len);
-                            }
+                        out.extend_from_slice(&rest[..i]);
+                        self.line_len = len;
+                        pos += i + 1;
+                        if rest[i] == b'\r' {
+                            self.state = State::Cr;
+                        } else {
+                            self.bare_line_end(out, start_len);
                         }
+                        break;
                     }
                 }
                 State::Cr => {

@@ -52,6 +52,12 @@ pub(crate) struct Worker<H: Handler> {
     /// Each connection's next deadline, earliest first.
     timers: BTreeSet<(Instant, usize)>,
     shutting_down: bool,
+    /// A descriptor held in reserve: when the process runs out (`EMFILE`), it is given up to
+    /// accept one waiting client and close it at once, so that the backlog drains instead of
+    /// holding clients that edge-triggered readiness would never report again.
+    spare_fd: Option<std::fs::File>,
+    /// When running out of descriptors was last logged (one line a second at most).
+    out_of_fds_logged: Option<Instant>,
 }
 
 /// One connection as the driver sees it: the socket, the engine, and the host's side.
@@ -98,6 +104,8 @@ impl<H: Handler> Worker<H> {
             ready: VecDeque::new(),
             timers: BTreeSet::new(),
             shutting_down: false,
+            spare_fd: std::fs::File::open("/dev/null").ok(),
+            out_of_fds_logged: None,
         })
     }
 
@@ -326,14 +334,46 @@ impl<H: Handler> Worker<H> {
             let (socket, peer) = match listener.accept() {
                 Ok(pair) => pair,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if self.shed_one(listener_index, &error, now) {
+                        continue;
+                    }
+                    return;
+                }
                 Err(error) => {
-                    // EMFILE and friends: leave the rest in the backlog for the next event.
                     log::warn!("smtps: accept failed: {error}");
                     return;
                 }
             };
             self.open(socket, peer, listener_index, now);
         }
+    }
+
+    /// Out of descriptors: gives up the spare one to accept a waiting client and close it
+    /// (the client sees the connection end, and can retry elsewhere or later), then takes the
+    /// spare back. Returns whether one was shed (the caller then tries the backlog again).
+    fn shed_one(&mut self, listener_index: usize, error: &io::Error, now: Instant) -> bool {
+        if self
+            .out_of_fds_logged
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            self.out_of_fds_logged = Some(now);
+            log::warn!(
+                "smtps: accept failed: {error}: closing waiting connections at once (raise the \
+                 open-file limit, or lower --max-connections)"
+            );
+        }
+        let Some(spare) = self.spare_fd.take() else {
+            return false;
+        };
+        drop(spare);
+        self.shared.control.metrics.limit_hit(false);
+        let shed = matches!(
+            self.listeners.get(listener_index),
+            Some(Some(listener)) if listener.accept().is_ok()
+        );
+        self.spare_fd = std::fs::File::open("/dev/null").ok();
+        shed
     }
 
     fn open(&mut self, mut socket: TcpStream, peer: SocketAddr, listener: usize, now: Instant) {

@@ -546,3 +546,85 @@ impl PlainClient {
         Err(std::io::Error::other("reply too long"))
     }
 }
+
+/// A server out of file descriptors closes the clients it cannot serve instead of leaving
+/// them in the backlog, where edge-triggered readiness would never report them again: with an
+/// open-file limit of 64 and 100 clients connecting at once, every client either gets the
+/// banner or sees its connection end, none waits, and once the others leave a new client is
+/// served.
+#[test]
+fn out_of_descriptors_the_backlog_is_closed_not_left_waiting() {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+
+    let dir = common::TempDir::new("fds");
+    let mut command = Command::new(SMTPSD);
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0=plain",
+            "--sink",
+            "--hostname",
+            "mx.test",
+        ])
+        .args(["--workers", "1", "--max-connections-per-ip", "1000"])
+        .current_dir(dir.path());
+    // SAFETY: only setrlimit(2), async-signal-safe, runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (_guard, log, addrs) = common::spawn_smtpsd(command, 1, Duration::from_secs(30));
+    let addr = addrs[0];
+    let clients: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let stream = TcpStream::connect(addr).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            stream
+        })
+        .collect();
+    let (mut greeted, mut closed) = (0, 0);
+    for mut client in clients.iter() {
+        let mut buf = [0u8; 64];
+        match client.read(&mut buf) {
+            Ok(n) if n >= 4 && &buf[..4] == b"220 " => greeted += 1,
+            Ok(0) => closed += 1,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            other => panic!(
+                "a client neither greeted nor closed: {other:?}\n{}",
+                log.text()
+            ),
+        }
+    }
+    assert_eq!(greeted + closed, 100);
+    assert!(closed > 0, "the limit was never reached:\n{}", log.text());
+    assert!(log.text().contains("closing waiting connections at once"));
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut fresh = TcpStream::connect(addr).expect("connect");
+        fresh
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 4];
+        if fresh.read_exact(&mut buf).is_ok() && &buf == b"220 " {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new client served after the others left:\n{}",
+            log.text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
