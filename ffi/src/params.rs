@@ -2,7 +2,7 @@
 //! `smtps_conn_param`): one lookup by keyword instead of a struct that grows with every
 //! extension.
 
-use smtps_proto::{BodyType, DsnNotify, DsnReturn, MailParameters, RcptParameters};
+use smtps_proto::{BodyType, DsnReturn, MailParameters, RcptParameters};
 
 use crate::ffi::write_out;
 use crate::view::smtps_str;
@@ -53,21 +53,7 @@ pub(crate) fn mail(params: &MailParameters<'_>) -> Params {
 pub(crate) fn rcpt(params: &RcptParameters<'_>) -> Params {
     let mut out = Params::new();
     if let Some(notify) = params.notify {
-        let text = if notify.is_never() {
-            "NEVER".to_owned()
-        } else {
-            [
-                (DsnNotify::SUCCESS, "SUCCESS"),
-                (DsnNotify::FAILURE, "FAILURE"),
-                (DsnNotify::DELAY, "DELAY"),
-            ]
-            .iter()
-            .filter(|(flag, _)| notify.contains(*flag))
-            .map(|(_, name)| *name)
-            .collect::<Vec<_>>()
-            .join(",")
-        };
-        out.push(("NOTIFY", text));
+        out.push(("NOTIFY", notify.to_string()));
     }
     if let Some(orcpt) = params.orcpt {
         out.push(("ORCPT", format!("{};{}", orcpt.addr_type, orcpt.address)));
@@ -98,6 +84,8 @@ pub(crate) unsafe fn write_found(value: Option<smtps_str>, out: *mut smtps_str) 
 
 #[cfg(test)]
 mod tests {
+    use smtps_proto::DsnNotify;
+
     use super::*;
 
     #[test]

@@ -122,6 +122,31 @@ impl DsnNotify {
     }
 }
 
+impl std::fmt::Display for DsnNotify {
+    /// `NEVER`, or the conditions joined with commas, as RFC 3461 §4.1 writes them
+    /// (`SUCCESS,FAILURE,DELAY`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_never() {
+            return f.write_str("NEVER");
+        }
+        let mut first = true;
+        for (flag, name) in [
+            (Self::SUCCESS, "SUCCESS"),
+            (Self::FAILURE, "FAILURE"),
+            (Self::DELAY, "DELAY"),
+        ] {
+            if self.contains(flag) {
+                if !first {
+                    f.write_str(",")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Parameter {
     /// The keyword, upper-case, as the RFC writes it.
     pub fn keyword(self) -> &'static str {

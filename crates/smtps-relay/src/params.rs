@@ -158,7 +158,7 @@ pub fn rcpt_command(path: &str, p: &RcptParams, caps: &Capabilities) -> Result<S
         }
         if let Some(notify) = p.notify {
             line.push_str(" NOTIFY=");
-            line.push_str(&notify_value(notify));
+            line.push_str(&notify.to_string());
         }
         if let Some((kind, address)) = &p.orcpt {
             line.push_str(&format!(" ORCPT={kind};{address}"));
@@ -173,23 +173,6 @@ fn dsn_refused() -> Reply {
         (5, 5, 4),
         "The backend does not offer DSN",
     )
-}
-
-/// `NEVER`, or the conditions joined with commas (RFC 3461 §4.1).
-fn notify_value(notify: DsnNotify) -> String {
-    if notify.is_never() {
-        return "NEVER".to_owned();
-    }
-    [
-        (DsnNotify::SUCCESS, "SUCCESS"),
-        (DsnNotify::FAILURE, "FAILURE"),
-        (DsnNotify::DELAY, "DELAY"),
-    ]
-    .iter()
-    .filter(|(flag, _)| notify.contains(*flag))
-    .map(|(_, name)| *name)
-    .collect::<Vec<_>>()
-    .join(",")
 }
 
 #[cfg(test)]
@@ -306,7 +289,7 @@ mod tests {
             rcpt_command("<c@d>", &p, &full()).unwrap(),
             "RCPT TO:<c@d> ORCPT=rfc822;c+40d"
         );
-        assert_eq!(notify_value(DsnNotify::NEVER), "NEVER");
-        assert_eq!(notify_value(DsnNotify::SUCCESS), "SUCCESS");
+        assert_eq!(DsnNotify::NEVER.to_string(), "NEVER");
+        assert_eq!(DsnNotify::SUCCESS.to_string(), "SUCCESS");
     }
 }
