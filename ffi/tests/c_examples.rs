@@ -34,23 +34,12 @@ fn tools_present() -> bool {
 fn build(name: &str) -> PathBuf {
     let lib_dir = lib_dir();
     let out = work_dir().join(name);
-    let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
-    cc.args([
-        "-std=c11",
-        "-Wall",
-        "-Wextra",
-        "-Wpedantic",
-        "-Werror",
-        "-g",
-        "-O1",
-        "-pthread",
-    ])
-    .arg(format!("-I{ROOT}/include"))
-    .arg(format!("{ROOT}/examples/c/{name}.c"))
-    .arg(lib_dir.join("libsmtps.a"))
-    .args(["-lpthread", "-ldl", "-lm"])
-    .arg("-o")
-    .arg(&out);
+    let mut cc = common::cc(ROOT);
+    cc.arg(format!("{ROOT}/examples/c/{name}.c"))
+        .arg(lib_dir.join("libsmtps.a"))
+        .args(["-lpthread", "-ldl", "-lm"])
+        .arg("-o")
+        .arg(&out);
     let output = run(cc, BUILD_TIMEOUT);
     assert!(
         output.status.success(),

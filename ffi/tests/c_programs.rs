@@ -41,19 +41,8 @@ fn build(name: &str, flavour: &str) -> PathBuf {
     if out.exists() {
         return out;
     }
-    let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
-    cc.args([
-        "-std=c11",
-        "-Wall",
-        "-Wextra",
-        "-Wpedantic",
-        "-Werror",
-        "-g",
-        "-O1",
-        "-pthread",
-    ])
-    .arg(format!("-I{ROOT}/include"))
-    .arg(format!("{ROOT}/tests/c/{name}.c"));
+    let mut cc = common::cc(ROOT);
+    cc.arg(format!("{ROOT}/tests/c/{name}.c"));
     match flavour {
         "static" | "asan" => {
             if flavour == "asan" {

@@ -114,3 +114,21 @@ pub(crate) fn wait_for(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `cc` (or `$CC`) with the flags every C program here is held to (C11, all warnings as
+/// errors) and the repository's `include/`.
+pub(crate) fn cc(root: &str) -> Command {
+    let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cc.args([
+        "-std=c11",
+        "-Wall",
+        "-Wextra",
+        "-Wpedantic",
+        "-Werror",
+        "-g",
+        "-O1",
+        "-pthread",
+    ])
+    .arg(format!("-I{root}/include"));
+    cc
+}
