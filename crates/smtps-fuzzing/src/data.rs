@@ -1,8 +1,8 @@
-//! The `data_decoder` target: [`DataDecoder`] against a deliberately simple reference, and
-//! [`dot_stuff`] round trips.
+//! The `data_decoder` target: [`DataDecoder`] (its spans API, `decode_spans`, and the copying
+//! `decode`) against a deliberately simple reference, and [`dot_stuff`] round trips.
 
 use arbitrary::{Arbitrary, Unstructured};
-use smtps_proto::data::{DataDecoder, dot_stuff};
+use smtps_proto::data::{DataDecoder, DecodeProgress, Span, dot_stuff};
 
 use crate::wire::show;
 
@@ -81,10 +81,12 @@ pub struct Decoded {
     pub long_line: Option<u64>,
 }
 
-/// Runs [`DataDecoder`] on the stream whole, in `chunk`-sized pieces and one octet at a time,
-/// and checks all three against [`reference_decode`]: same octets out, same end-of-data
-/// position, same bare-line-ending and long-line offsets. Then dot-stuffs a CRLF body made from
-/// the same octets and checks that decoding undoes it exactly.
+/// Runs [`DataDecoder`] on the stream whole, in `chunk`-sized pieces, one octet at a time and,
+/// for short streams, cut in two at every position, and checks each against
+/// [`reference_decode`]: same octets out, same end-of-data position, same bare-line-ending and
+/// long-line offsets. Each run goes through `decode_spans` (the spans must be in order, inside
+/// the piece, never empty, literals only CRLF) and through `decode`, which must agree. Then
+/// dot-stuffs a CRLF body made from the same octets and checks that decoding undoes it exactly.
 ///
 /// # Panics
 /// When a check fails.
@@ -118,6 +120,16 @@ pub fn data_decoder(data: &[u8]) {
             "decoder one octet at a time differs on {:?}",
             show(&stream)
         );
+    }
+    if stream.len() <= 512 {
+        for split in 1..stream.len() {
+            assert_eq!(
+                decode_pieces(&stream, &[&stream[..split], &stream[split..]], max_line),
+                expected,
+                "decoder split at {split} differs on {:?}",
+                show(&stream)
+            );
+        }
     }
     round_trip(&stream, chunk);
 }
@@ -181,13 +193,55 @@ pub fn reference_decode(input: &[u8], max_line_len: usize) -> Decoded {
 
 /// Runs the real decoder over `input` fed in pieces of `chunk` octets.
 fn decode_in_chunks(input: &[u8], chunk: usize, max_line_len: usize) -> Decoded {
+    let pieces: Vec<&[u8]> = input.chunks(chunk).collect();
+    decode_pieces(input, &pieces, max_line_len)
+}
+
+/// Runs the real decoder over `pieces` (which make up `input`) through `decode_spans` and
+/// through `decode`, checks that both agree, and returns the result.
+fn decode_pieces(input: &[u8], pieces: &[&[u8]], max_line_len: usize) -> Decoded {
+    let by_spans = decode_pieces_with(pieces, max_line_len, |decoder, piece, out| {
+        let mut next = 0;
+        decoder.decode_spans(piece, |span| {
+            match &span {
+                Span::Input(range) => {
+                    assert!(
+                        !range.is_empty() && range.start >= next && range.end <= piece.len(),
+                        "span {range:?} after {next} in a piece of {}",
+                        piece.len()
+                    );
+                    next = range.end;
+                }
+                Span::Literal(octets) => assert_eq!(*octets, b"\r\n", "literal span"),
+                _ => panic!("unknown span {span:?}"),
+            }
+            out.extend_from_slice(span.octets(piece));
+        })
+    });
+    let by_copy = decode_pieces_with(pieces, max_line_len, |decoder, piece, out| {
+        decoder.decode(piece, out)
+    });
+    assert_eq!(
+        by_spans,
+        by_copy,
+        "decode_spans and decode differ on {:?}",
+        show(input)
+    );
+    by_spans
+}
+
+fn decode_pieces_with(
+    pieces: &[&[u8]],
+    max_line_len: usize,
+    mut decode: impl FnMut(&mut DataDecoder, &[u8], &mut Vec<u8>) -> DecodeProgress,
+) -> Decoded {
     let mut decoder = DataDecoder::new(max_line_len);
     let mut out = Vec::new();
     let mut offset = 0;
     let mut end = None;
-    for piece in input.chunks(chunk) {
+    for piece in pieces {
         let before = out.len();
-        let progress = decoder.decode(piece, &mut out);
+        let progress = decode(&mut decoder, piece, &mut out);
         // Documented: at most `2 * input.len() + 1` (a bare LF or CR becomes CRLF; a CR held
         // from the previous call can turn out bare).
         let bound = 2 * piece.len() + 1;

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::params::{BodyType, MailParameters, RcptParameters};
 use crate::reply::Reply;
 
-use output::{Notice, Ready};
+use output::{Notice, Piece, Ready};
 
 /// How the session's transport stands with respect to TLS.
 #[non_exhaustive]
@@ -222,7 +222,10 @@ pub struct ServerSession {
     errors: u32,
     /// NOOP, RSET, VRFY, EXPN and HELP since the last accepted message.
     junk_commands: u64,
+    /// Body octets that are not in `input` as they stand (see `read_data`).
     scratch: Vec<u8>,
+    /// The body pieces of the DATA read being queued; kept for its capacity.
+    pieces: Vec<Piece>,
     sasl: Vec<u8>,
 }
 
@@ -367,6 +370,7 @@ impl ServerSession {
             errors: 0,
             junk_commands: 0,
             scratch: Vec::new(),
+            pieces: Vec::new(),
             sasl: Vec::new(),
         };
         let id = session.await_decision(PendingKind::Connect);

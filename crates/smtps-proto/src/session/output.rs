@@ -41,6 +41,57 @@ impl Ready {
     }
 }
 
+/// Where some decoded body octets are, before they become `Ready` events: a DATA read gathers
+/// its pieces first, because the point to cut the body at (a limit) and the place of the
+/// bare-line-ending notice are known only once the read is decoded.
+#[derive(Debug, Clone)]
+pub(super) enum Piece {
+    /// A range of the input buffer.
+    Input(Range<usize>),
+    /// A range of the scratch buffer.
+    Scratch(Range<usize>),
+}
+
+impl Piece {
+    pub(super) fn len(&self) -> usize {
+        self.range().len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.range().is_empty()
+    }
+
+    /// The first `len` octets (all of them if there are fewer).
+    pub(super) fn head(self, len: usize) -> Self {
+        self.map(|range| range.start..range.end.min(range.start.saturating_add(len)))
+    }
+
+    /// All but the first `len` octets.
+    pub(super) fn tail(self, len: usize) -> Self {
+        self.map(|range| range.end.min(range.start.saturating_add(len))..range.end)
+    }
+
+    pub(super) fn into_ready(self) -> Ready {
+        match self {
+            Self::Input(range) => Ready::BodyFromInput(range),
+            Self::Scratch(range) => Ready::BodyFromScratch(range),
+        }
+    }
+
+    fn range(&self) -> &Range<usize> {
+        match self {
+            Self::Input(range) | Self::Scratch(range) => range,
+        }
+    }
+
+    fn map(self, f: impl FnOnce(Range<usize>) -> Range<usize>) -> Self {
+        match self {
+            Self::Input(range) => Self::Input(f(range)),
+            Self::Scratch(range) => Self::Scratch(f(range)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Notice {
     Aborted(AbortReason),
