@@ -29,12 +29,13 @@ wait_for() {
     return 1
 }
 
-# start_front NAME RELAY_URL: smtpsd relaying to RELAY_URL, implicit TLS and STARTTLS
-# (required) on free ports of 127.0.0.1; sets FRONT_PID, FRONT_IMPLICIT, FRONT_STARTTLS; logs
-# to $WORK/NAME-front.log.
+# start_front NAME RELAY_URL [SMTPSD ARGS...]: smtpsd relaying to RELAY_URL, implicit TLS and
+# STARTTLS (required) on free ports of 127.0.0.1; sets FRONT_PID, FRONT_IMPLICIT,
+# FRONT_STARTTLS; logs to $WORK/NAME-front.log.
 start_front() {
     local name=$1 url=$2 log="$WORK/$1-front.log" ports
-    "$SMTPSD" --relay "$url" --users "$USERS" \
+    shift 2
+    "$SMTPSD" --relay "$url" --users "$USERS" "$@" \
         --listen 127.0.0.1:0=implicit-tls --listen 127.0.0.1:0=starttls-required \
         --cert "$CERT" --key "$KEY" --hostname front.test \
         --max-message-size 64M --max-connections-per-ip 200 --log-level info 2> "$log" &

@@ -11,7 +11,9 @@
 #   identity (implicit TLS, STARTTLS, AUTH), reject at RCPT, <LF>.<LF> smuggling, pipelining,
 #   5 recipients, BDAT, a 50 MiB message, 100 parallel clients, and Postfix stopped for 3 s
 #   while two senders loop (small messages; 4 MiB ones, cut mid-body by the stop): 4xx, never
-#   a 250 that is lost, then Postfix started again and mail flows.
+#   a 250 that is lost, then Postfix started again and mail flows. Last, a second front
+#   talks STARTTLS to a second smtpd of the same Postfix (+starttls, --relay-ca): the same
+#   identity claims, and Postfix's log shows the TLS session from the front.
 # Needs run.sh's environment (WORK, SMTPSD, CERT, KEY, USERS, USER_NAME, USER_PASSWORD,
 # CLIENTS). BIG_MIB (50) and PARALLEL (100) size the bulk step.
 set -euo pipefail
@@ -63,8 +65,19 @@ mv "$file.tmp" "$file.eml"
 EOF
 chmod 755 "$WORK/pf-deliver.sh"
 
+# The TLS smtpd's certificate, signed by a CA of its own: the front verifies it as any WebPKI
+# client does (a self-signed CA certificate serving as the server's own is refused).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$WORK/pf-ca.key" -out "$WORK/pf-ca.pem" -subj "/CN=relay test CA" 2> /dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout "$WORK/pf-tls.key" -out "$WORK/pf-tls.csr" 2> /dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n' \
+    > "$WORK/pf-tls.ext"
+openssl x509 -req -in "$WORK/pf-tls.csr" -CA "$WORK/pf-ca.pem" -CAkey "$WORK/pf-ca.key" \
+    -CAcreateserial -days 2 -extfile "$WORK/pf-tls.ext" -out "$WORK/pf-tls.pem" 2> /dev/null
+
 REJECT_TEXT="refused by the relay test policy"
-write_config() { # write_config PORT
+write_config() { # write_config PORT TLS_PORT
     cat > "$PF/main.cf" << CONF
 compatibility_level = 3.6
 queue_directory = $WORK/pfqueue
@@ -99,6 +112,9 @@ maximal_backoff_time = 10s
 CONF
     cat > "$PF/master.cf" << CONF
 127.0.0.1:$1 inet n - n - 150 smtpd
+127.0.0.1:$2 inet n - n - 20 smtpd -o smtpd_tls_security_level=may
+    -o smtpd_tls_cert_file=$WORK/pf-tls.pem -o smtpd_tls_key_file=$WORK/pf-tls.key
+    -o smtpd_tls_loglevel=1
 pickup        unix  n - n 60   1 pickup
 cleanup       unix  n - n -    0 cleanup
 qmgr          unix  n - n 300  1 qmgr
@@ -114,6 +130,7 @@ error         unix  - - n -    - error
 retry         unix  - - n -    - error
 discard       unix  - - n -    - discard
 anvil         unix  - - n -    1 anvil
+tlsmgr        unix  - - n 1000? 1 tlsmgr
 scache        unix  - - n -    1 scache
 postlog       unix-dgram n - n - 1 postlogd
 deliver       unix  - n n -    20 pipe user=nobody argv=$WORK/pf-deliver.sh $MAIL/\${queue_id} \${recipient}
@@ -127,8 +144,8 @@ start_postfix() {
 # A free port, bound by Postfix a moment later: another process may take it in between, so a
 # failed start is retried with a new one (3 times at most).
 for attempt in 1 2 3; do
-    PORT=$(python3 "$CLIENTS" free-ports 1)
-    write_config "$PORT"
+    read -r PORT TLS_PORT <<< "$(python3 "$CLIENTS" free-ports 2 | tr '\n' ' ')"
+    write_config "$PORT" "$TLS_PORT"
     postfix -c "$PF" check
     start_postfix && break
     echo "postfix: did not listen on :$PORT (attempt $attempt)"
@@ -196,5 +213,17 @@ grep -m3 'smtps-relay.*session=' "$WORK/postfix-front.log" | sed 's/^/  front lo
 
 if grep -qi panic "$WORK/postfix-front.log"; then fail "panic in the front's log"; fi
 kill -0 "$FRONT_PID" 2> /dev/null || fail "the front is gone"
+stop_front
+
+echo "==> STARTTLS to the backend: a second front, smtp://127.0.0.1:$TLS_PORT+xclient+starttls"
+start_front postfix-tls "smtp://127.0.0.1:$TLS_PORT+xclient+starttls" --relay-ca "$WORK/pf-ca.pem"
+TLS_ARGS=(--implicit "$FRONT_IMPLICIT" --starttls "$FRONT_STARTTLS" --cafile "$CERT" --mail "$MAIL"
+    --sent "$SENT" --backend postfix --log "$PFLOG" --tag "pftls$$")
+py identity "${TLS_ARGS[@]}" --user "$USER_NAME" --password "$USER_PASSWORD"
+tls_line=$(grep -m1 "TLS connection established from [^ ]*\[127.0.0.1\]" "$PFLOG" || true)
+echo "  postfix log: ${tls_line#*]: }"
+[ -n "$tls_line" ] && status=0 || status=1
+check "$status" "Postfix's log shows the TLS session from the front (before XCLIENT named the client)"
+if grep -qi panic "$WORK/postfix-tls-front.log"; then fail "panic in the TLS front's log"; fi
 [ "$FAIL" = 0 ] || show_logs
 exit "$FAIL"

@@ -1,8 +1,8 @@
 //! The relay [`Handler`]: every decision the client sees is the backend's, taken in real time
-//! on a thread of the session's own that holds its backend connection.
+//! by a relay loop that holds the session's backend connection.
 //!
-//! The worker never blocks on the backend: each decision is deferred and its
-//! [`Responder`] sent, with the job, to the session's relay thread, which talks to the backend
+//! The worker never blocks on the backend: each decision is deferred and its [`Responder`]
+//! sent, with the job, to the relay loop ([`crate::relay_loop`]), which talks to the backend
 //! and answers. Body chunks follow the same queue, so the backend sees the message in order.
 //!
 //! # The decision contract
@@ -17,22 +17,17 @@
 //! - Backend unreachable, timing out, closing, or answering garbage: `451 4.4.1` or `4.4.2`,
 //!   never a 5xx for a transport problem; logged with the reason.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use smtps_proto::{
-    AbortReason, EnhancedStatus, ForwardPath, MailParameters, RcptParameters, Reply, ReplyCode,
-    ReversePath, Verdict,
-};
-use smtps_server::{Answer, CloseReason, Context, Credentials, Handler, Responder, SessionInfo};
+use smtps_proto::{AbortReason, ForwardPath, MailParameters, RcptParameters, Reply, ReversePath};
+use smtps_server::{Answer, CloseReason, Context, Credentials, Handler, SessionInfo};
 
 use crate::auth::{Authenticator, authenticate};
-use crate::backend::{Backend, BackendConfig, BackendError, ClientIdentity};
-use crate::body::DataEncoder;
-use crate::params::{MailParams, RcptParams, mail_command, rcpt_command};
+use crate::backend::{BackendConfig, ClientIdentity};
+use crate::client::{Job, broken};
 use crate::received::Received;
-use crate::reply::BackendReply;
+use crate::relay_loop::LoopHandle;
 
 /// The relay front: a [`Handler`] relaying each transaction to one backend.
 pub struct Relay {
@@ -40,10 +35,14 @@ pub struct Relay {
     hostname: String,
     authenticator: Option<Arc<dyn Authenticator>>,
     next_message: AtomicU64,
+    loop_count: usize,
+    /// Started with the first session that needs the backend.
+    loops: OnceLock<Vec<LoopHandle>>,
 }
 
 impl Relay {
-    /// A relay to `backend`, naming itself `hostname` in its `Received:` lines.
+    /// A relay to `backend`, naming itself `hostname` in its `Received:` lines, with one
+    /// relay loop thread.
     #[must_use]
     pub fn new(backend: BackendConfig, hostname: impl Into<String>) -> Self {
         Self {
@@ -51,6 +50,8 @@ impl Relay {
             hostname: hostname.into(),
             authenticator: None,
             next_message: AtomicU64::new(1),
+            loop_count: 1,
+            loops: OnceLock::new(),
         }
     }
 
@@ -61,73 +62,62 @@ impl Relay {
         self.authenticator = Some(authenticator);
         self
     }
+
+    /// Spreads sessions over `count` relay loop threads (at least one), each holding its
+    /// sessions' backend connections; one is plenty for thousands of sessions, more serve
+    /// a machine with many cores and workers.
+    #[must_use]
+    pub fn with_loops(mut self, count: usize) -> Self {
+        self.loop_count = count.max(1);
+        self
+    }
+
+    /// The loop that holds `session`'s backend connection; `None` if no loop thread could
+    /// be started (logged; the decisions then answer `451 4.3.0`).
+    fn loop_for(&self, session: u64) -> Option<&LoopHandle> {
+        let loops = self.loops.get_or_init(|| {
+            (0..self.loop_count)
+                .filter_map(|index| {
+                    LoopHandle::spawn(Arc::clone(&self.backend), index)
+                        .map_err(|error| {
+                            log::error!("smtps-relay: cannot start a relay loop: {error}");
+                        })
+                        .ok()
+                })
+                .collect()
+        });
+        let count = u64::try_from(loops.len()).ok().filter(|&n| n > 0)?;
+        loops.get(usize::try_from(session % count).ok()?)
+    }
+
+    /// Sends `job` to the session's loop, registering the session first if needed.
+    fn send(&self, session: &mut RelaySession, info: &SessionInfo, job: Job) {
+        let Some(handle) = self.loop_for(info.id) else {
+            return;
+        };
+        if !session.opened {
+            session.opened = true;
+            handle.open(info.id, Arc::clone(&session.body_failed));
+        }
+        handle.send(info.id, job);
+    }
 }
 
 /// One client session's side of the relay.
 #[derive(Default)]
 pub struct RelaySession {
-    link: Option<Link>,
-    /// Body octets not handed to the relay thread yet: they go in batches of
-    /// [`BODY_BATCH`], or with the message's end, so a small message costs the thread one
-    /// wake-up for its body and end together.
+    /// The loop knows this session.
+    opened: bool,
+    /// Raised by the loop when the backend failed during the message: the next body chunk
+    /// answers `451 4.4.2`.
+    body_failed: Arc<AtomicBool>,
+    /// Body octets not handed to the loop yet: they go in batches of [`BODY_BATCH`], or with
+    /// the message's end, so a small message costs the loop one job for its body and end.
     body: Vec<u8>,
 }
 
-/// Body octets gathered on the worker before they go to the relay thread.
+/// Body octets gathered on the worker before they go to the loop.
 const BODY_BATCH: usize = 64 * 1024;
-
-/// The queue to the session's relay thread.
-struct Link {
-    jobs: Sender<Job>,
-    /// Set by the thread when the backend failed during a message: what body chunks answer.
-    failure: Arc<Mutex<Option<Reply>>>,
-}
-
-enum Job {
-    Mail {
-        client: ClientIdentity,
-        path: String,
-        params: MailParams,
-        responder: Responder,
-    },
-    Rcpt {
-        path: String,
-        params: RcptParams,
-        responder: Responder,
-    },
-    Data {
-        received: Vec<u8>,
-        responder: Responder,
-    },
-    Body(Vec<u8>),
-    /// The message's last octets, then its end.
-    End {
-        body: Vec<u8>,
-        responder: Responder,
-    },
-    /// The message in progress will never be acknowledged: close without the final dot.
-    Abort,
-    /// RSET, a new EHLO, STARTTLS.
-    Reset,
-}
-
-fn temporary(detail: u16, text: &'static str) -> Reply {
-    Reply::new(
-        ReplyCode::LOCAL_ERROR,
-        EnhancedStatus::new(4, 4, detail),
-        text,
-    )
-}
-
-/// `451 4.4.1`: the backend could not be reached.
-fn unreachable() -> Reply {
-    temporary(1, "Backend unavailable, try again later")
-}
-
-/// `451 4.4.2`: the backend connection broke.
-fn broken() -> Reply {
-    temporary(2, "Backend connection lost, try again later")
-}
 
 fn client_identity(info: &SessionInfo) -> ClientIdentity {
     ClientIdentity {
@@ -136,29 +126,6 @@ fn client_identity(info: &SessionInfo) -> ClientIdentity {
         helo: info.helo.clone(),
         extended: info.extended,
         login: info.auth_id.clone(),
-    }
-}
-
-impl Relay {
-    /// Sends `job` to the session's thread, starting it first if needed. A thread that cannot
-    /// start answers through the dropped responder (`451 4.3.0`).
-    fn send(&self, session: &mut RelaySession, info: &SessionInfo, job: Job) {
-        let link = session.link.get_or_insert_with(|| {
-            let (jobs, queue) = mpsc::channel();
-            let failure = Arc::new(Mutex::new(None));
-            let thread_failure = Arc::clone(&failure);
-            let config = Arc::clone(&self.backend);
-            let id = info.id;
-            let spawned = std::thread::Builder::new()
-                .name(format!("smtps-relay-{id}"))
-                .spawn(move || relay_thread(&config, id, &queue, &thread_failure));
-            if let Err(error) = spawned {
-                log::error!("smtps-relay: session={id} cannot start a relay thread: {error}");
-            }
-            Link { jobs, failure }
-        });
-        // A send fails only if the thread is gone; the job's responder then answers 451.
-        let _ = link.jobs.send(job);
     }
 }
 
@@ -242,14 +209,8 @@ impl Handler for Relay {
         cx: &mut Context<'_>,
         chunk: &[u8],
     ) -> Result<(), Reply> {
-        if let Some(link) = &session.link
-            && let Some(reply) = link
-                .failure
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-        {
-            return Err(reply);
+        if session.body_failed.swap(false, Ordering::AcqRel) {
+            return Err(broken());
         }
         session.body.extend_from_slice(chunk);
         if session.body.len() >= BODY_BATCH {
@@ -277,255 +238,22 @@ impl Handler for Relay {
             cx.info().id
         );
         session.body.clear();
-        if session.link.is_some() {
+        if session.opened {
             self.send(session, cx.info(), Job::Abort);
         }
     }
 
     fn reset(&self, session: &mut RelaySession, cx: &mut Context<'_>) {
-        if session.link.is_some() {
+        if session.opened {
             self.send(session, cx.info(), Job::Reset);
         }
     }
 
-    fn disconnect(&self, session: RelaySession, _cx: &mut Context<'_>, _reason: CloseReason) {
-        // Dropping the queue ends the thread: QUIT between transactions, a plain close in the
-        // middle of one (no final dot, so nothing half-sent is delivered).
-        drop(session);
-    }
-}
-
-/// The verdict for a backend reply: accepted when positive (or, for DATA, intermediate).
-fn verdict(reply: &BackendReply) -> Verdict {
-    if reply.is_positive() || reply.is_intermediate() {
-        Verdict::AcceptWith(reply.to_client())
-    } else {
-        Verdict::Reject(reply.to_client())
-    }
-}
-
-/// What the relay thread holds between jobs.
-struct State<'a> {
-    config: &'a BackendConfig,
-    id: u64,
-    backend: Option<Backend>,
-    /// The message in progress, once the backend said 354.
-    data: Option<DataEncoder>,
-    /// Encoded octets not yet written.
-    out: Vec<u8>,
-    /// A RSET owed to the backend before the next MAIL.
-    reset_pending: bool,
-    failure: &'a Mutex<Option<Reply>>,
-}
-
-/// The session's relay thread: takes jobs in order until the session ends.
-fn relay_thread(
-    config: &BackendConfig,
-    id: u64,
-    queue: &Receiver<Job>,
-    failure: &Mutex<Option<Reply>>,
-) {
-    let mut state = State {
-        config,
-        id,
-        backend: None,
-        data: None,
-        out: Vec::new(),
-        reset_pending: false,
-        failure,
-    };
-    while let Ok(job) = queue.recv() {
-        state.run(job);
-    }
-    // The session ended. Mid-message: close without the final dot; otherwise say goodbye.
-    if let Some(backend) = state.backend.take()
-        && state.data.is_none()
-    {
-        backend.quit();
-    }
-}
-
-impl State<'_> {
-    fn run(&mut self, job: Job) {
-        match job {
-            Job::Mail {
-                client,
-                path,
-                params,
-                responder,
-            } => {
-                let verdict = self.mail(&client, &path, &params);
-                responder.respond(verdict);
-            }
-            Job::Rcpt {
-                path,
-                params,
-                responder,
-            } => {
-                let verdict = self.with_backend(|backend| {
-                    match rcpt_command(&path, &params, backend.capabilities()) {
-                        Ok(line) => backend.command(&line).map(|r| verdict(&r)),
-                        Err(refusal) => Ok(Verdict::Reject(refusal)),
-                    }
-                });
-                responder.respond(verdict);
-            }
-            Job::Data {
-                received,
-                responder,
-            } => {
-                let verdict =
-                    self.with_backend(|backend| backend.command("DATA").map(|r| verdict(&r)));
-                let verdict = match verdict {
-                    Verdict::AcceptWith(reply) if reply.code() == ReplyCode::START_MAIL_INPUT => {
-                        let mut encoder = DataEncoder::default();
-                        encoder.encode(&received, &mut self.out);
-                        self.data = Some(encoder);
-                        // The engine sends its own 354.
-                        Verdict::Accept
-                    }
-                    Verdict::AcceptWith(reply) => {
-                        log::warn!(
-                            "smtps-relay: session={} backend answered DATA with {}",
-                            self.id,
-                            reply.code().as_u16()
-                        );
-                        self.drop_backend();
-                        Verdict::Reject(broken())
-                    }
-                    other => other,
-                };
-                responder.respond(verdict);
-            }
-            Job::Body(chunk) => self.body(&chunk),
-            Job::End { body, responder } => {
-                self.body(&body);
-                let verdict = self.end();
-                responder.respond(verdict);
-            }
-            Job::Abort => {
-                if self.data.take().is_some() {
-                    // Closing without the final dot: the backend discards the message.
-                    self.backend = None;
-                    self.out.clear();
-                }
-            }
-            Job::Reset => {
-                if self.data.is_none() && self.backend.is_some() {
-                    self.reset_pending = true;
-                }
-            }
+    fn disconnect(&self, mut session: RelaySession, cx: &mut Context<'_>, _reason: CloseReason) {
+        // QUIT between transactions, a plain close in the middle of one (no final dot, so
+        // nothing half-sent is delivered).
+        if session.opened {
+            self.send(&mut session, cx.info(), Job::Close);
         }
-    }
-
-    fn mail(&mut self, client: &ClientIdentity, path: &str, params: &MailParams) -> Verdict {
-        if self.backend.is_none() {
-            match Backend::connect(self.config, client) {
-                Ok(backend) => {
-                    log::debug!(
-                        "smtps-relay: session={} backend {} ready: {:?}",
-                        self.id,
-                        self.config.address,
-                        backend.capabilities()
-                    );
-                    self.backend = Some(backend);
-                    self.reset_pending = false;
-                }
-                Err(error) => {
-                    log::error!("smtps-relay: session={} {error}", self.id);
-                    return Verdict::Reject(unreachable());
-                }
-            }
-        }
-        let reset = std::mem::take(&mut self.reset_pending);
-        self.with_backend(|backend| {
-            backend.update_identity(client)?;
-            let line = match mail_command(path, params, backend.capabilities()) {
-                Ok(line) => line,
-                Err(refusal) => return Ok(Verdict::Reject(refusal)),
-            };
-            if reset {
-                if backend.capabilities().pipelining {
-                    // RFC 2920: RSET and MAIL in one write, then both replies.
-                    backend.send("RSET")?;
-                    backend.send(&line)?;
-                    backend.reply()?;
-                    return backend.last_reply().map(|r| verdict(&r));
-                }
-                backend.command("RSET")?;
-            }
-            backend.command(&line).map(|r| verdict(&r))
-        })
-    }
-
-    /// Runs `step` on the backend; a backend failure drops the connection and answers
-    /// `451 4.4.2`.
-    fn with_backend(
-        &mut self,
-        step: impl FnOnce(&mut Backend) -> Result<Verdict, BackendError>,
-    ) -> Verdict {
-        let Some(backend) = self.backend.as_mut() else {
-            return Verdict::Reject(broken());
-        };
-        match step(backend) {
-            Ok(verdict) => verdict,
-            Err(error) => {
-                log::error!("smtps-relay: session={} {error}", self.id);
-                self.drop_backend();
-                Verdict::Reject(match error {
-                    BackendError::Connect(..) => unreachable(),
-                    _ => broken(),
-                })
-            }
-        }
-    }
-
-    fn body(&mut self, chunk: &[u8]) {
-        let Some(encoder) = self.data.as_mut() else {
-            return;
-        };
-        encoder.encode(chunk, &mut self.out);
-        if self.out.len() < 64 * 1024 {
-            return;
-        }
-        self.flush_body();
-    }
-
-    fn flush_body(&mut self) {
-        let result = match self.backend.as_mut() {
-            Some(backend) => backend.write_body(&self.out),
-            None => return,
-        };
-        self.out.clear();
-        if let Err(error) = result {
-            log::error!("smtps-relay: session={} {error}", self.id);
-            self.drop_backend();
-            *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(broken());
-        }
-    }
-
-    fn end(&mut self) -> Verdict {
-        let Some(mut encoder) = self.data.take() else {
-            return Verdict::Reject(broken());
-        };
-        encoder.finish(&mut self.out);
-        self.flush_body();
-        // A failure while writing the body was already told to the client through the body
-        // chunks' answer; forget it for the next message.
-        self.failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        self.with_backend(|backend| {
-            let reply = backend.end_of_data()?;
-            Ok(verdict(&reply))
-        })
-    }
-
-    fn drop_backend(&mut self) {
-        self.backend = None;
-        self.data = None;
-        self.out.clear();
-        self.reset_pending = false;
     }
 }

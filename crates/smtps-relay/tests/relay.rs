@@ -29,6 +29,10 @@ struct Script {
     garbage_at_mail: bool,
     /// Answer MAIL twice.
     two_replies_to_mail: bool,
+    /// Accept the connection and say nothing at all.
+    silent: bool,
+    /// After the 250 to the final dot, say 421 and close (an idle timeout come early).
+    close_after_message: bool,
 }
 
 /// What the backend saw: per connection, everything it read.
@@ -87,6 +91,10 @@ fn converse(stream: TcpStream, script: &Script, seen: &Mutex<Seen>) {
     let mut say = |line: &str| {
         let _ = writer.write_all(line.as_bytes());
     };
+    if script.silent {
+        let _ = reader.read_to_end(&mut Vec::new());
+        return;
+    }
     say("220 backend.test ESMTP\r\n");
     let mut line = Vec::new();
     loop {
@@ -136,6 +144,10 @@ fn converse(stream: TcpStream, script: &Script, seen: &Mutex<Seen>) {
             }
             seen.lock().unwrap().messages.push(message);
             say("250 2.0.0 Ok: queued as BACKEND1\r\n");
+            if script.close_after_message {
+                say("421 4.4.2 backend.test Error: timeout exceeded\r\n");
+                return;
+            }
         } else if text.starts_with("RSET") {
             say("250 2.0.0 Ok\r\n");
         } else if text.starts_with("QUIT") {
@@ -170,9 +182,13 @@ impl Drop for Front {
 }
 
 fn front(backend: SocketAddr, identity: Identity) -> Front {
+    front_with_timeout(backend, identity, Duration::from_secs(5))
+}
+
+fn front_with_timeout(backend: SocketAddr, identity: Identity, connect: Duration) -> Front {
     let mut config = BackendConfig::new(backend.to_string(), "front.test");
     config.identity = identity;
-    config.connect_timeout = Duration::from_secs(5);
+    config.connect_timeout = connect;
     config.command_timeout = Duration::from_secs(5);
     config.data_timeout = Duration::from_secs(5);
     let relay = Relay::new(config, "front.test").with_authenticator(Arc::new(Users));
@@ -459,4 +475,45 @@ fn parameters_the_backend_does_not_offer_are_refused_with_their_codes() {
             .starts_with("555 5.5.4")
     );
     assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
+}
+
+#[test]
+fn a_backend_that_never_greets_times_out_with_451_4_4_1_and_the_session_goes_on() {
+    let backend = backend(Script {
+        silent: true,
+        ..Script::default()
+    });
+    let front = front_with_timeout(backend.addr, Identity::None, Duration::from_millis(300));
+    let mut c = client(&front);
+    let reply = c.command("MAIL FROM:<a@client.test>");
+    assert!(reply.starts_with("451 4.4.1"), "{reply}");
+    assert!(c.command("NOOP").starts_with("250"));
+    // The front closed the silent connection when it gave up on it.
+    wait_for("the front to close the silent backend connection", || {
+        backend.seen.lock().unwrap().closed == 1
+    });
+}
+
+#[test]
+fn a_backend_closing_between_transactions_is_reopened_for_the_next_mail() {
+    let backend = backend(Script {
+        close_after_message: true,
+        ..Script::default()
+    });
+    let front = front(backend.addr, Identity::None);
+    let mut c = client(&front);
+    for round in 0..2 {
+        assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
+        assert!(c.command("RCPT TO:<b@backend.test>").starts_with("250"));
+        assert!(c.command("DATA").starts_with("354"));
+        let reply = c.command(&format!("Subject: {round}\r\n\r\nbody\r\n."));
+        assert!(reply.starts_with("250"), "round {round}: {reply}");
+        // Let the backend's 421 and close arrive before the next MAIL.
+        wait_for("the backend to close", || {
+            backend.seen.lock().unwrap().closed == round + 1
+        });
+    }
+    let seen = backend.seen.lock().unwrap();
+    assert_eq!(seen.messages.len(), 2);
+    assert_eq!(seen.connections.len(), 2);
 }
