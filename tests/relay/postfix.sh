@@ -162,6 +162,18 @@ ARGS=(--implicit "$FRONT_IMPLICIT" --starttls "$FRONT_STARTTLS" --cafile "$CERT"
 echo "==> identity: implicit TLS and STARTTLS from 127.0.0.2, with and without AUTH"
 py identity "${ARGS[@]}" --user "$USER_NAME" --password "$USER_PASSWORD"
 
+# The front's own log lines (docs/LOGGING.md): a message line naming Postfix's queue id, and a
+# session line per client.
+summary=$(grep -m1 -o 'event=message_summary queue_id=[0-9A-Za-z]* .*result=accepted code=250' \
+    "$WORK/postfix-front.log" || true)
+echo "  front log: ${summary:-no message_summary line}"
+queue_id=$(sed -n 's/.*queue_id=\([0-9A-Za-z]*\) .*/\1/p' <<< "$summary")
+[ -n "$queue_id" ] && grep -q "$queue_id: client=" "$PFLOG" && status=0 || status=1
+check "$status" "the front's message_summary line names the queue id Postfix gave the message ($queue_id)"
+grep -q 'event=session_summary client=127.0.0.2:[0-9]* .*messages=1 .*result=quit' \
+    "$WORK/postfix-front.log" && status=0 || status=1
+check "$status" "the front writes a session_summary line per client (client=127.0.0.2, messages=1, result=quit)"
+
 echo "==> Postfix's recipient restriction through the front"
 py reject "${ARGS[@]}" --reject-text "$REJECT_TEXT"
 

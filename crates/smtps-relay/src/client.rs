@@ -21,6 +21,7 @@ use crate::backend::{
 };
 use crate::body::DataEncoder;
 use crate::capabilities::Capabilities;
+use crate::logline::{MessageLog, MessageResult};
 use crate::params::{MailParams, RcptParams, mail_command, rcpt_command};
 use crate::reply::{BackendReply, MAX_LINE, ReplyError, ReplyReader};
 use crate::xtext;
@@ -46,8 +47,13 @@ pub(crate) enum Job {
     },
     /// Message octets, dot-unstuffed (the client encoder stuffs them again).
     Body(Vec<u8>),
-    /// The message's last octets, then its end.
-    End { body: Vec<u8>, responder: Responder },
+    /// The message's last octets, then its end; its log line is written with the backend's
+    /// verdict.
+    End {
+        body: Vec<u8>,
+        responder: Responder,
+        log: MessageLog,
+    },
     /// The message in progress will never be acknowledged: close without the final dot.
     Abort,
     /// RSET, a new EHLO, STARTTLS on the client side: the backend gets RSET before the next
@@ -79,6 +85,7 @@ enum Step {
     End {
         body: Vec<u8>,
         responder: Responder,
+        log: MessageLog,
     },
     Quit,
 }
@@ -114,7 +121,7 @@ enum Awaiting {
         received: Vec<u8>,
         responder: Responder,
     },
-    End(Responder),
+    End(Responder, MessageLog),
     Quit,
 }
 
@@ -190,6 +197,35 @@ pub(crate) fn unreachable() -> Reply {
 /// `451 4.4.2`: the backend connection broke.
 pub(crate) fn broken() -> Reply {
     temporary(2, "Backend connection lost, try again later")
+}
+
+/// Writes the message line (`docs/LOGGING.md`) for the backend's reply to the final dot; the
+/// queue id is the backend's own, from its `queued as ID` text (Postfix, Exim's `id=ID`).
+fn log_message(log: &MessageLog, reply: &BackendReply) {
+    let text = reply.lines.first().map_or("", String::as_str);
+    let queue_id = ["queued as ", "id="].iter().find_map(|marker| {
+        let start = text.find(marker)? + marker.len();
+        let id = text[start..].split([' ', ',', ';', ')']).next()?;
+        (!id.is_empty()).then_some(id)
+    });
+    let result = if reply.is_positive() {
+        MessageResult::Accepted(reply.code)
+    } else {
+        MessageResult::Refused(reply.code)
+    };
+    log::info!(
+        "{}",
+        log.line(queue_id.filter(|_| reply.is_positive()), result)
+    );
+}
+
+/// Refuses a message the backend will never answer, with its message line.
+pub(crate) fn refuse_message(responder: Responder, log: &MessageLog, reply: &Reply) {
+    log::info!(
+        "{}",
+        log.line(None, MessageResult::Refused(reply.code().as_u16()))
+    );
+    responder.respond(Verdict::Reject(reply.clone()));
 }
 
 /// The verdict for a backend reply: accepted when positive (or, for DATA, intermediate).
@@ -272,7 +308,7 @@ impl BackendClient {
         let front = self.awaiting.front()?;
         Some(match (self.phase, front) {
             (Phase::Setup | Phase::Handshake, _) => self.config.connect_timeout,
-            (_, Awaiting::End(_)) => self.config.data_timeout,
+            (_, Awaiting::End(..)) => self.config.data_timeout,
             (_, Awaiting::Quit) => QUIT_TIMEOUT,
             _ => self.config.command_timeout,
         })
@@ -314,7 +350,15 @@ impl BackendClient {
                 responder,
             }),
             Job::Body(chunk) => self.steps.push_back(Step::Body(chunk)),
-            Job::End { body, responder } => self.steps.push_back(Step::End { body, responder }),
+            Job::End {
+                body,
+                responder,
+                log,
+            } => self.steps.push_back(Step::End {
+                body,
+                responder,
+                log,
+            }),
             Job::Abort => {
                 self.body_failed.store(false, Ordering::Release);
                 if self.in_message() {
@@ -501,7 +545,10 @@ impl BackendClient {
                 received,
                 responder,
             } => self.data_reply(&reply, &received, responder),
-            Awaiting::End(responder) => responder.respond(verdict(&reply)),
+            Awaiting::End(responder, log) => {
+                log_message(&log, &reply);
+                responder.respond(verdict(&reply));
+            }
             Awaiting::Quit => self.finish(),
         }
         self.pump();
@@ -669,13 +716,17 @@ impl BackendClient {
                     encoder.encode(&chunk, &mut self.out);
                 }
             }
-            Step::End { body, responder } => match self.data.take() {
+            Step::End {
+                body,
+                responder,
+                log,
+            } => match self.data.take() {
                 Some(mut encoder) => {
                     encoder.encode(&body, &mut self.out);
                     encoder.finish(&mut self.out);
-                    self.awaiting.push_back(Awaiting::End(responder));
+                    self.awaiting.push_back(Awaiting::End(responder, log));
                 }
-                None => responder.respond(Verdict::Reject(broken())),
+                None => refuse_message(responder, &log, &broken()),
             },
             Step::Quit => {
                 self.send_line("QUIT");
@@ -714,7 +765,7 @@ impl BackendClient {
 
     fn answer_all(&mut self, reply: &Reply) {
         // A message whose end has not been submitted learns of it through its next chunk.
-        let end_queued = self.awaiting.iter().any(|a| matches!(a, Awaiting::End(_)))
+        let end_queued = self.awaiting.iter().any(|a| matches!(a, Awaiting::End(..)))
             || self.steps.iter().any(|s| matches!(s, Step::End { .. }));
         if self.data.is_some() && !end_queued {
             self.body_failed.store(true, Ordering::Release);
@@ -723,10 +774,10 @@ impl BackendClient {
             match awaited {
                 Awaiting::Mail(responder)
                 | Awaiting::Rcpt(responder)
-                | Awaiting::End(responder)
                 | Awaiting::Data { responder, .. } => {
                     responder.respond(Verdict::Reject(reply.clone()));
                 }
+                Awaiting::End(responder, log) => refuse_message(responder, &log, reply),
                 _ => {}
             }
         }
@@ -734,10 +785,10 @@ impl BackendClient {
             match step {
                 Step::Mail { responder, .. }
                 | Step::Rcpt { responder, .. }
-                | Step::Data { responder, .. }
-                | Step::End { responder, .. } => {
+                | Step::Data { responder, .. } => {
                     responder.respond(Verdict::Reject(reply.clone()));
                 }
+                Step::End { responder, log, .. } => refuse_message(responder, &log, reply),
                 _ => {}
             }
         }

@@ -19,6 +19,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use smtps_proto::{AbortReason, ForwardPath, MailParameters, RcptParameters, Reply, ReversePath};
 use smtps_server::{Answer, CloseReason, Context, Credentials, Handler, SessionInfo};
@@ -26,6 +27,7 @@ use smtps_server::{Answer, CloseReason, Context, Credentials, Handler, SessionIn
 use crate::auth::{Authenticator, authenticate};
 use crate::backend::{BackendConfig, ClientIdentity};
 use crate::client::{Job, broken};
+use crate::logline::{self, MessageLog};
 use crate::received::Received;
 use crate::relay_loop::LoopHandle;
 
@@ -104,8 +106,11 @@ impl Relay {
 }
 
 /// One client session's side of the relay.
-#[derive(Default)]
 pub struct RelaySession {
+    /// For the session line's duration.
+    started: Instant,
+    /// Octets of the messages that reached their end (the session line's `bytes`).
+    bytes: u64,
     /// The loop knows this session.
     opened: bool,
     /// Raised by the loop when the backend failed during the message: the next body chunk
@@ -133,7 +138,14 @@ impl Handler for Relay {
     type Session = RelaySession;
 
     fn connect(&self, _cx: &mut Context<'_>) -> (RelaySession, Answer) {
-        (RelaySession::default(), Answer::Accept)
+        let session = RelaySession {
+            started: Instant::now(),
+            bytes: 0,
+            opened: false,
+            body_failed: Arc::default(),
+            body: Vec::new(),
+        };
+        (session, Answer::Accept)
     }
 
     /// AUTH is offered with an authenticator ([`Relay::with_authenticator`]), and only then.
@@ -220,10 +232,20 @@ impl Handler for Relay {
         Ok(())
     }
 
-    fn message_end(&self, session: &mut RelaySession, cx: &mut Context<'_>, _size: u64) -> Answer {
+    fn message_end(&self, session: &mut RelaySession, cx: &mut Context<'_>, size: u64) -> Answer {
+        session.bytes = session.bytes.saturating_add(size);
+        let log = MessageLog::new(cx.info(), size);
         let responder = cx.defer();
         let body = std::mem::take(&mut session.body);
-        self.send(session, cx.info(), Job::End { body, responder });
+        self.send(
+            session,
+            cx.info(),
+            Job::End {
+                body,
+                responder,
+                log,
+            },
+        );
         Answer::Deferred
     }
 
@@ -249,11 +271,15 @@ impl Handler for Relay {
         }
     }
 
-    fn disconnect(&self, mut session: RelaySession, cx: &mut Context<'_>, _reason: CloseReason) {
+    fn disconnect(&self, mut session: RelaySession, cx: &mut Context<'_>, reason: CloseReason) {
         // QUIT between transactions, a plain close in the middle of one (no final dot, so
         // nothing half-sent is delivered).
         if session.opened {
             self.send(&mut session, cx.info(), Job::Close);
         }
+        log::info!(
+            "{}",
+            logline::session(cx.info(), &reason, session.bytes, session.started.elapsed())
+        );
     }
 }

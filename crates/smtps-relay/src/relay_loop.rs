@@ -23,7 +23,7 @@ use rustls::pki_types::ServerName;
 use smtps_proto::Verdict;
 
 use crate::backend::{BackendConfig, BackendError, host_of, resolve};
-use crate::client::{BackendClient, Job, broken, unreachable};
+use crate::client::{BackendClient, Job, broken, refuse_message, unreachable};
 
 const WAKER: Token = Token(usize::MAX);
 /// Socket reads at a time.
@@ -446,10 +446,10 @@ fn answer_without_backend(job: Job, body_failed: &AtomicBool) {
         Job::Rcpt { responder, .. } | Job::Data { responder, .. } => {
             responder.respond(Verdict::Reject(broken()));
         }
-        Job::End { responder, .. } => {
+        Job::End { responder, log, .. } => {
             // The failure is answered here; the next message must not inherit it.
             body_failed.store(false, Ordering::Release);
-            responder.respond(Verdict::Reject(broken()));
+            refuse_message(responder, &log, &broken());
         }
         Job::Abort => body_failed.store(false, Ordering::Release),
         Job::Mail { responder, .. } => responder.respond(Verdict::Reject(unreachable())),
