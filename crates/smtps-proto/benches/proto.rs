@@ -164,5 +164,99 @@ fn session_message(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, data_decoding, session_message);
+/// A 100 KiB message body of text lines of about 63 octets like smtps-loadgen's: every
+/// `dot_every`-th line starts with a dot (0: none).
+fn text_body(dot_every: usize) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "the",
+        "quarterly",
+        "report",
+        "is",
+        "attached",
+        "please",
+        "review",
+    ];
+    let mut body = Vec::new();
+    let mut word = 0;
+    let mut line = 0;
+    while body.len() < 100 * 1024 {
+        line += 1;
+        let start = body.len();
+        if dot_every > 0 && line % dot_every == 0 {
+            body.extend_from_slice(b". ");
+        }
+        while body.len() - start < 60 {
+            body.extend_from_slice(WORDS[word % WORDS.len()].as_bytes());
+            body.push(b' ');
+            word += 1;
+        }
+        body.extend_from_slice(b"end\r\n");
+    }
+    body
+}
+
+/// Ten 100 KiB messages through a session, the input offered 16 KiB at a time (a TLS record's
+/// plaintext), the host reading every body chunk.
+fn session_large_messages(c: &mut Criterion) {
+    let config = Arc::new(SessionConfig::new("mx.example.org"));
+    let mut group = c.benchmark_group("session");
+    group.sample_size(20);
+    for (name, dot_every) in [
+        ("10_100KiB_messages_dot_every_7", 7),
+        ("10_100KiB_messages_no_dots", 0),
+    ] {
+        let mut wire = b"EHLO client.example\r\n".to_vec();
+        for _ in 0..10 {
+            wire.extend_from_slice(
+                b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n",
+            );
+            dot_stuff(&text_body(dot_every), &mut wire);
+        }
+        group.throughput(Throughput::Bytes(wire.len() as u64));
+        group.bench_function(name, |b| {
+            let mut replies = Vec::new();
+            b.iter(|| {
+                let mut session = ServerSession::new(config.clone(), Security::Tls);
+                let (mut delivered, mut octets, mut chunks) = (0, 0, 0);
+                let mut offset = 0;
+                loop {
+                    let end = wire.len().min(offset + 16 * 1024);
+                    offset += session.handle_input(&wire[offset..end]);
+                    while let Some(event) = session.poll_event() {
+                        let decision = match event {
+                            Event::BodyChunk(chunk) => {
+                                octets += black_box(chunk).len();
+                                chunks += 1;
+                                None
+                            }
+                            Event::MessageEnd { decision, .. } => {
+                                delivered += 1;
+                                Some(decision)
+                            }
+                            other => other.decision(),
+                        };
+                        if let Some(decision) = decision {
+                            let _ = session.decide(decision, Verdict::Accept);
+                        }
+                    }
+                    replies.clear();
+                    session.poll_transmit(&mut replies);
+                    if offset == wire.len() {
+                        break;
+                    }
+                }
+                assert_eq!(delivered, 10);
+                (octets, chunks)
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    data_decoding,
+    session_message,
+    session_large_messages
+);
 criterion_main!(benches);
