@@ -1,7 +1,7 @@
 //! One backend connection's SMTP client, without I/O: it takes the session's jobs and the
 //! backend's octets, and produces the octets to send and the verdicts to give.
 //!
-//! The relay loop ([`crate::relay_loop`]) owns the socket, TLS and the timers; this type owns
+//! The worker's backend I/O ([`crate::backend_io`]) owns the socket, TLS and the timers; this type owns
 //! the conversation: greeting, EHLO, STARTTLS, the client's identity (XCLIENT or a PROXY v2
 //! header), then commands rebuilt from parsed values, each answered by one checked reply, in
 //! order. Commands that RFC 2920 allows in a group (RSET, MAIL, RCPT, then one DATA) go out

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod backend;
+mod backend_io;
 pub mod body;
 pub mod capabilities;
 mod client;
@@ -12,6 +13,5 @@ pub mod logline;
 pub mod params;
 pub mod received;
 pub mod relay;
-mod relay_loop;
 pub mod reply;
 pub mod xtext;

@@ -126,7 +126,7 @@ pub fn session(info: &SessionInfo, reason: &CloseReason, bytes: u64, duration: D
     }
 }
 
-/// How a message ended, for [`message`].
+/// How a message ended, for [`MessageLog::line`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MessageResult {

@@ -1,9 +1,11 @@
 //! The relay [`Handler`]: every decision the client sees is the backend's, taken in real time
-//! by a relay loop that holds the session's backend connection.
+//! over the session's own backend connection.
 //!
-//! The worker never blocks on the backend: each decision is deferred and its [`Responder`]
-//! sent, with the job, to the relay loop ([`crate::relay_loop`]), which talks to the backend
-//! and answers. Body chunks follow the same queue, so the backend sees the message in order.
+//! The worker never blocks on the backend: each decision is deferred and its
+//! [`Responder`](smtps_server::Responder) handed, with the job, to the worker's backend I/O
+//! (the `backend_io` module, polled by the same worker beside the client sockets), which talks
+//! to the backend and answers. Body chunks follow the same queue, so the backend sees the
+//! message in order.
 //!
 //! # The decision contract
 //!
@@ -17,19 +19,21 @@
 //! - Backend unreachable, timing out, closing, or answering garbage: `451 4.4.1` or `4.4.2`,
 //!   never a 5xx for a transport problem; logged with the reason.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use smtps_proto::{AbortReason, ForwardPath, MailParameters, RcptParameters, Reply, ReversePath};
-use smtps_server::{Answer, CloseReason, Context, Credentials, Handler, SessionInfo};
+use smtps_server::{
+    Answer, CloseReason, Context, Credentials, Handler, SessionInfo, WorkerIo, WorkerRegistry,
+};
 
 use crate::auth::{Authenticator, authenticate};
 use crate::backend::{BackendConfig, ClientIdentity};
+use crate::backend_io::RelayIo;
 use crate::client::{Job, broken};
 use crate::logline::{self, MessageLog};
 use crate::received::Received;
-use crate::relay_loop::LoopHandle;
 
 /// The relay front: a [`Handler`] relaying each transaction to one backend.
 pub struct Relay {
@@ -37,14 +41,10 @@ pub struct Relay {
     hostname: String,
     authenticator: Option<Arc<dyn Authenticator>>,
     next_message: AtomicU64,
-    loop_count: usize,
-    /// Started with the first session that needs the backend.
-    loops: OnceLock<Vec<LoopHandle>>,
 }
 
 impl Relay {
-    /// A relay to `backend`, naming itself `hostname` in its `Received:` lines, with one
-    /// relay loop thread.
+    /// A relay to `backend`, naming itself `hostname` in its `Received:` lines.
     #[must_use]
     pub fn new(backend: BackendConfig, hostname: impl Into<String>) -> Self {
         Self {
@@ -52,8 +52,6 @@ impl Relay {
             hostname: hostname.into(),
             authenticator: None,
             next_message: AtomicU64::new(1),
-            loop_count: 1,
-            loops: OnceLock::new(),
         }
     }
 
@@ -65,43 +63,15 @@ impl Relay {
         self
     }
 
-    /// Spreads sessions over `count` relay loop threads (at least one), each holding its
-    /// sessions' backend connections; one is plenty for thousands of sessions, more serve
-    /// a machine with many cores and workers.
-    #[must_use]
-    pub fn with_loops(mut self, count: usize) -> Self {
-        self.loop_count = count.max(1);
-        self
-    }
-
-    /// The loop that holds `session`'s backend connection; `None` if no loop thread could
-    /// be started (logged; the decisions then answer `451 4.3.0`).
-    fn loop_for(&self, session: u64) -> Option<&LoopHandle> {
-        let loops = self.loops.get_or_init(|| {
-            (0..self.loop_count)
-                .filter_map(|index| {
-                    LoopHandle::spawn(Arc::clone(&self.backend), index)
-                        .map_err(|error| {
-                            log::error!("smtps-relay: cannot start a relay loop: {error}");
-                        })
-                        .ok()
-                })
-                .collect()
-        });
-        let count = u64::try_from(loops.len()).ok().filter(|&n| n > 0)?;
-        loops.get(usize::try_from(session % count).ok()?)
-    }
-
-    /// Sends `job` to the session's loop, registering the session first if needed.
-    fn send(&self, session: &mut RelaySession, info: &SessionInfo, job: Job) {
-        let Some(handle) = self.loop_for(info.id) else {
-            return;
-        };
-        if !session.opened {
-            session.opened = true;
-            handle.open(info.id, Arc::clone(&session.body_failed));
+    /// Sends `job` to the backend connection of the session, on this worker.
+    fn send(session: &RelaySession, cx: &mut Context<'_>, job: Job) {
+        let id = cx.info().id;
+        match cx.worker_io::<RelayIo>() {
+            Some(io) => io.submit(id, &session.body_failed, job),
+            // Only if a driver ran the session without the worker I/O this relay asked for;
+            // the job's responder, dropped here, answers `451 4.3.0`.
+            None => log::error!("smtps-relay: session={id} has no backend I/O on its worker"),
         }
-        handle.send(info.id, job);
     }
 }
 
@@ -111,7 +81,7 @@ pub struct RelaySession {
     started: Instant,
     /// Octets of the messages that reached their end (the session line's `bytes`).
     bytes: u64,
-    /// The loop knows this session.
+    /// A backend connection may exist: MAIL was relayed.
     opened: bool,
     /// Raised by the loop when the backend failed during the message: the next body chunk
     /// answers `451 4.4.2`.
@@ -153,6 +123,11 @@ impl Handler for Relay {
         self.authenticator.is_some()
     }
 
+    /// Each worker polls its sessions' backend connections itself.
+    fn worker_io(&self, registry: WorkerRegistry) -> Option<Box<dyn WorkerIo>> {
+        Some(Box::new(RelayIo::new(Arc::clone(&self.backend), registry)))
+    }
+
     fn auth(
         &self,
         _session: &mut RelaySession,
@@ -176,7 +151,8 @@ impl Handler for Relay {
             params: params.into(),
             responder,
         };
-        self.send(session, cx.info(), job);
+        session.opened = true;
+        Self::send(session, cx, job);
         Answer::Deferred
     }
 
@@ -193,7 +169,7 @@ impl Handler for Relay {
             params: params.into(),
             responder,
         };
-        self.send(session, cx.info(), job);
+        Self::send(session, cx, job);
         Answer::Deferred
     }
 
@@ -204,9 +180,9 @@ impl Handler for Relay {
         let received = Received::for_session(cx.info(), &self.hostname, &id)
             .to_header()
             .into_bytes();
-        self.send(
+        Self::send(
             session,
-            cx.info(),
+            cx,
             Job::Data {
                 received,
                 responder,
@@ -227,7 +203,7 @@ impl Handler for Relay {
         session.body.extend_from_slice(chunk);
         if session.body.len() >= BODY_BATCH {
             let batch = std::mem::take(&mut session.body);
-            self.send(session, cx.info(), Job::Body(batch));
+            Self::send(session, cx, Job::Body(batch));
         }
         Ok(())
     }
@@ -237,9 +213,9 @@ impl Handler for Relay {
         let log = MessageLog::new(cx.info(), size);
         let responder = cx.defer();
         let body = std::mem::take(&mut session.body);
-        self.send(
+        Self::send(
             session,
-            cx.info(),
+            cx,
             Job::End {
                 body,
                 responder,
@@ -261,21 +237,21 @@ impl Handler for Relay {
         );
         session.body.clear();
         if session.opened {
-            self.send(session, cx.info(), Job::Abort);
+            Self::send(session, cx, Job::Abort);
         }
     }
 
     fn reset(&self, session: &mut RelaySession, cx: &mut Context<'_>) {
         if session.opened {
-            self.send(session, cx.info(), Job::Reset);
+            Self::send(session, cx, Job::Reset);
         }
     }
 
-    fn disconnect(&self, mut session: RelaySession, cx: &mut Context<'_>, reason: CloseReason) {
+    fn disconnect(&self, session: RelaySession, cx: &mut Context<'_>, reason: CloseReason) {
         // QUIT between transactions, a plain close in the middle of one (no final dot, so
         // nothing half-sent is delivered).
         if session.opened {
-            self.send(&mut session, cx.info(), Job::Close);
+            Self::send(&session, cx, Job::Close);
         }
         log::info!(
             "{}",

@@ -16,6 +16,7 @@ use crate::handler::{
 };
 use crate::metrics::Metrics;
 use crate::server::Shared;
+use crate::worker_io::WorkerIo;
 
 /// The host's side of a connection: what it knows, its state, the decision it deferred.
 pub(crate) struct HostSide<S> {
@@ -71,6 +72,7 @@ pub(crate) fn dispatch<H: Handler>(
     side: &mut HostSide<H::Session>,
     mailbox: &Arc<Mailbox>,
     token: Token,
+    worker_io: &mut Option<Box<dyn WorkerIo>>,
 ) -> bool {
     let mut any = false;
     let handler = &shared.handler;
@@ -100,6 +102,7 @@ pub(crate) fn dispatch<H: Handler>(
         }
         let mut cx = Context {
             info,
+            worker_io: worker_io.as_deref_mut().map(|io| io as &mut dyn WorkerIo),
             defer: decision.map(|decision| DeferSlot {
                 mailbox: Arc::clone(mailbox),
                 token,

@@ -13,6 +13,8 @@ use smtps_proto::{
 };
 use smtps_tls::TlsInfo;
 
+use crate::worker_io::{WorkerIo, WorkerRegistry};
+
 /// The host: decides on each step of every session.
 ///
 /// One value serves every connection, from every worker thread (`Send + Sync`); per-connection
@@ -99,6 +101,18 @@ pub trait Handler: Send + Sync + 'static {
     /// ```
     fn offers_auth(&self) -> bool {
         false
+    }
+
+    /// Host I/O on the worker threads ([`WorkerIo`]): called once per worker as the server
+    /// is bound ([`Server::bind`](crate::Server::bind)), with the registry of that worker's
+    /// poll; the worker then owns the object on its thread. `None` (the default): the host has no sockets
+    /// of its own for the workers to poll. A host that talks to another server for its
+    /// decisions (a relay's backend) returns its per-worker state here and reaches it from
+    /// the decision methods through [`Context::worker_io`], so a deferred decision is sent,
+    /// answered and applied on the worker's own thread.
+    fn worker_io(&self, registry: WorkerRegistry) -> Option<Box<dyn WorkerIo>> {
+        let _ = registry;
+        None
     }
 
     /// AUTH (RFC 4954), called only when [`Handler::offers_auth`] is `true`, with the
@@ -302,6 +316,8 @@ pub struct SessionInfo {
 /// pause input.
 pub struct Context<'a> {
     pub(crate) info: &'a SessionInfo,
+    /// This worker's host I/O ([`Handler::worker_io`]), if the host has any.
+    pub(crate) worker_io: Option<&'a mut dyn WorkerIo>,
     pub(crate) defer: Option<DeferSlot>,
     pub(crate) deferred: bool,
     /// Where a gate's resume goes; `None` where pausing means nothing (at the disconnect).
@@ -315,6 +331,12 @@ impl Context<'_> {
     #[must_use]
     pub fn info(&self) -> &SessionInfo {
         self.info
+    }
+
+    /// This worker's host I/O, as the host's own type `T` (the one its
+    /// [`Handler::worker_io`] returned); `None` if it has none or it is another type.
+    pub fn worker_io<T: WorkerIo>(&mut self) -> Option<&mut T> {
+        self.worker_io.as_deref_mut()?.as_any().downcast_mut()
     }
 
     /// Takes the responder for this decision, to answer later from any thread; the method then

@@ -61,6 +61,7 @@ mod metrics;
 mod server;
 mod turn;
 mod worker;
+mod worker_io;
 
 pub use config::{ConnectionLimits, InheritedListener, ListenerConfig, ServerConfig};
 pub use error::Error;
@@ -72,3 +73,4 @@ pub use metrics::{
 pub use server::{PolledServer, RunningServer, Server, ServerHandle};
 pub use smtps_conn::smtps_proxy::{Network, OwnedHeader as ProxyHeader};
 pub use smtps_conn::{CloseReason, Mode, ProxyPolicy, Timeouts, Timer, Untrusted};
+pub use worker_io::{MAX_HOST_TOKEN, WorkerIo, WorkerRegistry};

@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::handler::{Context, Handler, Mailbox, SessionInfo, temporary_failure};
 use crate::server::Shared;
 use crate::turn::{NoSigPipe, Readiness, Turn, turn};
+use crate::worker_io::{HOST_TOKEN_BASE, WorkerIo, WorkerRegistry};
 
 /// The token of the worker's waker.
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -58,6 +59,8 @@ pub(crate) struct Worker<H: Handler> {
     spare_fd: Option<std::fs::File>,
     /// When running out of descriptors was last logged (one line a second at most).
     out_of_fds_logged: Option<Instant>,
+    /// The host's own I/O on this worker ([`Handler::worker_io`]).
+    worker_io: Option<Box<dyn WorkerIo>>,
 }
 
 /// One connection as the driver sees it: the socket, the engine, and the host's side.
@@ -91,6 +94,15 @@ impl<H: Handler> Worker<H> {
                 })?;
             registered.push(Some(listener));
         }
+        let worker_io = match poll.registry().try_clone() {
+            Ok(registry) => shared.handler.worker_io(WorkerRegistry::new(registry)),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: "sharing the worker's poll with the host",
+                    source,
+                });
+            }
+        };
         Ok(Self {
             index,
             shared,
@@ -106,6 +118,7 @@ impl<H: Handler> Worker<H> {
             shutting_down: false,
             spare_fd: std::fs::File::open("/dev/null").ok(),
             out_of_fds_logged: None,
+            worker_io,
         })
     }
 
@@ -144,10 +157,17 @@ impl<H: Handler> Worker<H> {
             // Answers posted while a wake-up failed are picked up here.
             self.wake(now);
         }
+        let mut host_io = false;
         for event in &*events {
             match event.token() {
                 WAKER => self.wake(now),
                 Token(i) if i < FIRST_CONNECTION => self.accept(i, now),
+                Token(i) if i >= HOST_TOKEN_BASE => {
+                    if let Some(io) = &mut self.worker_io {
+                        io.ready(i - HOST_TOKEN_BASE, event);
+                        host_io = true;
+                    }
+                }
                 Token(i) => {
                     let index = i - FIRST_CONNECTION;
                     if let Some(Some(slot)) = self.slots.get_mut(index) {
@@ -160,6 +180,10 @@ impl<H: Handler> Worker<H> {
                     self.service(index, now);
                 }
             }
+        }
+        if host_io {
+            // What the host's sockets answered is in the mailbox: apply it in this turn.
+            self.wake(now);
         }
         for _ in 0..self.ready.len() {
             if let Some(index) = self.ready.pop_front() {
@@ -193,6 +217,9 @@ impl<H: Handler> Worker<H> {
         }
         let mut wake_at = now + MAX_SLEEP;
         if let Some(&(deadline, _)) = self.timers.first() {
+            wake_at = wake_at.min(deadline);
+        }
+        if let Some(deadline) = self.worker_io.as_ref().and_then(|io| io.next_deadline()) {
             wake_at = wake_at.min(deadline);
         }
         if let Some(deadline) = self.shutdown_deadline() {
@@ -273,6 +300,12 @@ impl<H: Handler> Worker<H> {
     /// Serves the connections whose deadline passed: the host's decision timeout here, every
     /// other timer in the engine; and at the end of a shutdown's grace, everyone.
     fn fire_timers(&mut self, now: Instant) {
+        if let Some(io) = &mut self.worker_io
+            && io.next_deadline().is_some_and(|deadline| deadline <= now)
+        {
+            io.expire(now);
+            self.wake(now);
+        }
         while let Some(&(deadline, index)) = self.timers.first() {
             if deadline > now {
                 break;
@@ -497,6 +530,7 @@ impl<H: Handler> Worker<H> {
         let shared = &*self.shared;
         let mailbox = &self.mailbox;
         let shutting_down = self.shutting_down;
+        let worker_io = &mut self.worker_io;
         let side = &mut slot.side;
         let outcome = turn(
             &mut slot.conn,
@@ -506,7 +540,7 @@ impl<H: Handler> Worker<H> {
             &mut self.read_buf,
             now,
             &mut |conn| {
-                let any = dispatch(shared, conn, side, mailbox, token);
+                let any = dispatch(shared, conn, side, mailbox, token, worker_io);
                 if shutting_down && !conn.is_closed() {
                     shutdown_if_idle(conn, side);
                 }
@@ -580,6 +614,10 @@ impl<H: Handler> Worker<H> {
         if let Some(host) = slot.side.host.take() {
             let mut cx = Context {
                 info: &slot.side.info,
+                worker_io: self
+                    .worker_io
+                    .as_deref_mut()
+                    .map(|io| io as &mut dyn WorkerIo),
                 defer: None,
                 deferred: false,
                 gate: None,

@@ -1,7 +1,9 @@
 //! What the `Handler` trait promises a host written from its documentation alone: AUTH is
 //! advertised only by a host that checks credentials; a host that pauses input
 //! (`Context::pause_input`) gets nothing more until it resumes, from any thread, and loses
-//! nothing. Every blocking call has a timeout.
+//! nothing. A host with sockets of its own (`Handler::worker_io`) has them polled by the
+//! worker and decides from their readiness and its deadlines, on the worker's thread. Every
+//! blocking call has a timeout.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -9,9 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use smtps_proto::{Reply, SessionConfig};
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use smtps_proto::{ForwardPath, RcptParameters, Reply, SessionConfig, Verdict};
 use smtps_server::{
-    Answer, Context, Credentials, Handler, InputGate, Mode, RunningServer, Server, ServerConfig,
+    Answer, Context, Credentials, Handler, InputGate, Mode, Responder, RunningServer, Server,
+    ServerConfig, WorkerIo, WorkerRegistry,
 };
 use smtps_testkit::{IO_TIMEOUT, SmtpClient, acceptor, client_config};
 
@@ -298,4 +304,141 @@ fn a_dropped_gate_resumes_input() {
     drop(running);
     dropper.join().unwrap();
     assert!(seen.messages.lock().unwrap()[0] == body);
+}
+
+/// A host that asks a "policy service" (the test, at the other end of a socket pair) about
+/// each recipient: the worker polls the host's end, and a recipient nobody answers within
+/// 200 ms is refused by the host's own deadline.
+struct PolicyHost {
+    /// The test's end of the socket pair of the one worker.
+    test_end: Arc<Mutex<Option<std::os::unix::net::UnixStream>>>,
+}
+
+struct PolicyIo {
+    socket: mio::net::UnixStream,
+    waiting: Vec<(Responder, Instant)>,
+}
+
+impl WorkerIo for PolicyIo {
+    fn ready(&mut self, token: usize, _event: &mio::event::Event) {
+        assert_eq!(token, 7);
+        let mut buf = [0; 64];
+        while let Ok(n) = self.socket.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            for &answer in &buf[..n] {
+                if self.waiting.is_empty() {
+                    continue;
+                }
+                let (responder, _) = self.waiting.remove(0);
+                responder.respond(if answer == b'y' {
+                    Verdict::Accept
+                } else {
+                    Verdict::Reject(
+                        Reply::from_parts(550, Some("5.7.1"), "Policy says no").unwrap(),
+                    )
+                });
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.waiting
+            .first()
+            .map(|(_, asked)| *asked + Duration::from_millis(200))
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((_, asked)) = self.waiting.first()
+            && now >= *asked + Duration::from_millis(200)
+        {
+            let (responder, _) = self.waiting.remove(0);
+            responder.respond(Verdict::Reject(
+                Reply::from_parts(451, Some("4.4.3"), "Policy service did not answer").unwrap(),
+            ));
+        }
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl Handler for PolicyHost {
+    type Session = ();
+
+    fn connect(&self, _cx: &mut Context<'_>) -> ((), Answer) {
+        ((), Answer::Accept)
+    }
+
+    fn worker_io(&self, registry: WorkerRegistry) -> Option<Box<dyn WorkerIo>> {
+        let (host_end, test_end) = std::os::unix::net::UnixStream::pair().unwrap();
+        host_end.set_nonblocking(true).unwrap();
+        let mut socket = mio::net::UnixStream::from_std(host_end);
+        registry
+            .register(&mut socket, 7, mio::Interest::READABLE)
+            .unwrap();
+        *self.test_end.lock().unwrap() = Some(test_end);
+        Some(Box::new(PolicyIo {
+            socket,
+            waiting: Vec::new(),
+        }))
+    }
+
+    fn rcpt(
+        &self,
+        _: &mut (),
+        cx: &mut Context<'_>,
+        to: &ForwardPath<'_>,
+        _: &RcptParameters<'_>,
+    ) -> Answer {
+        let responder = cx.defer();
+        let io = cx.worker_io::<PolicyIo>().expect("this host's worker I/O");
+        io.socket.write_all(format!("{to}\n").as_bytes()).unwrap();
+        io.waiting.push((responder, Instant::now()));
+        Answer::Deferred
+    }
+
+    fn body_chunk(&self, _: &mut (), _: &mut Context<'_>, _: &[u8]) -> Result<(), Reply> {
+        Ok(())
+    }
+
+    fn message_end(&self, _: &mut (), _: &mut Context<'_>, _: u64) -> Answer {
+        Answer::Accept
+    }
+}
+
+#[test]
+fn a_host_decides_from_its_own_socket_polled_by_the_worker_and_from_its_deadline() {
+    let test_end = Arc::new(Mutex::new(None));
+    let running = serve(PolicyHost {
+        test_end: Arc::clone(&test_end),
+    });
+    // The one worker made its I/O as the server was bound.
+    let mut policy: std::os::unix::net::UnixStream = test_end.lock().unwrap().take().unwrap();
+    let mut client = greeted(&running);
+    assert!(client.command("EHLO client.test").starts_with("250"));
+    assert!(
+        client
+            .command("MAIL FROM:<a@client.test>")
+            .starts_with("250")
+    );
+    policy.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // The host's question reaches the policy service; its answer is the verdict.
+    client.send(b"RCPT TO:<b@example.org>\r\n");
+    let mut question = [0; 64];
+    let n = policy.read(&mut question).unwrap();
+    assert_eq!(&question[..n], b"<b@example.org>\n");
+    policy.write_all(b"n").unwrap();
+    assert!(client.reply().starts_with("550 5.7.1 Policy says no"));
+    client.send(b"RCPT TO:<c@example.org>\r\n");
+    let n = policy.read(&mut question).unwrap();
+    assert_eq!(&question[..n], b"<c@example.org>\n");
+    policy.write_all(b"y").unwrap();
+    assert!(client.reply().starts_with("250"));
+    // Unanswered: the host's deadline, run by the worker, refuses.
+    let reply = client.command("RCPT TO:<d@example.org>");
+    assert!(reply.starts_with("451 4.4.3"), "{reply}");
+    assert!(client.command("QUIT").starts_with("221"));
 }

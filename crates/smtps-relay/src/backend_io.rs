@@ -1,121 +1,33 @@
-//! The relay's event loop: one thread holding many sessions' backend connections, so that a
-//! deferred decision costs two thread hand-offs (worker → loop, loop → worker) and no thread
-//! per session.
+//! The relay's backend connections, on the worker threads themselves
+//! ([`smtps_server::WorkerIo`]): each worker polls the backend sockets of its own sessions
+//! beside their client sockets, so a deferred decision is sent, answered and applied on one
+//! thread, with no hand-off.
 //!
-//! The loop owns sockets, TLS to the backend and the timers; each connection's conversation
-//! is a [`BackendClient`], which knows nothing of I/O. Jobs come over a channel; the
-//! [`Waker`] is written only when the loop may be asleep, so a burst of jobs costs one
-//! wake-up.
+//! This module owns sockets, TLS to the backend and the timers; each connection's
+//! conversation is a [`BackendClient`], which knows nothing of I/O.
 
+use std::any::Any;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
+use mio::Interest;
+use mio::event::Event;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::ClientConnection;
 use rustls::pki_types::ServerName;
 use smtps_proto::Verdict;
+use smtps_server::{WorkerIo, WorkerRegistry};
 
 use crate::backend::{BackendConfig, BackendError, host_of, resolve};
 use crate::client::{BackendClient, Job, broken, refuse_message, unreachable};
 
-const WAKER: Token = Token(usize::MAX);
 /// Socket reads at a time.
 const READ_CHUNK: usize = 16 * 1024;
-
-/// A session's job, or its first message (the flag its body chunks watch).
-enum Message {
-    Open {
-        session: u64,
-        body_failed: Arc<AtomicBool>,
-    },
-    Job {
-        session: u64,
-        job: Box<Job>,
-    },
-}
-
-/// The worker side of one loop: a queue and a doorbell.
-pub(crate) struct LoopHandle {
-    jobs: Sender<Message>,
-    waker: Arc<Waker>,
-    /// Cleared by the loop before it sleeps: only then does a sender ring.
-    awake: Arc<AtomicBool>,
-}
-
-impl LoopHandle {
-    /// Starts a loop thread for `config`.
-    ///
-    /// # Errors
-    /// The poll or the thread could not be created.
-    pub(crate) fn spawn(config: Arc<BackendConfig>, index: usize) -> io::Result<Self> {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (jobs, queue) = mpsc::channel();
-        let awake = Arc::new(AtomicBool::new(true));
-        let loop_awake = Arc::clone(&awake);
-        std::thread::Builder::new()
-            .name(format!("smtps-relay-{index}"))
-            .spawn(move || {
-                RelayLoop {
-                    config,
-                    poll,
-                    queue,
-                    awake: loop_awake,
-                    sessions: HashMap::new(),
-                    conns: Vec::new(),
-                    free: Vec::new(),
-                    timers: BinaryHeap::new(),
-                    buf: vec![0; READ_CHUNK],
-                }
-                .run();
-            })?;
-        Ok(Self { jobs, waker, awake })
-    }
-
-    /// Registers a session; its jobs may follow.
-    pub(crate) fn open(&self, session: u64, body_failed: Arc<AtomicBool>) {
-        self.post(Message::Open {
-            session,
-            body_failed,
-        });
-    }
-
-    /// Queues `job` for `session`. If the loop is gone, the job's responder answers
-    /// `451 4.3.0` as it drops.
-    pub(crate) fn send(&self, session: u64, job: Job) {
-        self.post(Message::Job {
-            session,
-            job: Box::new(job),
-        });
-    }
-
-    fn post(&self, message: Message) {
-        if self.jobs.send(message).is_ok() && !self.awake.swap(true, Ordering::AcqRel) {
-            let _ = self.waker.wake();
-        }
-    }
-}
-
-impl Drop for LoopHandle {
-    fn drop(&mut self) {
-        // The loop ends when it finds the queue closed; make it look.
-        let _ = self.waker.wake();
-    }
-}
-
-/// A session known to the loop.
-struct Session {
-    /// Its backend connection (a slot in `conns`), while it has one.
-    conn: Option<usize>,
-    body_failed: Arc<AtomicBool>,
-}
 
 /// One backend connection.
 struct Conn {
@@ -137,84 +49,61 @@ struct Conn {
     generation: u64,
 }
 
-struct RelayLoop {
+/// One worker's backend connections.
+pub(crate) struct RelayIo {
     config: Arc<BackendConfig>,
-    poll: Poll,
-    queue: Receiver<Message>,
-    awake: Arc<AtomicBool>,
-    sessions: HashMap<u64, Session>,
+    registry: WorkerRegistry,
+    /// Each session's backend connection (a slot in `conns`), while it has one.
+    sessions: HashMap<u64, usize>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     buf: Vec<u8>,
+    /// Numbers the connections, so that a slot's stale timers are told apart.
+    generation: u64,
 }
 
-impl RelayLoop {
-    fn run(mut self) {
-        let mut events = Events::with_capacity(256);
-        let mut generation = 0_u64;
-        loop {
-            if !self.drain(&mut generation) {
-                return;
-            }
-            // Announce sleep, then look once more: a job posted in between is not missed.
-            self.awake.store(false, Ordering::Release);
-            if !self.drain(&mut generation) {
-                return;
-            }
-            let timeout = self
-                .timers
-                .peek()
-                .map(|Reverse((at, _, _))| at.saturating_duration_since(Instant::now()));
-            if let Err(error) = self.poll.poll(&mut events, timeout)
-                && error.kind() != io::ErrorKind::Interrupted
-            {
-                log::error!("smtps-relay: the relay loop cannot poll: {error}");
-                return;
-            }
-            self.awake.store(true, Ordering::Release);
-            for event in &events {
-                if event.token() != WAKER {
-                    self.service(event.token().0);
-                }
-            }
-            self.expire();
+impl WorkerIo for RelayIo {
+    fn ready(&mut self, token: usize, _event: &Event) {
+        self.service(token);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        self.expire_until(now);
+    }
+
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl RelayIo {
+    /// A worker's relay state, registering its sockets with `registry`.
+    pub(crate) fn new(config: Arc<BackendConfig>, registry: WorkerRegistry) -> Self {
+        Self {
+            config,
+            registry,
+            sessions: HashMap::new(),
+            conns: Vec::new(),
+            free: Vec::new(),
+            timers: BinaryHeap::new(),
+            buf: vec![0; READ_CHUNK],
+            generation: 0,
         }
     }
 
-    /// Takes every queued job; `false` once every handle is gone.
-    fn drain(&mut self, generation: &mut u64) -> bool {
-        loop {
-            match self.queue.try_recv() {
-                Ok(Message::Open {
-                    session,
-                    body_failed,
-                }) => {
-                    self.sessions.insert(
-                        session,
-                        Session {
-                            conn: None,
-                            body_failed,
-                        },
-                    );
-                }
-                Ok(Message::Job { session, job }) => self.job(session, *job, generation),
-                Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => return false,
-            }
-        }
-    }
-
-    fn job(&mut self, session_id: u64, job: Job, generation: &mut u64) {
-        let Some(session) = self.sessions.get(&session_id) else {
-            return;
-        };
-        let body_failed = Arc::clone(&session.body_failed);
-        let live = session
-            .conn
+    /// Takes `session`'s next job; `body_failed` is the flag its body chunks watch.
+    pub(crate) fn submit(&mut self, session_id: u64, body_failed: &Arc<AtomicBool>, job: Job) {
+        let live = self
+            .sessions
+            .get(&session_id)
+            .copied()
             .filter(|&slot| self.conn(slot).is_some_and(|c| c.client.is_usable()));
-        let closing = matches!(job, Job::Close);
-        if closing {
+        if matches!(job, Job::Close) {
             self.sessions.remove(&session_id);
         }
         let slot = match (live, job) {
@@ -237,7 +126,7 @@ impl RelayLoop {
                     Arc::clone(&self.config),
                     session_id,
                     client.clone(),
-                    body_failed,
+                    Arc::clone(body_failed),
                 );
                 backend.submit(Job::Mail {
                     client,
@@ -245,19 +134,15 @@ impl RelayLoop {
                     params,
                     responder,
                 });
-                *generation += 1;
-                match self.open(session_id, backend, *generation) {
-                    Some(slot) => {
-                        if let Some(session) = self.sessions.get_mut(&session_id) {
-                            session.conn = Some(slot);
-                        }
-                        slot
-                    }
-                    None => return,
-                }
+                self.generation += 1;
+                let Some(slot) = self.open(session_id, backend, self.generation) else {
+                    return;
+                };
+                self.sessions.insert(session_id, slot);
+                slot
             }
             (None, job) => {
-                answer_without_backend(job, &body_failed);
+                answer_without_backend(job, body_failed);
                 return;
             }
         };
@@ -298,9 +183,9 @@ impl RelayLoop {
             timer_at: None,
             generation,
         };
-        if let Err(error) = self.poll.registry().register(
+        if let Err(error) = self.registry.register(
             &mut conn.socket,
-            Token(slot),
+            slot,
             Interest::READABLE | Interest::WRITABLE,
         ) {
             conn.client
@@ -339,11 +224,10 @@ impl RelayLoop {
                 }
                 Err(_) => match connect_next(&address, &mut conn.fallback) {
                     Ok(mut socket) => {
-                        let registry = self.poll.registry();
-                        let _ = registry.deregister(&mut conn.socket);
-                        match registry.register(
+                        let _ = self.registry.deregister(&mut conn.socket);
+                        match self.registry.register(
                             &mut socket,
-                            Token(slot),
+                            slot,
                             Interest::READABLE | Interest::WRITABLE,
                         ) {
                             Ok(()) => conn.socket = socket,
@@ -394,8 +278,7 @@ impl RelayLoop {
     }
 
     /// Connections whose backend did not answer in time fail (`451`).
-    fn expire(&mut self) {
-        let now = Instant::now();
+    fn expire_until(&mut self, now: Instant) {
         while let Some(&Reverse((at, slot, generation))) = self.timers.peek() {
             if at > now {
                 return;
@@ -429,12 +312,10 @@ impl RelayLoop {
         let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.socket);
+        let _ = self.registry.deregister(&mut conn.socket);
         self.free.push(slot);
-        if let Some(session) = self.sessions.get_mut(&conn.session)
-            && session.conn == Some(slot)
-        {
-            session.conn = None;
+        if self.sessions.get(&conn.session) == Some(&slot) {
+            self.sessions.remove(&conn.session);
         }
     }
 }
