@@ -64,8 +64,8 @@ pub(crate) struct RelayIo {
 }
 
 impl WorkerIo for RelayIo {
-    fn ready(&mut self, token: usize, _event: &Event) {
-        self.service(token);
+    fn ready(&mut self, token: usize, event: &Event) {
+        self.service(token, event.is_read_closed() || event.is_error());
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -206,7 +206,8 @@ impl RelayIo {
     }
 
     /// The socket is ready: finish connecting, read what came, write what waits.
-    fn service(&mut self, slot: usize) {
+    /// `hangup`: the event says the backend closed; read to the end of the stream.
+    fn service(&mut self, slot: usize, hangup: bool) {
         let address = self.config.address.clone();
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
@@ -242,7 +243,7 @@ impl RelayIo {
             }
         }
         if !conn.client.is_finished() {
-            read(conn, &mut self.buf, &self.config);
+            read(conn, &mut self.buf, &self.config, hangup);
         }
         self.flush(slot);
     }
@@ -363,7 +364,7 @@ fn connected(socket: &TcpStream) -> io::Result<bool> {
 }
 
 /// Reads until the socket has nothing more, handing plaintext to the client.
-fn read(conn: &mut Conn, buf: &mut [u8], config: &BackendConfig) {
+fn read(conn: &mut Conn, buf: &mut [u8], config: &BackendConfig, hangup: bool) {
     loop {
         if conn.tls.is_none() && conn.client.wants_tls() {
             match start_tls(config) {
@@ -382,6 +383,7 @@ fn read(conn: &mut Conn, buf: &mut [u8], config: &BackendConfig) {
         if conn.client.is_finished() {
             return;
         }
+        let plain = conn.tls.is_none();
         let result = match conn.tls.as_deref_mut() {
             None => conn
                 .socket
@@ -399,6 +401,11 @@ fn read(conn: &mut Conn, buf: &mut [u8], config: &BackendConfig) {
                 conn.client.closed_by_peer();
                 return;
             }
+            // A short read emptied the socket's buffer: the next arrival brings a new event,
+            // no need to read (and get `WouldBlock`) before it; unless the backend closed
+            // (its end of stream is read next) or STARTTLS was just accepted (its handshake
+            // starts above).
+            Ok(n) if plain && !hangup && n < buf.len() && !conn.client.wants_tls() => return,
             Ok(_) => {}
             Err(BackendError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => return,
             Err(BackendError::Io(error)) if error.kind() == io::ErrorKind::Interrupted => {}

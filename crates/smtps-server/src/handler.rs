@@ -2,7 +2,7 @@
 //! sees, and the [`Responder`] that answers later from any thread.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use mio::{Token, Waker};
@@ -461,6 +461,11 @@ pub(crate) struct Mailbox {
     /// Resumed [`InputGate`]s: the connection's token and its session.
     pub(crate) resumes: Mutex<Vec<(Token, u64)>>,
     pub(crate) waker: Waker,
+    /// Set by the worker when it gives up the thread (the end of a turn, before its poll
+    /// sleeps): only then does a post need the waker's system call. While a turn runs (an
+    /// answer from the host's own worker I/O, or from another thread meanwhile) the worker
+    /// takes the mailbox before it sleeps again.
+    pub(crate) idle: AtomicBool,
 }
 
 /// A deferred answer on its way to the worker.
@@ -477,9 +482,40 @@ impl Mailbox {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(completion);
-        // A failed wake leaves the answer queued; the worker's timer sweep picks it up.
-        if let Err(error) = self.waker.wake() {
+        self.wake();
+    }
+
+    /// Wakes the worker if it may be asleep. A failed wake leaves the post queued; the
+    /// worker's timer sweep picks it up.
+    fn wake(&self) {
+        if self.idle.swap(false, Ordering::SeqCst)
+            && let Err(error) = self.waker.wake()
+        {
             log::warn!("smtps: cannot wake worker: {error}");
+        }
+    }
+
+    /// The worker is running a turn: posts need no wake-up until [`Mailbox::end_turn`].
+    pub(crate) fn begin_turn(&self) {
+        self.idle.store(false, Ordering::SeqCst);
+    }
+
+    /// The worker's turn is over: a post from now on wakes it, and one that came since it
+    /// last took the mailbox makes its poll return at once.
+    pub(crate) fn end_turn(&self) {
+        self.idle.store(true, Ordering::SeqCst);
+        let waiting = !self
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+            || !self
+                .resumes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty();
+        if waiting {
+            self.wake();
         }
     }
 
@@ -492,10 +528,7 @@ impl Mailbox {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((token, session));
-        // As for answers: a failed wake is made up by the worker's timer sweep.
-        if let Err(error) = self.waker.wake() {
-            log::warn!("smtps: cannot wake worker: {error}");
-        }
+        self.wake();
     }
 
     pub(crate) fn take_resumes(&self) -> Vec<(Token, u64)> {

@@ -160,6 +160,7 @@ impl<H: Handler> Server<H> {
                 queue: Mutex::new(Vec::new()),
                 resumes: Mutex::new(Vec::new()),
                 waker,
+                idle: AtomicBool::new(true),
             }));
             polls.push(poll);
         }

@@ -152,6 +152,7 @@ impl<H: Handler> Worker<H> {
         {
             return Err(error);
         }
+        self.mailbox.begin_turn();
         let now = Instant::now();
         if events.is_empty() {
             // Answers posted while a wake-up failed are picked up here.
@@ -194,6 +195,7 @@ impl<H: Handler> Worker<H> {
             }
         }
         self.fire_timers(now);
+        self.mailbox.end_turn();
         Ok(events.iter().count())
     }
 
