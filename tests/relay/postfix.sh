@@ -13,7 +13,8 @@
 #   while two senders loop (small messages; 4 MiB ones, cut mid-body by the stop): 4xx, never
 #   a 250 that is lost, then Postfix started again and mail flows. Last, a second front
 #   talks STARTTLS to a second smtpd of the same Postfix (+starttls, --relay-ca): the same
-#   identity claims, and Postfix's log shows the TLS session from the front.
+#   identity claims, a 20 MiB message and 10 parallel clients, and Postfix's log shows the TLS
+#   session from the front.
 # Needs run.sh's environment (WORK, SMTPSD, CERT, KEY, USERS, USER_NAME, USER_PASSWORD,
 # CLIENTS). BIG_MIB (50) and PARALLEL (100) size the bulk step.
 set -euo pipefail
@@ -232,6 +233,8 @@ start_front postfix-tls "smtp://127.0.0.1:$TLS_PORT+xclient+starttls" --relay-ca
 TLS_ARGS=(--implicit "$FRONT_IMPLICIT" --starttls "$FRONT_STARTTLS" --cafile "$CERT" --mail "$MAIL"
     --sent "$SENT" --backend postfix --log "$PFLOG" --tag "pftls$$")
 py identity "${TLS_ARGS[@]}" --user "$USER_NAME" --password "$USER_PASSWORD"
+echo "==> over STARTTLS to the backend: pipelining, 5 recipients, BDAT, 20 MiB, 10 parallel clients"
+py bulk "${TLS_ARGS[@]}" --big-mib 20 --parallel 10
 tls_line=$(grep -m1 "TLS connection established from [^ ]*\[127.0.0.1\]" "$PFLOG" || true)
 echo "  postfix log: ${tls_line#*]: }"
 [ -n "$tls_line" ] && status=0 || status=1

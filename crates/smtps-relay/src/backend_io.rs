@@ -21,13 +21,18 @@ use mio::net::TcpStream;
 use rustls::ClientConnection;
 use rustls::pki_types::ServerName;
 use smtps_proto::Verdict;
-use smtps_server::{WorkerIo, WorkerRegistry};
+use smtps_server::{InputGate, WorkerIo, WorkerRegistry};
 
 use crate::backend::{BackendConfig, BackendError, host_of, resolve};
 use crate::client::{BackendClient, Job, broken, refuse_message, unreachable};
 
 /// Socket reads at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// A client's input pauses when more of its message than this waits for the backend
+/// ([`crate::relay`]), so a slow backend costs the front bounded memory per session...
+pub(crate) const PAUSE_ABOVE: usize = 1024 * 1024;
+/// ...and resumes once the backend has taken all but this.
+const RESUME_BELOW: usize = 256 * 1024;
 
 /// One backend connection.
 struct Conn {
@@ -39,7 +44,9 @@ struct Conn {
     connecting: bool,
     tls: Option<Box<ClientConnection>>,
     /// Plaintext octets the socket has not taken yet (without TLS).
-    unsent: Vec<u8>,
+    unsent: Outbox,
+    /// The client's input, paused while too much of its message waits for the backend.
+    gate: Option<InputGate>,
     /// When the backend's answer is due, if one is awaited.
     deadline: Option<Instant>,
     /// The time of this connection's earliest entry in the timer heap (later entries with
@@ -149,6 +156,28 @@ impl RelayIo {
         self.flush(slot);
     }
 
+    /// Octets of `session`'s message that wait for the backend to take them.
+    pub(crate) fn backlog(&self, session: u64) -> usize {
+        self.sessions
+            .get(&session)
+            .and_then(|&slot| self.conn(slot))
+            .map_or(0, Conn::backlog)
+    }
+
+    /// Holds `session`'s input with `gate` until its backlog is down to [`RESUME_BELOW`]
+    /// (or the connection ends); with no backlog left, the gate resumes at once.
+    pub(crate) fn hold_input(&mut self, session: u64, gate: InputGate) {
+        let Some(slot) = self.sessions.get(&session).copied() else {
+            return;
+        };
+        if let Some(conn) = self.conn_mut(slot)
+            && conn.backlog() > RESUME_BELOW
+            && conn.gate.is_none()
+        {
+            conn.gate = Some(gate);
+        }
+    }
+
     /// Starts connecting `client`'s connection; `None` if no address could even be tried
     /// (the client already answered the decisions it held).
     fn open(&mut self, session: u64, mut client: BackendClient, generation: u64) -> Option<usize> {
@@ -178,7 +207,8 @@ impl RelayIo {
             fallback: addrs,
             connecting: true,
             tls: None,
-            unsent: Vec::new(),
+            unsent: Outbox::default(),
+            gate: None,
             deadline: Some(Instant::now() + self.config.connect_timeout),
             timer_at: None,
             generation,
@@ -263,6 +293,10 @@ impl RelayIo {
         if conn.client.is_finished() {
             self.close(slot);
             return;
+        }
+        if conn.gate.is_some() && conn.backlog() <= RESUME_BELOW {
+            // Dropping the gate resumes the client's input.
+            conn.gate = None;
         }
         let busy = conn.connecting || conn.client.has_output() || !conn.unsent.is_empty();
         conn.deadline = conn
@@ -363,6 +397,12 @@ fn connected(socket: &TcpStream) -> io::Result<bool> {
     }
 }
 
+impl Conn {
+    fn backlog(&self) -> usize {
+        self.unsent.len() + self.client.output_len()
+    }
+}
+
 /// Reads until the socket has nothing more, handing plaintext to the client.
 fn read(conn: &mut Conn, buf: &mut [u8], config: &BackendConfig, hangup: bool) {
     loop {
@@ -458,47 +498,87 @@ fn read_tls(
 
 /// Writes what the client has to send, until the socket takes no more.
 fn write(conn: &mut Conn) -> Result<(), BackendError> {
+    if conn.tls.is_none() && conn.client.wants_tls() {
+        // Nothing more in plaintext once STARTTLS was accepted.
+        return Ok(());
+    }
+    if conn.tls.as_ref().is_none_or(|tls| !tls.is_handshaking()) {
+        conn.unsent.push(conn.client.take_output());
+    }
     match conn.tls.as_deref_mut() {
         None => {
-            if conn.client.wants_tls() {
-                // Nothing more in plaintext once STARTTLS was accepted.
-                return Ok(());
-            }
-            if conn.unsent.is_empty() {
-                conn.unsent = conn.client.take_output();
-            } else {
-                conn.unsent.extend_from_slice(&conn.client.take_output());
-            }
-            let mut written = 0;
-            while written < conn.unsent.len() {
-                match conn.socket.write(&conn.unsent[written..]) {
+            while !conn.unsent.is_empty() {
+                match conn.socket.write(conn.unsent.pending()) {
                     Ok(0) => return Err(BackendError::Io(io::ErrorKind::WriteZero.into())),
-                    Ok(n) => written += n,
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                    Err(error) => return Err(BackendError::Io(error)),
-                }
-            }
-            conn.unsent.drain(..written);
-        }
-        Some(tls) => {
-            if !tls.is_handshaking() {
-                let output = conn.client.take_output();
-                if !output.is_empty() {
-                    tls.writer().write_all(&output)?;
-                }
-            }
-            while tls.wants_write() {
-                match tls.write_tls(&mut conn.socket) {
-                    Ok(_) => {}
+                    Ok(n) => conn.unsent.advance(n),
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                     Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                     Err(error) => return Err(BackendError::Io(error)),
                 }
             }
         }
+        Some(tls) => loop {
+            // rustls takes plaintext up to its buffer limit (`Ok(0)` when full): feed it
+            // as the socket takes its records.
+            if !tls.is_handshaking() && !conn.unsent.is_empty() {
+                let n = tls.writer().write(conn.unsent.pending())?;
+                conn.unsent.advance(n);
+            }
+            if !tls.wants_write() {
+                break;
+            }
+            match tls.write_tls(&mut conn.socket) {
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(BackendError::Io(error)),
+            }
+        },
     }
     Ok(())
+}
+
+/// Octets for the backend that its socket (or rustls) has not taken yet: appended at the end,
+/// taken from the front without moving the rest each time.
+#[derive(Default)]
+struct Outbox {
+    buf: Vec<u8>,
+    /// Octets of `buf` already taken.
+    pos: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, octets: Vec<u8>) {
+        if self.is_empty() {
+            self.buf = octets;
+            self.pos = 0;
+        } else {
+            self.buf.extend_from_slice(&octets);
+        }
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos >= 64 * 1024 && self.pos * 2 >= self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A TLS client session to the backend, verifying its name.

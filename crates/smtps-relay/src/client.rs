@@ -287,6 +287,11 @@ impl BackendClient {
         !self.out.is_empty()
     }
 
+    /// How many octets wait to be written.
+    pub(crate) fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
     /// Whether the loop should start TLS on the socket now.
     pub(crate) fn wants_tls(&self) -> bool {
         self.phase == Phase::Handshake

@@ -30,7 +30,7 @@ use smtps_server::{
 
 use crate::auth::{Authenticator, authenticate};
 use crate::backend::{BackendConfig, ClientIdentity};
-use crate::backend_io::RelayIo;
+use crate::backend_io::{PAUSE_ABOVE, RelayIo};
 use crate::client::{Job, broken};
 use crate::logline::{self, MessageLog};
 use crate::received::Received;
@@ -204,6 +204,17 @@ impl Handler for Relay {
         if session.body.len() >= BODY_BATCH {
             let batch = std::mem::take(&mut session.body);
             Self::send(session, cx, Job::Body(batch));
+            // A backend slower than the client: stop reading the client until it catches up.
+            let id = cx.info().id;
+            if cx
+                .worker_io::<RelayIo>()
+                .is_some_and(|io| io.backlog(id) > PAUSE_ABOVE)
+            {
+                let gate = cx.pause_input();
+                if let Some(io) = cx.worker_io::<RelayIo>() {
+                    io.hold_input(id, gate);
+                }
+            }
         }
         Ok(())
     }

@@ -33,6 +33,8 @@ struct Script {
     silent: bool,
     /// After the 250 to the final dot, say 421 and close (an idle timeout come early).
     close_after_message: bool,
+    /// After its 354, read nothing for this long (a backend slower than the client).
+    stall_in_data: Option<Duration>,
 }
 
 /// What the backend saw: per connection, everything it read.
@@ -127,6 +129,9 @@ fn converse(stream: TcpStream, script: &Script, seen: &Mutex<Seen>) {
             say("250 2.1.5 Ok\r\n");
         } else if text.starts_with("DATA") {
             say("354 End data with <CR><LF>.<CR><LF>\r\n");
+            if let Some(stall) = script.stall_in_data {
+                thread::sleep(stall);
+            }
             let mut message = Vec::new();
             loop {
                 line.clear();
@@ -186,13 +191,22 @@ fn front(backend: SocketAddr, identity: Identity) -> Front {
 }
 
 fn front_with_timeout(backend: SocketAddr, identity: Identity, connect: Duration) -> Front {
+    front_with(backend, identity, connect, SessionConfig::new("front.test"))
+}
+
+fn front_with(
+    backend: SocketAddr,
+    identity: Identity,
+    connect: Duration,
+    session: SessionConfig,
+) -> Front {
     let mut config = BackendConfig::new(backend.to_string(), "front.test");
     config.identity = identity;
     config.connect_timeout = connect;
     config.command_timeout = Duration::from_secs(5);
     config.data_timeout = Duration::from_secs(5);
     let relay = Relay::new(config, "front.test").with_authenticator(Arc::new(Users));
-    let mut server_config = ServerConfig::new(SessionConfig::new("front.test"))
+    let mut server_config = ServerConfig::new(session)
         .listener("127.0.0.1:0".parse().unwrap(), Mode::ImplicitTls)
         .tls(acceptor());
     server_config.workers = 1;
@@ -516,4 +530,57 @@ fn a_backend_closing_between_transactions_is_reopened_for_the_next_mail() {
     let seen = backend.seen.lock().unwrap();
     assert_eq!(seen.messages.len(), 2);
     assert_eq!(seen.connections.len(), 2);
+}
+
+#[test]
+fn a_backend_slower_than_the_client_holds_the_client_back_and_loses_nothing() {
+    const BODY_MIB: usize = 64;
+    let backend = backend(Script {
+        stall_in_data: Some(Duration::from_millis(1500)),
+        ..Script::default()
+    });
+    let mut session = SessionConfig::new("front.test");
+    session.limits.message_size = 128 << 20;
+    let front = front_with(
+        backend.addr,
+        Identity::None,
+        Duration::from_secs(5),
+        session,
+    );
+    let mut c = client(&front);
+    assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.command("RCPT TO:<b@backend.test>").starts_with("250"));
+    assert!(c.command("DATA").starts_with("354"));
+    // Lines of 1,000 octets with their CRLF (RFC 5321 §4.5.3.1.6), 64 a chunk.
+    let line = format!("{}\r\n", "x".repeat(998));
+    let chunk = line.repeat(64);
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&written);
+    let chunk_len = chunk.len();
+    let sender = thread::spawn(move || {
+        for _ in 0..BODY_MIB * 16 {
+            c.send(chunk.as_bytes());
+            counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+        let reply = c.command(".");
+        (c, reply)
+    });
+    // While the backend reads nothing, the front stops reading the client once about 1 MiB
+    // waits for the backend: what the client got written is that plus the socket buffers on
+    // the way, not the whole message held in the front's memory.
+    thread::sleep(Duration::from_millis(1000));
+    let during_stall = written.load(std::sync::atomic::Ordering::Relaxed);
+    let (_c, reply) = sender.join().unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let total = chunk_len * BODY_MIB * 16;
+    assert!(
+        during_stall < total / 2,
+        "{during_stall} octets of {total} taken from the client while the backend read nothing"
+    );
+    let seen = backend.seen.lock().unwrap();
+    assert_eq!(seen.messages.len(), 1);
+    let message = &seen.messages[0];
+    // The front's Received: line, then the body as sent.
+    assert!(message.ends_with(line.repeat(64 * 16 * BODY_MIB).as_bytes()));
+    eprintln!("taken from the client during the backend's stall: {during_stall} octets");
 }
