@@ -337,14 +337,29 @@ impl Connection {
             return Ok(n);
         }
         self.advance();
-        match self.transport.handle_received(&buf[header..n]) {
-            Ok(taken) => {
-                self.inbox.extend_from_slice(&buf[header + taken..n]);
-                self.advance();
+        let mut input = &buf[header..n];
+        loop {
+            match self.transport.handle_received(input) {
+                Ok(taken) => {
+                    input = &input[taken..];
+                    // The session takes the plaintext, which makes room in the transport
+                    // for the rest of the read: only what it still cannot take is copied
+                    // aside (a 64 KiB read is four TLS records, more than rustls holds).
+                    self.advance();
+                    if input.is_empty() || taken == 0 || self.is_closed() || !self.inbox.is_empty()
+                    {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    self.tls_failed(error);
+                    return Ok(n);
+                }
             }
-            Err(error) => {
-                self.tls_failed(error);
-            }
+        }
+        if !input.is_empty() && !self.is_closed() {
+            self.inbox.extend_from_slice(input);
+            self.advance();
         }
         Ok(n)
     }
