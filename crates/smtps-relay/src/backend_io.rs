@@ -24,7 +24,7 @@ use smtps_proto::Verdict;
 use smtps_server::{InputGate, WorkerIo, WorkerRegistry};
 
 use crate::backend::{BackendConfig, BackendError, host_of, resolve};
-use crate::client::{BackendClient, Job, broken, refuse_message, unreachable};
+use crate::client::{BackendClient, Command, Job, broken, refuse_message, unreachable};
 
 /// Socket reads at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -120,27 +120,17 @@ impl RelayIo {
                 }
                 slot
             }
-            (
-                None,
-                Job::Mail {
-                    client,
-                    path,
-                    params,
-                    responder,
-                },
-            ) => {
+            (None, Job::Command(mail @ Command::Mail { .. })) => {
+                let Command::Mail { client, .. } = &mail else {
+                    return;
+                };
                 let mut backend = BackendClient::new(
                     Arc::clone(&self.config),
                     session_id,
                     client.clone(),
                     Arc::clone(body_failed),
                 );
-                backend.submit(Job::Mail {
-                    client,
-                    path,
-                    params,
-                    responder,
-                });
+                backend.submit(Job::Command(mail));
                 self.generation += 1;
                 let Some(slot) = self.open(session_id, backend, self.generation) else {
                     return;
@@ -358,18 +348,23 @@ impl RelayIo {
 /// A job for a session without a usable backend connection (it failed and answered what it
 /// held): decisions get `451 4.4.2`; a new MAIL opens a new connection instead (above).
 fn answer_without_backend(job: Job, body_failed: &AtomicBool) {
-    match job {
-        Job::Rcpt { responder, .. } | Job::Data { responder, .. } => {
+    let Job::Command(command) = job else {
+        if matches!(job, Job::Abort) {
+            body_failed.store(false, Ordering::Release);
+        }
+        return;
+    };
+    match command {
+        Command::Rcpt { responder, .. } | Command::Data { responder, .. } => {
             responder.respond(Verdict::Reject(broken()));
         }
-        Job::End { responder, log, .. } => {
+        Command::End { responder, log, .. } => {
             // The failure is answered here; the next message must not inherit it.
             body_failed.store(false, Ordering::Release);
             refuse_message(responder, &log, &broken());
         }
-        Job::Abort => body_failed.store(false, Ordering::Release),
-        Job::Mail { responder, .. } => responder.respond(Verdict::Reject(unreachable())),
-        Job::Body(_) | Job::Reset | Job::Close => {}
+        Command::Mail { responder, .. } => responder.respond(Verdict::Reject(unreachable())),
+        Command::Body(_) => {}
     }
 }
 

@@ -26,9 +26,9 @@ use crate::params::{MailParams, RcptParams, mail_command, rcpt_command};
 use crate::reply::{BackendReply, MAX_LINE, ReplyError, ReplyReader};
 use crate::xtext;
 
-/// What a client session asks of its backend connection, in the order it happened.
-pub(crate) enum Job {
-    /// MAIL FROM, with who the client is now (XCLIENT is sent again if that changed).
+/// A command for the backend, or message octets, in the order the client gave them.
+pub(crate) enum Command {
+    /// MAIL FROM, with who the client is now (XCLIENT is sent again first if that changed).
     Mail {
         client: ClientIdentity,
         path: String,
@@ -54,6 +54,15 @@ pub(crate) enum Job {
         responder: Responder,
         log: MessageLog,
     },
+}
+
+/// What a client session asks of its backend connection, in the order it happened.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a job lives for one call, moved into the step queue: boxing would cost an allocation each"
+)]
+pub(crate) enum Job {
+    Command(Command),
     /// The message in progress will never be acknowledged: close without the final dot.
     Abort,
     /// RSET, a new EHLO, STARTTLS on the client side: the backend gets RSET before the next
@@ -64,29 +73,13 @@ pub(crate) enum Job {
 }
 
 /// A command not sent yet, built when it goes out (with the capabilities known then).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "steps are few and short-lived; boxing would cost an allocation each"
+)]
 enum Step {
-    Identity(ClientIdentity),
+    Command(Command),
     Rset,
-    Mail {
-        path: String,
-        params: MailParams,
-        responder: Responder,
-    },
-    Rcpt {
-        path: String,
-        params: RcptParams,
-        responder: Responder,
-    },
-    Data {
-        received: Vec<u8>,
-        responder: Responder,
-    },
-    Body(Vec<u8>),
-    End {
-        body: Vec<u8>,
-        responder: Responder,
-        log: MessageLog,
-    },
     Quit,
 }
 
@@ -95,8 +88,13 @@ impl Step {
     fn may_follow_unanswered(&self) -> bool {
         matches!(
             self,
-            Self::Rset | Self::Mail { .. } | Self::Rcpt { .. } | Self::Data { .. }
+            Self::Rset
+                | Self::Command(Command::Mail { .. } | Command::Rcpt { .. } | Command::Data { .. })
         )
+    }
+
+    fn is_message(&self) -> bool {
+        matches!(self, Self::Command(Command::Body(_) | Command::End { .. }))
     }
 }
 
@@ -322,48 +320,14 @@ impl BackendClient {
     /// Takes the session's next job.
     pub(crate) fn submit(&mut self, job: Job) {
         match job {
-            Job::Mail {
-                client,
-                path,
-                params,
-                responder,
-            } => {
-                self.steps.push_back(Step::Identity(client));
-                if std::mem::take(&mut self.reset_pending) {
+            Job::Command(command) => {
+                if matches!(command, Command::Mail { .. })
+                    && std::mem::take(&mut self.reset_pending)
+                {
                     self.steps.push_back(Step::Rset);
                 }
-                self.steps.push_back(Step::Mail {
-                    path,
-                    params,
-                    responder,
-                });
+                self.steps.push_back(Step::Command(command));
             }
-            Job::Rcpt {
-                path,
-                params,
-                responder,
-            } => self.steps.push_back(Step::Rcpt {
-                path,
-                params,
-                responder,
-            }),
-            Job::Data {
-                received,
-                responder,
-            } => self.steps.push_back(Step::Data {
-                received,
-                responder,
-            }),
-            Job::Body(chunk) => self.steps.push_back(Step::Body(chunk)),
-            Job::End {
-                body,
-                responder,
-                log,
-            } => self.steps.push_back(Step::End {
-                body,
-                responder,
-                log,
-            }),
             Job::Abort => {
                 self.body_failed.store(false, Ordering::Release);
                 if self.in_message() {
@@ -389,11 +353,7 @@ impl BackendClient {
 
     /// Whether a message has started on the backend (its 354 came) and not ended.
     fn in_message(&self) -> bool {
-        self.data.is_some()
-            || self
-                .steps
-                .iter()
-                .any(|s| matches!(s, Step::Body(_) | Step::End { .. }))
+        self.data.is_some() || self.steps.iter().any(Step::is_message)
     }
 
     /// Takes octets the backend sent (plaintext).
@@ -673,29 +633,49 @@ impl BackendClient {
     }
 
     fn start(&mut self, step: Step) {
-        match step {
-            Step::Identity(client) => {
-                let changed = self.sent_identity.as_ref() != Some(&client);
-                if self.config.identity == Identity::Xclient && changed {
-                    self.send_xclient(client);
-                }
-            }
+        let command = match step {
+            Step::Command(command) => command,
             Step::Rset => {
                 self.send_line("RSET");
                 self.awaiting.push_back(Awaiting::Rset);
+                return;
             }
-            Step::Mail {
+            Step::Quit => {
+                self.send_line("QUIT");
+                self.awaiting.push_back(Awaiting::Quit);
+                self.phase = Phase::Quitting;
+                return;
+            }
+        };
+        match command {
+            Command::Mail {
+                client,
                 path,
                 params,
                 responder,
-            } => match mail_command(&path, &params, &self.capabilities) {
-                Ok(line) => {
-                    self.send_line(&line);
-                    self.awaiting.push_back(Awaiting::Mail(responder));
+            } => {
+                let changed = self.sent_identity.as_ref() != Some(&client);
+                if self.config.identity == Identity::Xclient && changed {
+                    // The client is introduced again (a later AUTH, a new EHLO); the MAIL
+                    // goes once XCLIENT and its greeting are answered.
+                    self.send_xclient(client.clone());
+                    self.steps.push_front(Step::Command(Command::Mail {
+                        client,
+                        path,
+                        params,
+                        responder,
+                    }));
+                    return;
                 }
-                Err(refusal) => responder.respond(Verdict::Reject(refusal)),
-            },
-            Step::Rcpt {
+                match mail_command(&path, &params, &self.capabilities) {
+                    Ok(line) => {
+                        self.send_line(&line);
+                        self.awaiting.push_back(Awaiting::Mail(responder));
+                    }
+                    Err(refusal) => responder.respond(Verdict::Reject(refusal)),
+                }
+            }
+            Command::Rcpt {
                 path,
                 params,
                 responder,
@@ -706,7 +686,7 @@ impl BackendClient {
                 }
                 Err(refusal) => responder.respond(Verdict::Reject(refusal)),
             },
-            Step::Data {
+            Command::Data {
                 received,
                 responder,
             } => {
@@ -716,12 +696,12 @@ impl BackendClient {
                     responder,
                 });
             }
-            Step::Body(chunk) => {
+            Command::Body(chunk) => {
                 if let Some(encoder) = &mut self.data {
                     encoder.encode(&chunk, &mut self.out);
                 }
             }
-            Step::End {
+            Command::End {
                 body,
                 responder,
                 log,
@@ -733,11 +713,6 @@ impl BackendClient {
                 }
                 None => refuse_message(responder, &log, &broken()),
             },
-            Step::Quit => {
-                self.send_line("QUIT");
-                self.awaiting.push_back(Awaiting::Quit);
-                self.phase = Phase::Quitting;
-            }
         }
     }
 
@@ -771,7 +746,10 @@ impl BackendClient {
     fn answer_all(&mut self, reply: &Reply) {
         // A message whose end has not been submitted learns of it through its next chunk.
         let end_queued = self.awaiting.iter().any(|a| matches!(a, Awaiting::End(..)))
-            || self.steps.iter().any(|s| matches!(s, Step::End { .. }));
+            || self
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Command(Command::End { .. })));
         if self.data.is_some() && !end_queued {
             self.body_failed.store(true, Ordering::Release);
         }
@@ -788,12 +766,14 @@ impl BackendClient {
         }
         for step in std::mem::take(&mut self.steps) {
             match step {
-                Step::Mail { responder, .. }
-                | Step::Rcpt { responder, .. }
-                | Step::Data { responder, .. } => {
-                    responder.respond(Verdict::Reject(reply.clone()));
+                Step::Command(
+                    Command::Mail { responder, .. }
+                    | Command::Rcpt { responder, .. }
+                    | Command::Data { responder, .. },
+                ) => responder.respond(Verdict::Reject(reply.clone())),
+                Step::Command(Command::End { responder, log, .. }) => {
+                    refuse_message(responder, &log, reply);
                 }
-                Step::End { responder, log, .. } => refuse_message(responder, &log, reply),
                 _ => {}
             }
         }

@@ -31,7 +31,7 @@ use smtps_server::{
 use crate::auth::{Authenticator, authenticate};
 use crate::backend::{BackendConfig, ClientIdentity};
 use crate::backend_io::{PAUSE_ABOVE, RelayIo};
-use crate::client::{Job, broken};
+use crate::client::{Command, Job, broken};
 use crate::logline::{self, MessageLog};
 use crate::received::Received;
 
@@ -145,12 +145,12 @@ impl Handler for Relay {
         params: &MailParameters<'_>,
     ) -> Answer {
         let responder = cx.defer();
-        let job = Job::Mail {
+        let job = Job::Command(Command::Mail {
             client: client_identity(cx.info()),
             path: from.to_string(),
             params: params.into(),
             responder,
-        };
+        });
         session.opened = true;
         Self::send(session, cx, job);
         Answer::Deferred
@@ -164,11 +164,11 @@ impl Handler for Relay {
         params: &RcptParameters<'_>,
     ) -> Answer {
         let responder = cx.defer();
-        let job = Job::Rcpt {
+        let job = Job::Command(Command::Rcpt {
             path: to.to_string(),
             params: params.into(),
             responder,
-        };
+        });
         Self::send(session, cx, job);
         Answer::Deferred
     }
@@ -183,10 +183,10 @@ impl Handler for Relay {
         Self::send(
             session,
             cx,
-            Job::Data {
+            Job::Command(Command::Data {
                 received,
                 responder,
-            },
+            }),
         );
         Answer::Deferred
     }
@@ -203,7 +203,7 @@ impl Handler for Relay {
         session.body.extend_from_slice(chunk);
         if session.body.len() >= BODY_BATCH {
             let batch = std::mem::take(&mut session.body);
-            Self::send(session, cx, Job::Body(batch));
+            Self::send(session, cx, Job::Command(Command::Body(batch)));
             // A backend slower than the client: stop reading the client until it catches up.
             let id = cx.info().id;
             if cx
@@ -227,11 +227,11 @@ impl Handler for Relay {
         Self::send(
             session,
             cx,
-            Job::End {
+            Job::Command(Command::End {
                 body,
                 responder,
                 log,
-            },
+            }),
         );
         Answer::Deferred
     }

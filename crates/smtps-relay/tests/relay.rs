@@ -332,6 +332,49 @@ fn xclient_names_the_client_its_helo_and_login() {
 }
 
 #[test]
+fn a_client_that_authenticates_between_transactions_is_introduced_again_before_its_next_mail() {
+    let backend = backend(Script {
+        extensions: vec!["XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT"],
+        ..Script::default()
+    });
+    let front = front(backend.addr, Identity::Xclient);
+    let mut c = client(&front);
+    assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.command("RSET").starts_with("250"));
+    assert!(
+        c.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==")
+            .starts_with("235")
+    );
+    assert!(
+        c.command("MAIL FROM:<alice@client.test>")
+            .starts_with("250")
+    );
+    let seen = backend.seen.lock().unwrap();
+    assert_eq!(
+        seen.connections.len(),
+        1,
+        "one backend connection for the session"
+    );
+    let wire = String::from_utf8_lossy(&seen.connections[0]).into_owned();
+    let lines: Vec<&str> = wire.lines().collect();
+    // Set-up (EHLO, XCLIENT without LOGIN, EHLO), the first MAIL; then RSET, and the new
+    // identity (XCLIENT with LOGIN, EHLO) before the second MAIL.
+    assert!(lines[1].starts_with("XCLIENT ") && lines[1].contains("LOGIN=[UNAVAILABLE]"));
+    assert!(lines[3].starts_with("MAIL FROM:<a@client.test>"));
+    let second = lines
+        .iter()
+        .position(|l| l.starts_with("MAIL FROM:<alice@"))
+        .unwrap();
+    let relogin = lines
+        .iter()
+        .position(|l| l.starts_with("XCLIENT ") && l.contains("LOGIN=alice"))
+        .unwrap();
+    assert!(relogin > 3 && relogin < second, "{lines:?}");
+    assert_eq!(lines[relogin + 1], "EHLO client.test");
+    assert!(lines[4..second].contains(&"RSET"), "{lines:?}");
+}
+
+#[test]
 fn xclient_for_a_helo_client_says_proto_smtp_and_greets_with_helo() {
     let backend = backend(Script {
         extensions: vec!["XCLIENT NAME ADDR PORT PROTO HELO LOGIN"],
