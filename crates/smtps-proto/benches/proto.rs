@@ -12,6 +12,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use smtps_proto::data::{DataDecoder, dot_stuff};
 use smtps_proto::{Event, Security, ServerSession, SessionConfig, Verdict};
 
+#[path = "support/text_body.rs"]
+mod support;
+use support::text_body;
+
 /// A 10 MiB body of 78-character lines (80 with CRLF): every tenth line starting with a dot if
 /// `dots`, none otherwise (the common case: a message whose wire form needs no unstuffing).
 fn body_with_dots(dots: bool) -> Vec<u8> {
@@ -162,37 +166,6 @@ fn session_message(c: &mut Criterion) {
         });
     });
     group.finish();
-}
-
-/// A 100 KiB message body of text lines of about 63 octets like smtps-loadgen's: every
-/// `dot_every`-th line starts with a dot (0: none).
-fn text_body(dot_every: usize) -> Vec<u8> {
-    const WORDS: &[&str] = &[
-        "the",
-        "quarterly",
-        "report",
-        "is",
-        "attached",
-        "please",
-        "review",
-    ];
-    let mut body = Vec::new();
-    let mut word = 0;
-    let mut line = 0;
-    while body.len() < 100 * 1024 {
-        line += 1;
-        let start = body.len();
-        if dot_every > 0 && line % dot_every == 0 {
-            body.extend_from_slice(b". ");
-        }
-        while body.len() - start < 60 {
-            body.extend_from_slice(WORDS[word % WORDS.len()].as_bytes());
-            body.push(b' ');
-            word += 1;
-        }
-        body.extend_from_slice(b"end\r\n");
-    }
-    body
 }
 
 /// Ten 100 KiB messages through a session, the input offered 16 KiB at a time (a TLS record's

@@ -20,6 +20,10 @@ use std::sync::Arc;
 use smtps_proto::data::dot_stuff;
 use smtps_proto::{Event, Security, ServerSession, SessionConfig, Verdict};
 
+#[path = "../benches/support/text_body.rs"]
+mod support;
+use support::text_body;
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let dot_every = match args.next().as_deref() {
@@ -81,27 +85,4 @@ fn run(config: &Arc<SessionConfig>, wire: &[u8]) -> (u32, u64) {
         }
     }
     (delivered, chunks)
-}
-
-/// A 100 KiB body of text lines of about 63 octets; every `dot_every`-th line starts with a
-/// dot (0: none).
-fn text_body(dot_every: usize) -> Vec<u8> {
-    const WORDS: &[&str] = &["the", "quarterly", "report", "is", "attached", "please"];
-    let mut body = Vec::new();
-    let mut word = 0;
-    let mut line = 0;
-    while body.len() < 100 * 1024 {
-        line += 1;
-        let start = body.len();
-        if dot_every > 0 && line % dot_every == 0 {
-            body.extend_from_slice(b". ");
-        }
-        while body.len() - start < 60 {
-            body.extend_from_slice(WORDS[word % WORDS.len()].as_bytes());
-            body.push(b' ');
-            word += 1;
-        }
-        body.extend_from_slice(b"end\r\n");
-    }
-    body
 }
