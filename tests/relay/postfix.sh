@@ -9,7 +9,8 @@
 # smtpsd --relay smtp://127.0.0.1:PORT+xclient --users ... (implicit TLS and STARTTLS on
 # 127.0.0.1) is the front; clients connect from 127.0.0.2 to .5. Claims (PASS/FAIL each):
 #   identity (implicit TLS, STARTTLS, AUTH), reject at RCPT, <LF>.<LF> smuggling, pipelining,
-#   5 recipients, BDAT, a 50 MiB message, 100 parallel clients, and Postfix stopped for 3 s
+#   5 recipients, BDAT, a 50 MiB message, 100 parallel clients, the same (20 MiB, 10 clients)
+#   with every core busy (a yes per core), and Postfix stopped for 3 s
 #   while two senders loop (small messages; 4 MiB ones, cut mid-body by the stop): 4xx, never
 #   a 250 that is lost, then Postfix started again and mail flows. Last, a second front
 #   talks STARTTLS to a second smtpd of the same Postfix (+starttls, --relay-ca): the same
@@ -28,6 +29,7 @@ PFLOG="$WORK/postfix.log"
 MAIL="$WORK/pfmail"
 SENT="$WORK/pfsent"
 SENDER_PIDS=()
+YES_PIDS=()
 mkdir -p "$PF" "$WORK/pfqueue" "$WORK/pfdata" "$MAIL" "$SENT"
 chown postfix "$WORK/pfdata"
 chown nobody "$MAIL"
@@ -42,7 +44,7 @@ show_logs() {
 }
 cleanup() {
     local status=$?
-    for pid in "${SENDER_PIDS[@]}"; do kill "$pid" 2> /dev/null || true; done
+    for pid in "${SENDER_PIDS[@]}" "${YES_PIDS[@]}"; do kill "$pid" 2> /dev/null || true; done
     stop_front
     timeout 30 postfix -c "$PF" stop > /dev/null 2>&1 || true
     if [ "$status" != 0 ] && [ -z "$LOGS_SHOWN" ]; then
@@ -183,6 +185,15 @@ py smuggle "${ARGS[@]}" --direct "$PORT"
 
 echo "==> pipelining, 5 recipients, BDAT, ${BIG_MIB:-50} MiB, ${PARALLEL:-100} parallel clients"
 py bulk "${ARGS[@]}" --big-mib "${BIG_MIB:-50}" --parallel "${PARALLEL:-100}"
+
+echo "==> every core busy (a yes per core): a 20 MiB message and 10 parallel clients"
+for _ in $(seq "$(nproc)"); do
+    yes > /dev/null &
+    YES_PIDS+=("$!")
+done
+py bulk "${ARGS[@]}" --tag "pfbusy$$" --big-mib 20 --parallel 10
+kill "${YES_PIDS[@]}" 2> /dev/null || true
+YES_PIDS=()
 
 echo "==> outage: Postfix stopped for 3 s while two senders loop through implicit TLS" \
     "(small messages, 3 a session; 4 MiB messages, one a session, often cut mid-body)"
