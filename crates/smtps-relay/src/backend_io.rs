@@ -288,7 +288,7 @@ impl RelayIo {
             // Dropping the gate resumes the client's input.
             conn.gate = None;
         }
-        let busy = conn.connecting || conn.client.has_output() || !conn.unsent.is_empty();
+        let busy = conn.connecting || conn.backlog() > 0;
         conn.deadline = conn
             .client
             .timeout()

@@ -280,11 +280,6 @@ impl BackendClient {
         std::mem::take(&mut self.out)
     }
 
-    /// Whether octets wait to be written.
-    pub(crate) fn has_output(&self) -> bool {
-        !self.out.is_empty()
-    }
-
     /// How many octets wait to be written.
     pub(crate) fn output_len(&self) -> usize {
         self.out.len()
