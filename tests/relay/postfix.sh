@@ -237,6 +237,18 @@ grep -m3 'smtps-relay.*session=' "$WORK/postfix-front.log" | sed 's/^/  front lo
 
 if grep -qi panic "$WORK/postfix-front.log"; then fail "panic in the front's log"; fi
 kill -0 "$FRONT_PID" 2> /dev/null || fail "the front is gone"
+# Every client is gone: the front holds no backend connection (each session's ended with it,
+# QUIT or a close mid-message) and no client socket.
+front_backend_sockets() { ss -Htanp "( dport = :$PORT )" 2> /dev/null | grep -c "pid=$FRONT_PID," || true; }
+wait_for 10 eval '[ "$(front_backend_sockets)" = 0 ]' && status=0 || status=1
+check "$status" "after the clients left, the front holds no connection to Postfix ($(front_backend_sockets) left)"
+# Only its listening sockets remain (one per listener and worker: SO_REUSEPORT).
+open_sockets=$(ss -Htanp 2> /dev/null | grep "pid=$FRONT_PID," | grep -vc '^LISTEN' || true)
+listening=$(ss -Htlnp 2> /dev/null | grep -c "pid=$FRONT_PID," || true)
+[ "$open_sockets" = 0 ] && status=0 || status=1
+check "$status" "after the clients left, the front holds no client or backend socket ($open_sockets; $listening listening)"
+fds=$(find "/proc/$FRONT_PID/fd" -mindepth 1 2> /dev/null | wc -l)
+echo "  front: $fds descriptors open, $(awk '/VmRSS/{print $2, $3}' "/proc/$FRONT_PID/status") resident"
 stop_front
 
 echo "==> STARTTLS to the backend: a second front, smtp://127.0.0.1:$TLS_PORT+xclient+starttls"
