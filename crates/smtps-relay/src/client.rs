@@ -135,18 +135,18 @@ impl Awaiting {
 enum Phase {
     /// Greeting, EHLO, STARTTLS, XCLIENT: a failure here means the backend is unavailable.
     Setup,
-    /// The backend said 220 to STARTTLS: the loop runs the handshake, then calls
+    /// The backend said 220 to STARTTLS: the backend I/O runs the handshake, then calls
     /// [`BackendClient::tls_established`].
     Handshake,
     /// Taking the session's commands.
     Ready,
     /// QUIT sent: the connection ends with its reply or the backend's close.
     Quitting,
-    /// Over: the loop closes the socket.
+    /// Over: the backend I/O closes the socket.
     Finished,
 }
 
-/// How long the loop waits for the backend.
+/// How long QUIT waits for its reply.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One backend connection's protocol state.
@@ -285,12 +285,12 @@ impl BackendClient {
         self.out.len()
     }
 
-    /// Whether the loop should start TLS on the socket now.
+    /// Whether the backend I/O should start TLS on the socket now.
     pub(crate) fn wants_tls(&self) -> bool {
         self.phase == Phase::Handshake
     }
 
-    /// Whether the connection is over: the loop closes it.
+    /// Whether the connection is over: the backend I/O closes it.
     pub(crate) fn is_finished(&self) -> bool {
         self.phase == Phase::Finished
     }
@@ -783,7 +783,7 @@ impl BackendClient {
 }
 
 impl Drop for BackendClient {
-    /// Jobs still queued when the connection goes (the loop shutting down) are answered, not
+    /// Jobs still queued when the connection goes (the worker shutting down) are answered, not
     /// left to the responders' own `451 4.3.0`.
     fn drop(&mut self) {
         if !self.awaiting.is_empty() || !self.steps.is_empty() {

@@ -81,17 +81,15 @@ pub struct RelaySession {
     started: Instant,
     /// Octets of the messages that reached their end (the session line's `bytes`).
     bytes: u64,
-    /// A backend connection may exist: MAIL was relayed.
-    opened: bool,
-    /// Raised by the loop when the backend failed during the message: the next body chunk
-    /// answers `451 4.4.2`.
+    /// Raised by the worker's backend I/O when the backend failed during the message: the
+    /// next body chunk answers `451 4.4.2`.
     body_failed: Arc<AtomicBool>,
-    /// Body octets not handed to the loop yet: they go in batches of [`BODY_BATCH`], or with
-    /// the message's end, so a small message costs the loop one job for its body and end.
+    /// Body octets not handed to the backend I/O yet: they go in batches of [`BODY_BATCH`], or
+    /// with the message's end, so a small message costs one job for its body and end.
     body: Vec<u8>,
 }
 
-/// Body octets gathered on the worker before they go to the loop.
+/// Body octets gathered on the worker before they go to the backend I/O.
 const BODY_BATCH: usize = 64 * 1024;
 
 fn client_identity(info: &SessionInfo) -> ClientIdentity {
@@ -111,7 +109,6 @@ impl Handler for Relay {
         let session = RelaySession {
             started: Instant::now(),
             bytes: 0,
-            opened: false,
             body_failed: Arc::default(),
             body: Vec::new(),
         };
@@ -151,7 +148,6 @@ impl Handler for Relay {
             params: params.into(),
             responder,
         });
-        session.opened = true;
         Self::send(session, cx, job);
         Answer::Deferred
     }
@@ -247,23 +243,17 @@ impl Handler for Relay {
             cx.info().id
         );
         session.body.clear();
-        if session.opened {
-            Self::send(session, cx, Job::Abort);
-        }
+        Self::send(session, cx, Job::Abort);
     }
 
     fn reset(&self, session: &mut RelaySession, cx: &mut Context<'_>) {
-        if session.opened {
-            Self::send(session, cx, Job::Reset);
-        }
+        Self::send(session, cx, Job::Reset);
     }
 
     fn disconnect(&self, session: RelaySession, cx: &mut Context<'_>, reason: CloseReason) {
         // QUIT between transactions, a plain close in the middle of one (no final dot, so
-        // nothing half-sent is delivered).
-        if session.opened {
-            Self::send(&session, cx, Job::Close);
-        }
+        // nothing half-sent is delivered); nothing for a session that never reached MAIL.
+        Self::send(&session, cx, Job::Close);
         log::info!(
             "{}",
             logline::session(cx.info(), &reason, session.bytes, session.started.elapsed())
