@@ -79,20 +79,6 @@ impl WorkerRegistry {
             .register(source, Self::token(token)?, interests)
     }
 
-    /// Changes what `source` is registered for (`mio::Registry::reregister`).
-    ///
-    /// # Errors
-    /// As [`WorkerRegistry::register`].
-    pub fn reregister<S: Source + ?Sized>(
-        &self,
-        source: &mut S,
-        token: usize,
-        interests: Interest,
-    ) -> io::Result<()> {
-        self.registry
-            .reregister(source, Self::token(token)?, interests)
-    }
-
     /// Removes `source` (`mio::Registry::deregister`); closing it does the same.
     ///
     /// # Errors
