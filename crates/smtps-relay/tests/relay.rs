@@ -291,15 +291,20 @@ fn smuggled_lf_dot_lf_reaches_the_backend_as_one_canonical_message() {
     assert!(message.ends_with("smuggled\r\n"), "{message}");
 }
 
-#[test]
-fn xclient_names_the_client_its_helo_and_login() {
+/// A backend offering every XCLIENT attribute, a front introducing clients with it, and a
+/// client past EHLO.
+fn xclient_front() -> (Backend, Front, SmtpClient) {
     let backend = backend(Script {
         extensions: vec!["XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT"],
         ..Script::default()
     });
     let front = front(backend.addr, Identity::Xclient);
-    let mut c = client(&front);
-    // AUTH PLAIN alice/secret.
+    let c = client(&front);
+    (backend, front, c)
+}
+
+/// AUTH PLAIN alice/secret, then a MAIL the backend accepts.
+fn authenticate_and_mail(c: &mut SmtpClient) {
     assert!(
         c.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==")
             .starts_with("235")
@@ -308,6 +313,12 @@ fn xclient_names_the_client_its_helo_and_login() {
         c.command("MAIL FROM:<alice@client.test>")
             .starts_with("250")
     );
+}
+
+#[test]
+fn xclient_names_the_client_its_helo_and_login() {
+    let (backend, _front, mut c) = xclient_front();
+    authenticate_and_mail(&mut c);
     let seen = backend.seen.lock().unwrap();
     let wire = String::from_utf8_lossy(&seen.connections[0]).into_owned();
     let xclient = wire.lines().find(|l| l.starts_with("XCLIENT")).unwrap();
@@ -333,22 +344,10 @@ fn xclient_names_the_client_its_helo_and_login() {
 
 #[test]
 fn a_client_that_authenticates_between_transactions_is_introduced_again_before_its_next_mail() {
-    let backend = backend(Script {
-        extensions: vec!["XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT"],
-        ..Script::default()
-    });
-    let front = front(backend.addr, Identity::Xclient);
-    let mut c = client(&front);
+    let (backend, _front, mut c) = xclient_front();
     assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
     assert!(c.command("RSET").starts_with("250"));
-    assert!(
-        c.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==")
-            .starts_with("235")
-    );
-    assert!(
-        c.command("MAIL FROM:<alice@client.test>")
-            .starts_with("250")
-    );
+    authenticate_and_mail(&mut c);
     let seen = backend.seen.lock().unwrap();
     assert_eq!(
         seen.connections.len(),
@@ -626,4 +625,56 @@ fn a_backend_slower_than_the_client_holds_the_client_back_and_loses_nothing() {
     // The front's Received: line, then the body as sent.
     assert!(message.ends_with(line.repeat(64 * 16 * BODY_MIB).as_bytes()));
     eprintln!("taken from the client during the backend's stall: {during_stall} octets");
+}
+
+#[test]
+fn clients_abandoning_at_every_stage_leave_no_backend_connection_and_no_message() {
+    let backend = backend(Script::default());
+    let front = front(backend.addr, Identity::None);
+    let steps: [&[&str]; 5] = [
+        &[],
+        &["MAIL FROM:<a@client.test>"],
+        &["MAIL FROM:<a@client.test>", "RCPT TO:<b@backend.test>"],
+        &[
+            "MAIL FROM:<a@client.test>",
+            "RCPT TO:<b@backend.test>",
+            "DATA",
+        ],
+        &[
+            "MAIL FROM:<a@client.test>",
+            "RCPT TO:<b@backend.test>",
+            "DATA",
+            "Subject: cut off\r\n\r\nhalf a body",
+        ],
+    ];
+    for commands in steps {
+        let mut c = client(&front);
+        for command in commands {
+            if command.starts_with("Subject") {
+                c.send(command.as_bytes());
+            } else {
+                let reply = c.command(command);
+                assert!(
+                    reply.starts_with('2') || reply.starts_with("354"),
+                    "{reply}"
+                );
+            }
+        }
+        // The client vanishes: no QUIT, no final dot.
+        drop(c);
+    }
+    // Every backend connection the front opened (one per client that reached MAIL) is
+    // closed, and nothing was delivered.
+    wait_for("the front to close every backend connection", || {
+        let seen = backend.seen.lock().unwrap();
+        seen.connections.len() == 4 && seen.closed == 4
+    });
+    assert!(backend.seen.lock().unwrap().messages.is_empty());
+    // The front goes on serving.
+    let mut c = client(&front);
+    assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.command("RCPT TO:<b@backend.test>").starts_with("250"));
+    assert!(c.command("DATA").starts_with("354"));
+    assert!(c.command("whole\r\n.").starts_with("250"));
+    assert_eq!(backend.seen.lock().unwrap().messages.len(), 1);
 }
