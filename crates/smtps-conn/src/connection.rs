@@ -438,8 +438,8 @@ impl Connection {
     /// ([`Connection::handle_timeout`]).
     ///
     /// # Errors
-    /// [`Error::Session`] if `id` is not the awaited decision or the verdict's reply does not
-    /// fit; the decision then still waits.
+    /// [`Error::Session`] if `id` is not an awaited decision (see [`Connection::awaits`]) or the
+    /// verdict's reply does not fit; the decision then still waits.
     pub fn decide(&mut self, id: DecisionId, verdict: Verdict) -> Result<(), Error> {
         // No `advance` first: a decision id comes from an event, so the session exists.
         let session = self
@@ -448,12 +448,24 @@ impl Connection {
             .ok_or(Error::Session(smtps_proto::Error::UnknownDecision))?;
         let accepted = matches!(verdict, Verdict::Accept | Verdict::AcceptWith(_));
         session.decide(id, verdict)?;
-        self.envelope.decided(id, accepted);
+        self.envelope
+            .decided(id, accepted, |pending| session.awaits(pending));
         if session.is_closed() {
             self.reason.get_or_insert(CloseReason::Refused);
         }
         self.timers.idle_since = self.timers.clock;
         Ok(())
+    }
+
+    /// Whether the decision `id` still awaits the host's verdict: false once given, withdrawn
+    /// (with [`SessionConfig::pipelined_decisions`], a command read ahead whose ground an
+    /// earlier verdict took away) or the session closed. A host holding several decisions
+    /// drops the ones no longer awaited.
+    #[must_use]
+    pub fn awaits(&self, id: DecisionId) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|session| session.awaits(id))
     }
 
     /// The host cannot take the message being received (its spool failed): the rest of the

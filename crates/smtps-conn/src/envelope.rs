@@ -2,15 +2,19 @@
 //! the recipients (RFC 5321 §3.3), kept by the connection so that every host (the server's
 //! `SessionInfo`, C hosts at the connection level) reads the same answer.
 
+use std::collections::VecDeque;
+
 use smtps_proto::{DecisionId, Event};
 
-/// The accepted sender and recipients, and the step awaiting its decision.
+/// The accepted sender and recipients, and the steps awaiting their decisions.
 #[derive(Debug, Default)]
 pub(crate) struct Envelope {
     mail_from: Option<String>,
     recipients: Vec<String>,
-    /// The envelope step of the decision being awaited.
-    awaited: Option<(DecisionId, Step)>,
+    /// The envelope steps of the decisions outstanding, in command order, with the verdict
+    /// once given (accepted or not): several with pipelined decisions, applied in order as the
+    /// session applies them.
+    awaited: VecDeque<(DecisionId, Step, Option<bool>)>,
 }
 
 /// What a decision does to the envelope once accepted.
@@ -39,27 +43,42 @@ impl Envelope {
             }
             _ => return,
         };
-        self.awaited = Some(step);
+        self.awaited.push_back((step.0, step.1, None));
     }
 
-    /// Applies the decision `id`, now that the session took the host's verdict for it.
-    pub(crate) fn decided(&mut self, id: DecisionId, accepted: bool) {
-        let Some((awaited, step)) = self.awaited.take() else {
-            return;
-        };
-        if awaited != id {
-            self.awaited = Some((awaited, step));
-            return;
-        }
-        match step {
-            Step::Greeting if accepted => self.clear(),
-            Step::Mail(from) if accepted => {
-                self.mail_from = Some(from);
-                self.recipients.clear();
+    /// Notes the verdict on `id`, now that the session took it, and applies the verdicts given
+    /// in command order as far as they go. `awaits` tells which decisions the session still
+    /// awaits: one it withdrew (a RCPT read ahead of a MAIL that was then refused) is dropped.
+    pub(crate) fn decided(
+        &mut self,
+        id: DecisionId,
+        accepted: bool,
+        awaits: impl Fn(DecisionId) -> bool,
+    ) {
+        for (awaited, _, verdict) in &mut self.awaited {
+            if *awaited == id {
+                *verdict = Some(accepted);
             }
-            Step::Rcpt(to) if accepted => self.recipients.push(to),
-            Step::MessageEnd => self.clear(),
-            _ => {}
+        }
+        self.awaited
+            .retain(|(awaited, _, verdict)| verdict.is_some() || awaits(*awaited));
+        while let Some((_, _, Some(accepted))) = self.awaited.front() {
+            let accepted = *accepted;
+            let Some((_, step, _)) = self.awaited.pop_front() else {
+                break;
+            };
+            match step {
+                Step::Greeting if accepted => self.clear(),
+                Step::Mail(from) if accepted => {
+                    self.mail_from = Some(from);
+                    self.recipients.clear();
+                }
+                // As the session: a recipient counts only within a transaction, so one
+                // accepted after its MAIL was refused is not one.
+                Step::Rcpt(to) if accepted && self.mail_from.is_some() => self.recipients.push(to),
+                Step::MessageEnd => self.clear(),
+                _ => {}
+            }
         }
     }
 

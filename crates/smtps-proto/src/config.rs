@@ -246,6 +246,15 @@ pub struct SessionConfig {
     pub limits: Limits,
     /// Policies; see [`Policy`] for each default.
     pub policy: Policy,
+    /// Hand the host the RCPT and DATA commands a client pipelined (RFC 2920) while earlier
+    /// MAIL and RCPT decisions are still outstanding, so that a host which forwards them (a
+    /// relay to a backend that offers PIPELINING) can ask for all of them at once instead of
+    /// one round trip each. Verdicts still take effect, and replies still leave, in command
+    /// order; a command whose ground went away (a RCPT after a refused MAIL, a DATA after
+    /// every RCPT was refused) is withdrawn — its decision becomes unknown — and answered as
+    /// if it had arrived after the verdicts (`503 5.5.1`, `554 5.5.1`). Default off: each
+    /// decision is asked for only after the previous one is given.
+    pub pipelined_decisions: bool,
 }
 
 impl SessionConfig {
@@ -258,6 +267,7 @@ impl SessionConfig {
             auth_mechanisms: AuthMechanisms::default(),
             limits: Limits::default(),
             policy: Policy::default(),
+            pipelined_decisions: false,
         }
     }
 }

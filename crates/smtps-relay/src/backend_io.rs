@@ -65,6 +65,9 @@ pub(crate) struct RelayIo {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Connections given jobs since the worker last served a client connection: written
+    /// then ([`WorkerIo::served`]), so a pipelined group goes out in one write.
+    unflushed: Vec<usize>,
     buf: Vec<u8>,
     /// Numbers the connections, so that a slot's stale timers are told apart.
     generation: u64,
@@ -83,6 +86,12 @@ impl WorkerIo for RelayIo {
         self.expire_until(now);
     }
 
+    fn served(&mut self) {
+        while let Some(slot) = self.unflushed.pop() {
+            self.flush(slot);
+        }
+    }
+
     fn as_any(&mut self) -> &mut dyn Any {
         self
     }
@@ -98,6 +107,7 @@ impl RelayIo {
             conns: Vec::new(),
             free: Vec::new(),
             timers: BinaryHeap::new(),
+            unflushed: Vec::new(),
             buf: vec![0; READ_CHUNK],
             generation: 0,
         }
@@ -143,7 +153,9 @@ impl RelayIo {
                 return;
             }
         };
-        self.flush(slot);
+        if !self.unflushed.contains(&slot) {
+            self.unflushed.push(slot);
+        }
     }
 
     /// Octets of `session`'s message that wait for the backend to take them.

@@ -173,6 +173,9 @@ pub(crate) struct BackendClient {
     data: Option<DataEncoder>,
     /// A RSET owed to the backend before the next MAIL.
     reset_pending: bool,
+    /// RCPTs the backend accepted in the transaction in progress: without one, its 354 to a
+    /// DATA cannot be the client's (the session refuses that DATA, RFC 2920 §3.1).
+    recipients_taken: usize,
     /// Raised when the backend fails in the middle of a message whose end has not come: the
     /// worker answers the next body chunk with `451 4.4.2`.
     body_failed: Arc<AtomicBool>,
@@ -271,6 +274,7 @@ impl BackendClient {
             steps: VecDeque::new(),
             data: None,
             reset_pending: false,
+            recipients_taken: 0,
             body_failed,
         }
     }
@@ -498,7 +502,14 @@ impl BackendClient {
             }
             // Whatever RSET got, the MAIL after it has its own reply.
             Awaiting::Rset => {}
-            Awaiting::Mail(responder) | Awaiting::Rcpt(responder) => {
+            Awaiting::Mail(responder) => {
+                self.recipients_taken = 0;
+                responder.respond(verdict(&reply));
+            }
+            Awaiting::Rcpt(responder) => {
+                if reply.is_positive() {
+                    self.recipients_taken += 1;
+                }
                 responder.respond(verdict(&reply));
             }
             Awaiting::Data {
@@ -515,12 +526,25 @@ impl BackendClient {
     }
 
     fn data_reply(&mut self, reply: &BackendReply, received: &[u8], responder: Responder) {
-        if reply.code == 354 {
+        if reply.code == 354 && self.recipients_taken == 0 {
+            // The client's DATA, pipelined, was refused by the session once every RCPT was
+            // (RFC 2920 §3.1): no body will come, and this backend must not take the next
+            // commands for one. Without the final dot it keeps nothing.
+            log::warn!(
+                "smtps-relay: session={} backend said 354 to a DATA without recipients",
+                self.session
+            );
+            responder.respond(Verdict::Reject(broken()));
+            self.finish();
+        } else if reply.code == 354 {
             let mut encoder = DataEncoder::default();
             encoder.encode(received, &mut self.out);
             self.data = Some(encoder);
-            // The engine sends its own 354.
-            responder.respond(Verdict::Accept);
+            // The engine sends its own 354 — unless the server answered the client for the
+            // host meanwhile (its decision timeout): then no body will come either.
+            if !responder.try_respond(Verdict::Accept) {
+                self.finish();
+            }
         } else if reply.is_positive() || reply.is_intermediate() {
             log::warn!(
                 "smtps-relay: session={} backend answered DATA with {}",

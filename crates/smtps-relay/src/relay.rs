@@ -120,6 +120,12 @@ impl Handler for Relay {
         self.authenticator.is_some()
     }
 
+    /// RCPTs and the DATA a client pipelined go to the backend in the same group as their MAIL
+    /// (RFC 2920), not one round trip each.
+    fn pipelined_decisions(&self) -> bool {
+        true
+    }
+
     /// Each worker polls its sessions' backend connections itself.
     fn worker_io(&self, registry: WorkerRegistry) -> Option<Box<dyn WorkerIo>> {
         Some(Box::new(RelayIo::new(Arc::clone(&self.backend), registry)))

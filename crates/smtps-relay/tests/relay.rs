@@ -35,6 +35,9 @@ struct Script {
     close_after_message: bool,
     /// After its 354, read nothing for this long (a backend slower than the client).
     stall_in_data: Option<Duration>,
+    /// Hold the replies to MAIL and RCPT until the DATA that ends the group is read (RFC 2920
+    /// allows a server to): a front that waits for each reply before the next command stalls.
+    answer_whole_groups: bool,
 }
 
 /// What the backend saw: per connection, everything it read.
@@ -99,6 +102,17 @@ fn converse(stream: TcpStream, script: &Script, seen: &Mutex<Seen>) {
     }
     say("220 backend.test ESMTP\r\n");
     let mut line = Vec::new();
+    // Replies held until the group's DATA (`answer_whole_groups`), and whether a MAIL was
+    // accepted (a refused one makes its RCPTs and DATA 503, as Postfix answers).
+    let mut held = String::new();
+    let mut in_transaction = false;
+    let answer = |held: &mut String, reply: &str, say: &mut dyn FnMut(&str)| {
+        if script.answer_whole_groups {
+            held.push_str(reply);
+        } else {
+            say(reply);
+        }
+    };
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
@@ -121,14 +135,28 @@ fn converse(stream: TcpStream, script: &Script, seen: &Mutex<Seen>) {
             say("2x0 what\r\n");
         } else if text.starts_with("MAIL") && script.two_replies_to_mail {
             say("250 2.1.0 Ok\r\n250 2.1.5 this would answer the RCPT\r\n");
+        } else if text.starts_with("MAIL") && text.contains("REFUSED") {
+            answer(
+                &mut held,
+                "550 5.7.1 <refused@client.test>: Sender address rejected\r\n",
+                &mut say,
+            );
         } else if text.starts_with("MAIL") {
-            say("250 2.1.0 Ok\r\n");
+            in_transaction = true;
+            answer(&mut held, "250 2.1.0 Ok\r\n", &mut say);
+        } else if !in_transaction && (text.starts_with("RCPT") || text.starts_with("DATA")) {
+            say(&(std::mem::take(&mut held) + "503 5.5.1 Error: need MAIL command\r\n"));
         } else if text.starts_with("RCPT") && text.contains("NOBODY") {
-            say("550 5.1.1 <nobody@backend.test>: Recipient address rejected\r\n");
+            answer(
+                &mut held,
+                "550 5.1.1 <nobody@backend.test>: Recipient address rejected\r\n",
+                &mut say,
+            );
         } else if text.starts_with("RCPT") {
-            say("250 2.1.5 Ok\r\n");
+            answer(&mut held, "250 2.1.5 Ok\r\n", &mut say);
         } else if text.starts_with("DATA") {
-            say("354 End data with <CR><LF>.<CR><LF>\r\n");
+            // Even when every RCPT was refused: a careless backend the front must not trust.
+            say(&(std::mem::take(&mut held) + "354 End data with <CR><LF>.<CR><LF>\r\n"));
             if let Some(stall) = script.stall_in_data {
                 thread::sleep(stall);
             }
@@ -148,12 +176,14 @@ fn converse(stream: TcpStream, script: &Script, seen: &Mutex<Seen>) {
                 return;
             }
             seen.lock().unwrap().messages.push(message);
+            in_transaction = false;
             say("250 2.0.0 Ok: queued as BACKEND1\r\n");
             if script.close_after_message {
                 say("421 4.4.2 backend.test Error: timeout exceeded\r\n");
                 return;
             }
         } else if text.starts_with("RSET") {
+            in_transaction = false;
             say("250 2.0.0 Ok\r\n");
         } else if text.starts_with("QUIT") {
             say("221 2.0.0 Bye\r\n");
@@ -677,4 +707,112 @@ fn clients_abandoning_at_every_stage_leave_no_backend_connection_and_no_message(
     assert!(c.command("DATA").starts_with("354"));
     assert!(c.command("whole\r\n.").starts_with("250"));
     assert_eq!(backend.seen.lock().unwrap().messages.len(), 1);
+}
+
+/// A client's pipelined group: MAIL, two RCPTs and DATA in one write.
+fn pipelined_group(c: &mut SmtpClient, from: &str) -> Vec<String> {
+    c.send(
+        format!(
+            "MAIL FROM:<{from}>\r\nRCPT TO:<b@backend.test>\r\nRCPT TO:<nobody@backend.test>\r\nDATA\r\n"
+        )
+        .as_bytes(),
+    );
+    (0..4).map(|_| c.reply()).collect()
+}
+
+#[test]
+fn a_pipelined_group_reaches_the_backend_as_one_group_rfc_2920() {
+    // This backend answers nothing until it has read the group's DATA: a front that waits
+    // for the MAIL's reply before sending the RCPT would get nothing (and time out with 451).
+    let backend = backend(Script {
+        answer_whole_groups: true,
+        ..Script::default()
+    });
+    let front = front(backend.addr, Identity::None);
+    let mut c = client(&front);
+    let replies = pipelined_group(&mut c, "a@client.test");
+    assert_eq!(
+        replies,
+        [
+            "250 2.1.0 Ok\r\n",
+            "250 2.1.5 Ok\r\n",
+            "550 5.1.1 <nobody@backend.test>: Recipient address rejected\r\n",
+            "354 Start mail input; end with <CRLF>.<CRLF>\r\n",
+        ]
+    );
+    c.send(b"Subject: grouped\r\n\r\nbody\r\n");
+    assert_eq!(c.command("."), "250 2.0.0 Ok: queued as BACKEND1\r\n");
+    // The next transaction, in the same session and backend connection, groups too.
+    let replies = pipelined_group(&mut c, "a@client.test");
+    assert!(replies[3].starts_with("354"), "{replies:?}");
+    c.send(b"Subject: second\r\n\r\nbody\r\n");
+    assert!(c.command(".").starts_with("250"));
+    assert!(c.command("QUIT").starts_with("221"));
+    let seen = backend.seen.lock().unwrap();
+    assert_eq!(seen.messages.len(), 2);
+    assert_eq!(seen.connections.len(), 1, "one backend connection");
+}
+
+#[test]
+fn a_refused_mail_in_a_pipelined_group_gets_its_rcpts_and_data_answered_503() {
+    let backend = backend(Script::default());
+    let front = front(backend.addr, Identity::None);
+    let mut c = client(&front);
+    let replies = pipelined_group(&mut c, "refused@client.test");
+    assert_eq!(
+        replies[0],
+        "550 5.7.1 <refused@client.test>: Sender address rejected\r\n"
+    );
+    // The session's own answers to commands without a transaction, as a server deciding one
+    // command at a time gives them; the DATA is never started.
+    for reply in &replies[1..] {
+        assert!(reply.starts_with("503 5.5.1"), "{replies:?}");
+    }
+    // The session goes on: the next transaction is relayed and delivered.
+    let replies = pipelined_group(&mut c, "a@client.test");
+    assert!(replies[3].starts_with("354"), "{replies:?}");
+    c.send(b"Subject: after the refusal\r\n\r\nbody\r\n");
+    assert!(c.command(".").starts_with("250"));
+    let seen = backend.seen.lock().unwrap();
+    assert_eq!(
+        seen.messages.len(),
+        1,
+        "only the accepted transaction's message"
+    );
+}
+
+#[test]
+fn a_backend_saying_354_when_every_rcpt_was_refused_gets_no_body_and_the_client_554() {
+    // This backend says 354 even without recipients; the client's DATA was refused by the
+    // session (RFC 2920 §3.1), so the backend's DATA must not be fed what comes next.
+    let backend = backend(Script::default());
+    let front = front(backend.addr, Identity::None);
+    let mut c = client(&front);
+    c.send(b"MAIL FROM:<a@client.test>\r\nRCPT TO:<nobody@backend.test>\r\nDATA\r\n");
+    assert!(c.reply().starts_with("250"));
+    assert!(c.reply().starts_with("550 5.1.1"));
+    assert_eq!(c.reply(), "554 5.5.1 No valid recipients\r\n");
+    wait_for("the backend connection to close", || {
+        backend.seen.lock().unwrap().closed == 1
+    });
+    // The transaction stays open (RFC 5321: a refused DATA does not end it); after RSET the
+    // client's next one goes over a new backend connection, cleanly.
+    assert!(c.command("MAIL FROM:<a@client.test>").starts_with("503 5.5.1"));
+    assert!(c.command("RSET").starts_with("250"));
+    assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.command("RCPT TO:<b@backend.test>").starts_with("250"));
+    assert!(c.command("DATA").starts_with("354"));
+    c.send(b"Subject: clean\r\n\r\nbody\r\n");
+    assert!(c.command(".").starts_with("250"));
+    let seen = backend.seen.lock().unwrap();
+    assert_eq!(seen.messages.len(), 1);
+    let message = String::from_utf8_lossy(&seen.messages[0]);
+    assert!(
+        message.ends_with("Subject: clean\r\n\r\nbody\r\n"),
+        "{message}"
+    );
+    assert!(
+        !seen.connections[0].ends_with(b"\r\n.\r\n"),
+        "no final dot on the first"
+    );
 }

@@ -1,18 +1,19 @@
 //! The host's side of a connection: events become [`Handler`] calls, answers (now or
 //! deferred) become decisions, and what they change is recorded in [`SessionInfo`].
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use mio::Token;
 use smtps_conn::{CloseReason, Connection, replies};
 use smtps_proto::{DecisionId, Event, Verdict};
 
 use crate::handler::{
-    Answer, Context, Credentials, DeferSlot, GateSlot, Handler, Mailbox, SessionInfo,
-    temporary_failure,
+    Answer, Context, Credentials, DeferSlot, GateSlot, Handler, Mailbox, OPEN, SETTLED,
+    SessionInfo, temporary_failure,
 };
 use crate::metrics::Metrics;
 use crate::server::Shared;
@@ -22,28 +23,45 @@ use crate::worker_io::WorkerIo;
 pub(crate) struct HostSide<S> {
     pub(crate) info: SessionInfo,
     pub(crate) host: Option<S>,
-    /// The decision the host deferred, if any.
-    pub(crate) pending: Option<Pending>,
+    /// The decisions the host deferred, in command order: one, or several with
+    /// [`Handler::pipelined_decisions`].
+    pub(crate) pending: VecDeque<Pending>,
     pub(crate) over_limit: bool,
     /// The address counted in the per-address limit: `None` while a PROXY header is awaited
     /// (the balancer's address must not count, the client's is not known yet).
     pub(crate) counted_ip: Option<IpAddr>,
     /// A PROXY header is expected and not applied yet.
     pub(crate) awaiting_header: bool,
-    /// The decision a [`Responder`](crate::Responder) may still answer, as its number plus
-    /// one (0: none), shared with every responder of the session so that
-    /// [`Responder::is_closed`](crate::Responder::is_closed) can tell from another thread.
-    pub(crate) awaited: Arc<AtomicU64>,
     /// [`InputGate`](crate::InputGate)s taken and not resumed yet: while any is, input is
     /// paused ([`Connection::pause_input`]).
     pub(crate) input_holds: u32,
 }
 
 impl<S> HostSide<S> {
-    /// Takes the outstanding decision: no responder can answer it any more.
-    pub(crate) fn take_pending(&mut self) -> Option<Pending> {
-        self.awaited.store(0, Ordering::Release);
-        self.pending.take()
+    /// Drops every outstanding decision (the session closed): no responder can answer any.
+    pub(crate) fn settle_all(&mut self) {
+        for pending in self.pending.drain(..) {
+            pending.settle();
+        }
+    }
+
+    /// The deferred decisions older than `timeout` at `now` that the server may answer in the
+    /// host's place: those whose responder has not answered meanwhile (an answer in the
+    /// mailbox stands, not the timer's). Each one returned is settled: its responder can no
+    /// longer answer.
+    pub(crate) fn overdue(&self, now: Instant, timeout: Duration) -> Vec<DecisionId> {
+        self.pending
+            .iter()
+            .filter(|pending| now.duration_since(pending.since) >= timeout)
+            .filter(|pending| {
+                pending.claim.as_ref().is_none_or(|claim| {
+                    claim
+                        .compare_exchange(OPEN, SETTLED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                })
+            })
+            .map(|pending| pending.decision)
+            .collect()
     }
 }
 
@@ -52,6 +70,17 @@ pub(crate) struct Pending {
     pub(crate) decision: DecisionId,
     pub(crate) since: Instant,
     update: Update,
+    /// The claim shared with the decision's [`Responder`](crate::Responder), if one was taken.
+    claim: Option<Arc<AtomicU8>>,
+}
+
+impl Pending {
+    /// No responder can answer this decision any more.
+    fn settle(&self) {
+        if let Some(claim) = &self.claim {
+            claim.store(SETTLED, Ordering::Release);
+        }
+    }
 }
 
 /// What a decision changes in [`SessionInfo`] once accepted.
@@ -85,7 +114,6 @@ pub(crate) fn dispatch<H: Handler>(
             info,
             pending,
             over_limit,
-            awaited,
             input_holds,
             ..
         } = &mut *side;
@@ -96,10 +124,6 @@ pub(crate) fn dispatch<H: Handler>(
         };
         any = true;
         let decision = event.decision();
-        if let Some(decision) = decision {
-            // Before the host sees the responder: another thread may ask at once.
-            awaited.store(decision.as_u64() + 1, Ordering::Release);
-        }
         let mut cx = Context {
             info,
             worker_io: worker_io.as_deref_mut().map(|io| io as &mut dyn WorkerIo),
@@ -108,9 +132,8 @@ pub(crate) fn dispatch<H: Handler>(
                 token,
                 session: info.id,
                 decision,
-                awaited: Arc::clone(awaited),
             }),
-            deferred: false,
+            deferred: None,
             gate: Some(GateSlot {
                 mailbox: Arc::clone(mailbox),
                 token,
@@ -213,7 +236,7 @@ pub(crate) fn dispatch<H: Handler>(
             }
             _ => None,
         };
-        let deferred = cx.deferred;
+        let claim = cx.deferred.take();
         if cx.paused > 0 {
             // No further event until every gate is resumed (`Worker::wake`).
             *input_holds += cx.paused;
@@ -223,13 +246,16 @@ pub(crate) fn dispatch<H: Handler>(
             conn.refuse_message(reply);
         }
         let Some(decision) = decision else { continue };
-        *pending = Some(Pending {
+        let deferred = claim.is_some();
+        pending.push_back(Pending {
             decision,
             since: Instant::now(),
             update,
+            claim,
         });
         match answer.and_then(Answer::into_verdict) {
-            Some(verdict) => resolve(conn, side, verdict, &shared.control.metrics),
+            // An answer in the call settles the responder the host may have taken too.
+            Some(verdict) => resolve(conn, side, decision, verdict, &shared.control.metrics),
             None if deferred => {}
             None => {
                 // `Answer::Deferred` without taking the responder: the host can never answer.
@@ -237,29 +263,58 @@ pub(crate) fn dispatch<H: Handler>(
                     "smtps: session={} handler deferred without a responder",
                     side.info.id
                 );
-                resolve(conn, side, temporary_failure(), &shared.control.metrics);
+                let failure = temporary_failure();
+                resolve(conn, side, decision, failure, &shared.control.metrics);
             }
         }
     }
     any
 }
 
-/// Applies a verdict to the outstanding decision and records what it changed.
+/// Applies a verdict to the outstanding decision `id` and records what it changed.
 pub(crate) fn resolve<S>(
     conn: &mut Connection,
     side: &mut HostSide<S>,
+    id: DecisionId,
     verdict: Verdict,
     metrics: &Metrics,
 ) {
-    let Some(Pending {
-        decision,
-        update,
-        since,
-    }) = side.take_pending()
-    else {
+    let Some(index) = side.pending.iter().position(|p| p.decision == id) else {
         return;
     };
-    let info = &mut side.info;
+    if let Some(pending) = side.pending.remove(index) {
+        pending.settle();
+        if conn.awaits(id) {
+            apply(conn, &mut side.info, &pending, verdict, metrics);
+        }
+    }
+    // A verdict may have withdrawn commands read ahead of it (a refused MAIL): nobody
+    // answers those any more.
+    side.pending.retain(|pending| {
+        let awaited = conn.awaits(pending.decision);
+        if !awaited {
+            pending.settle();
+        }
+        awaited
+    });
+    sync_envelope(conn, &mut side.info);
+}
+
+/// Hands the verdict on a decision the engine awaits to it, logs and counts it, and records
+/// it in [`SessionInfo`].
+fn apply(
+    conn: &mut Connection,
+    info: &mut SessionInfo,
+    pending: &Pending,
+    verdict: Verdict,
+    metrics: &Metrics,
+) {
+    let Pending {
+        decision,
+        ref update,
+        since,
+        ..
+    } = *pending;
     let accepted = matches!(verdict, Verdict::Accept | Verdict::AcceptWith(_));
     let code = match &verdict {
         Verdict::AcceptWith(reply) | Verdict::Reject(reply) => reply.code().as_u16(),
@@ -274,23 +329,22 @@ pub(crate) fn resolve<S>(
         }
         return;
     }
-    log_decision(info.id, &update, accepted, code);
+    log_decision(info.id, update, accepted, code);
     metrics.decided_after(since.elapsed());
-    match &update {
+    match update {
         Update::Auth(_) => metrics.auth(accepted),
         Update::MessageEnd(size) => metrics.message_end(accepted, code, *size),
         _ => {}
     }
     match update {
         Update::Helo(name, extended) if accepted => {
-            info.helo = Some(name);
-            info.extended = extended;
+            info.helo = Some(name.clone());
+            info.extended = *extended;
         }
-        Update::Auth(user) if accepted => info.auth_id = Some(user),
+        Update::Auth(user) if accepted => info.auth_id = Some(user.clone()),
         Update::MessageEnd(_) if accepted => info.messages += 1,
         _ => {}
     }
-    sync_envelope(conn, info);
 }
 
 /// Brings [`SessionInfo::mail_from`] and [`SessionInfo::recipients`] in step with the

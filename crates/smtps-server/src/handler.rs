@@ -2,7 +2,7 @@
 //! sees, and the [`Responder`] that answers later from any thread.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use mio::{Token, Waker};
@@ -100,6 +100,23 @@ pub trait Handler: Send + Sync + 'static {
     /// }
     /// ```
     fn offers_auth(&self) -> bool {
+        false
+    }
+
+    /// Whether the host takes decisions pipelined (RFC 2920): while it holds a deferred
+    /// [`Handler::mail`] or [`Handler::rcpt`], the RCPTs and the DATA the client sent in the
+    /// same group come to [`Handler::rcpt`] and [`Handler::data_start`] at once, each with a
+    /// responder of its own, instead of one after the other's answer. A host that forwards
+    /// them (a relay to a backend that offers PIPELINING) then asks for all of them in one
+    /// round trip. Verdicts take effect, and replies leave, in command order whatever order
+    /// they come in. A command whose ground an earlier verdict took away — a RCPT after its
+    /// MAIL was refused, the DATA after every RCPT was — is withdrawn: its responder turns
+    /// closed ([`Responder::is_closed`], [`Responder::try_respond`] gives `false`) and the
+    /// client gets the session's own answer (`503 5.5.1`, `554 5.5.1`), as from a server that
+    /// decides one command at a time. See
+    /// [`SessionConfig::pipelined_decisions`](smtps_proto::SessionConfig::pipelined_decisions).
+    /// Default `false`; a host that answers in the call itself gains nothing from it.
+    fn pipelined_decisions(&self) -> bool {
         false
     }
 
@@ -319,7 +336,8 @@ pub struct Context<'a> {
     /// This worker's host I/O ([`Handler::worker_io`]), if the host has any.
     pub(crate) worker_io: Option<&'a mut dyn WorkerIo>,
     pub(crate) defer: Option<DeferSlot>,
-    pub(crate) deferred: bool,
+    /// The claim of the responder [`Context::defer`] gave out, if it gave one.
+    pub(crate) deferred: Option<Arc<AtomicU8>>,
     /// Where a gate's resume goes; `None` where pausing means nothing (at the disconnect).
     pub(crate) gate: Option<GateSlot>,
     /// Gates taken during this call.
@@ -345,8 +363,11 @@ impl Context<'_> {
     /// (`body_chunk`, `message_aborted`, `reset`, `disconnect`), and a second `defer` in one
     /// call, get a responder that answers nothing: its [`Responder::is_closed`] is `true`.
     pub fn defer(&mut self) -> Responder {
-        let slot = self.defer.take();
-        self.deferred |= slot.is_some();
+        let slot = self.defer.take().map(|slot| {
+            let claim = Arc::new(AtomicU8::new(OPEN));
+            self.deferred = Some(Arc::clone(&claim));
+            (slot, claim)
+        });
         Responder { slot }
     }
 
@@ -441,9 +462,15 @@ impl std::fmt::Debug for InputGate {
     }
 }
 
-/// `HostSide::awaited` once a responder has claimed the decision: its answer is in the
-/// worker's mailbox, and the decision timer must leave it alone.
-pub(crate) const CLAIMED: u64 = u64::MAX;
+/// A deferred decision's claim: who answers it. The responder and the worker (its decision
+/// timer, the session's end, a withdrawal) race for it from `OPEN`; whoever moves it first
+/// answers, or settles that nobody will.
+/// The decision awaits its responder's answer.
+pub(crate) const OPEN: u8 = 1;
+/// The responder answered: the verdict is in the worker's mailbox, the timer leaves it alone.
+pub(crate) const CLAIMED: u8 = 2;
+/// Settled without the responder: answered by the server, withdrawn, or the session closed.
+pub(crate) const SETTLED: u8 = 0;
 
 /// Where a deferred answer goes: the worker's queue, woken through its `Waker`.
 pub(crate) struct DeferSlot {
@@ -451,8 +478,6 @@ pub(crate) struct DeferSlot {
     pub(crate) token: Token,
     pub(crate) session: u64,
     pub(crate) decision: DecisionId,
-    /// The session's awaited decision (see `HostSide::awaited`).
-    pub(crate) awaited: Arc<AtomicU64>,
 }
 
 /// A worker's inbox for answers given from other threads.
@@ -541,19 +566,20 @@ impl Mailbox {
 /// Dropping it unanswered answers `451 4.3.0` so that no session waits forever for a host
 /// that lost track of it. If the session has closed meanwhile, the answer is ignored.
 pub struct Responder {
-    slot: Option<DeferSlot>,
+    slot: Option<(DeferSlot, Arc<AtomicU8>)>,
 }
 
 impl Responder {
     /// The session this answer is for ([`SessionInfo::id`]).
     #[must_use]
     pub fn session_id(&self) -> u64 {
-        self.slot.as_ref().map_or(0, |slot| slot.session)
+        self.slot.as_ref().map_or(0, |(slot, _)| slot.session)
     }
 
     /// Whether an answer can no longer reach the client: the session closed, or the decision
     /// was settled without this responder (the server's decision timeout answered `451 4.3.0`,
-    /// a shutdown's grace ended). Like `oneshot::Sender::is_closed`: `true` is final, `false`
+    /// a shutdown's grace ended, or — with [`Handler::pipelined_decisions`] — the command was
+    /// withdrawn because an earlier verdict took its ground away). Like `oneshot::Sender::is_closed`: `true` is final, `false`
     /// may turn `true` the next moment. A host can check it before costly work for an answer
     /// nobody awaits (a `message_end` whose client left: the message must not be kept, see
     /// [`Handler::message_aborted`]).
@@ -561,7 +587,7 @@ impl Responder {
     pub fn is_closed(&self) -> bool {
         self.slot
             .as_ref()
-            .is_none_or(|slot| slot.awaited.load(Ordering::Acquire) != slot.decision.as_u64() + 1)
+            .is_none_or(|(_, claim)| claim.load(Ordering::Acquire) != OPEN)
     }
 
     /// Gives the answer (see [`Responder::try_respond`] to learn whether it was taken).
@@ -592,19 +618,22 @@ impl Responder {
     ///
     /// The check and the hand-over are one atomic step, racing the decision timer fairly: of
     /// the two, exactly one answers the client.
+    ///
+    /// With [`Handler::pipelined_decisions`], a verdict on a command read ahead (a RCPT or
+    /// DATA asked for before the verdicts on the commands before it) is taken here but applied
+    /// only in its turn, and dropped if those verdicts withdraw the command: a RCPT whose MAIL
+    /// was refused, the DATA when every RCPT was. The host knows both from its own answers.
     #[must_use = "false means the client never got this answer"]
     pub fn try_respond(mut self, verdict: Verdict) -> bool {
         self.send(verdict)
     }
 
     fn send(&mut self, verdict: Verdict) -> bool {
-        let Some(slot) = self.slot.take() else {
+        let Some((slot, claim)) = self.slot.take() else {
             return false;
         };
-        let awaited = slot.decision.as_u64() + 1;
-        if slot
-            .awaited
-            .compare_exchange(awaited, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+        if claim
+            .compare_exchange(OPEN, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return false;

@@ -165,11 +165,13 @@ impl<H: Handler> Server<H> {
             polls.push(poll);
         }
         let offers_auth = handler.offers_auth();
+        let pipelined_decisions = handler.pipelined_decisions();
         let session_configs = config
             .listeners
             .iter()
             .map(|listener| {
                 let mut session = config.session.clone();
+                session.pipelined_decisions = pipelined_decisions;
                 // The engine applies this too, but per connection (a clone of the whole
                 // configuration each time); done here once per listener, it finds it applied.
                 if listener.mode == Mode::StartTlsRequired {

@@ -252,15 +252,20 @@ impl<H: Handler> Worker<H> {
             if slot.side.info.id != completion.session {
                 continue;
             }
-            match &slot.side.pending {
-                Some(pending) if pending.decision == completion.decision => {}
-                _ => continue,
+            if !slot
+                .side
+                .pending
+                .iter()
+                .any(|pending| pending.decision == completion.decision)
+            {
+                continue;
             }
             // The engine restarts its idle timer at the latest time it knows: tell it now.
             slot.conn.handle_timeout(now);
             resolve(
                 &mut slot.conn,
                 &mut slot.side,
+                completion.decision,
                 completion.verdict,
                 &self.shared.control.metrics,
             );
@@ -317,21 +322,7 @@ impl<H: Handler> Worker<H> {
                 continue;
             };
             slot.deadline = None;
-            // A responder that claimed the decision first has its answer in the mailbox: that
-            // answer stands, not the timer's.
-            if let Some(pending) = &slot.side.pending
-                && now.duration_since(pending.since) >= self.shared.config.timeouts.decision
-                && slot
-                    .side
-                    .awaited
-                    .compare_exchange(
-                        pending.decision.as_u64() + 1,
-                        0,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok()
-            {
+            for decision in slot.side.overdue(now, self.shared.config.timeouts.decision) {
                 log::warn!(
                     "smtps: session={} host did not decide in time",
                     slot.side.info.id
@@ -339,6 +330,7 @@ impl<H: Handler> Worker<H> {
                 resolve(
                     &mut slot.conn,
                     &mut slot.side,
+                    decision,
                     temporary_failure(),
                     &self.shared.control.metrics,
                 );
@@ -352,7 +344,7 @@ impl<H: Handler> Worker<H> {
         {
             for index in 0..self.slots.len() {
                 if let Some(Some(slot)) = self.slots.get_mut(index) {
-                    slot.side.take_pending();
+                    slot.side.settle_all();
                     slot.conn
                         .close(&replies::shutting_down(), CloseReason::Shutdown);
                     self.service(index, now);
@@ -503,8 +495,7 @@ impl<H: Handler> Worker<H> {
                     messages: 0,
                 },
                 host: None,
-                pending: None,
-                awaited: Arc::default(),
+                pending: VecDeque::new(),
                 input_holds: 0,
                 over_limit,
                 counted_ip,
@@ -523,8 +514,16 @@ impl<H: Handler> Worker<H> {
         self.service(index, now);
     }
 
-    /// Serves one connection ([`turn`]), then closes it or schedules its timer.
+    /// Serves one connection ([`turn`]), then closes it or schedules its timer; the host's I/O
+    /// then sends what the host's calls queued ([`WorkerIo::served`]).
     fn service(&mut self, index: usize, now: Instant) {
+        self.serve(index, now);
+        if let Some(io) = &mut self.worker_io {
+            io.served();
+        }
+    }
+
+    fn serve(&mut self, index: usize, now: Instant) {
         let token = Token(index + FIRST_CONNECTION);
         let Some(Some(slot)) = self.slots.get_mut(index) else {
             return;
@@ -564,7 +563,7 @@ impl<H: Handler> Worker<H> {
         let decision_deadline = slot
             .side
             .pending
-            .as_ref()
+            .front()
             .map(|pending| pending.since + shared.config.timeouts.decision);
         let deadline = match (slot.conn.poll_timeout(), decision_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -600,7 +599,7 @@ impl<H: Handler> Worker<H> {
             .close_reason()
             .cloned()
             .unwrap_or(CloseReason::ClientClosed);
-        slot.side.take_pending();
+        slot.side.settle_all();
         self.shared.control.metrics.closed(
             slot.side.info.listener,
             &reason,
@@ -621,7 +620,7 @@ impl<H: Handler> Worker<H> {
                     .as_deref_mut()
                     .map(|io| io as &mut dyn WorkerIo),
                 defer: None,
-                deferred: false,
+                deferred: None,
                 gate: None,
                 paused: 0,
             };
@@ -637,7 +636,7 @@ impl<H: Handler> Worker<H> {
 /// finish within the grace.
 fn shutdown_if_idle<S>(conn: &mut Connection, side: &mut HostSide<S>) {
     if !conn.in_transaction() {
-        side.take_pending();
+        side.settle_all();
         conn.close(&replies::shutting_down(), CloseReason::Shutdown);
     }
 }

@@ -37,6 +37,13 @@ pub trait WorkerIo: Any + Send {
     /// Called once the deadline passed.
     fn expire(&mut self, now: Instant);
 
+    /// Called after the worker served a connection: its events handed to the handler, the
+    /// answers due applied, or its end told ([`Handler::disconnect`](crate::Handler::disconnect)).
+    /// The place to send what the handler's calls queued for this connection in one write
+    /// (a MAIL, its RCPTs and DATA pipelined together) rather than one per call. Default:
+    /// nothing.
+    fn served(&mut self) {}
+
     /// For the host's decision methods to reach their own type
     /// ([`Context::worker_io`](crate::Context::worker_io)).
     fn as_any(&mut self) -> &mut dyn Any;

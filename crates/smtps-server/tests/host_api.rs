@@ -442,3 +442,168 @@ fn a_host_decides_from_its_own_socket_polled_by_the_worker_and_from_its_deadline
     assert!(reply.starts_with("451 4.4.3"), "{reply}");
     assert!(client.command("QUIT").starts_with("221"));
 }
+
+/// A host that takes decisions pipelined (`Handler::pipelined_decisions`) and hands every
+/// MAIL, RCPT and DATA responder to the test, which answers them in an order of its choosing.
+struct Pipelining {
+    decisions: Mutex<mpsc::Sender<(String, Responder)>>,
+    /// The recipients `SessionInfo` holds at each message's end.
+    recipients_at_end: Arc<Mutex<Vec<Vec<String>>>>,
+}
+
+impl Pipelining {
+    fn hand_over(&self, what: String, cx: &mut Context<'_>) -> Answer {
+        let responder = cx.defer();
+        self.decisions
+            .lock()
+            .unwrap()
+            .send((what, responder))
+            .unwrap();
+        Answer::Deferred
+    }
+}
+
+impl Handler for Pipelining {
+    type Session = ();
+
+    fn connect(&self, _cx: &mut Context<'_>) -> ((), Answer) {
+        ((), Answer::Accept)
+    }
+
+    fn pipelined_decisions(&self) -> bool {
+        true
+    }
+
+    fn mail(
+        &self,
+        _: &mut (),
+        cx: &mut Context<'_>,
+        from: &smtps_proto::ReversePath<'_>,
+        _: &smtps_proto::MailParameters<'_>,
+    ) -> Answer {
+        self.hand_over(format!("MAIL {from}"), cx)
+    }
+
+    fn rcpt(
+        &self,
+        _: &mut (),
+        cx: &mut Context<'_>,
+        to: &ForwardPath<'_>,
+        _: &RcptParameters<'_>,
+    ) -> Answer {
+        self.hand_over(format!("RCPT {to}"), cx)
+    }
+
+    fn data_start(&self, _: &mut (), cx: &mut Context<'_>) -> Answer {
+        self.hand_over("DATA".to_owned(), cx)
+    }
+
+    fn body_chunk(&self, _: &mut (), _: &mut Context<'_>, _: &[u8]) -> Result<(), Reply> {
+        Ok(())
+    }
+
+    fn message_end(&self, _: &mut (), cx: &mut Context<'_>, _: u64) -> Answer {
+        let recipients = cx.info().recipients.clone();
+        self.recipients_at_end.lock().unwrap().push(recipients);
+        Answer::Accept
+    }
+}
+
+type Recipients = Arc<Mutex<Vec<Vec<String>>>>;
+
+fn pipelining() -> (Running, Recipients, mpsc::Receiver<(String, Responder)>) {
+    let (sender, receiver) = mpsc::channel();
+    let recipients_at_end = Recipients::default();
+    let host = Pipelining {
+        decisions: Mutex::new(sender),
+        recipients_at_end: Arc::clone(&recipients_at_end),
+    };
+    (serve(host), recipients_at_end, receiver)
+}
+
+/// The next `n` decisions the host was asked for, in the order asked.
+fn asked(decisions: &mpsc::Receiver<(String, Responder)>, n: usize) -> Vec<(String, Responder)> {
+    (0..n)
+        .map(|_| {
+            decisions
+                .recv_timeout(IO_TIMEOUT)
+                .expect("a decision asked for")
+        })
+        .collect()
+}
+
+fn rcpt_refused() -> Reply {
+    Reply::from_parts(550, Some("5.1.1"), "No such user").unwrap()
+}
+
+#[test]
+fn a_pipelining_host_is_asked_for_the_whole_group_and_replies_leave_in_command_order_rfc_2920() {
+    let (running, recipients_at_end, decisions) = pipelining();
+    let mut c = greeted(&running);
+    assert!(c.command("EHLO client.test").starts_with("250"));
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n");
+    // All four come before any is answered.
+    let mut group = asked(&decisions, 4);
+    let names: Vec<&str> = group.iter().map(|(what, _)| what.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "MAIL <a@x.test>",
+            "RCPT <b@y.test>",
+            "RCPT <c@y.test>",
+            "DATA"
+        ]
+    );
+    // Answered last to first: each verdict waits for the ones before it.
+    let (_, data) = group.pop().unwrap();
+    assert!(data.try_respond(Verdict::Accept));
+    let (_, second) = group.pop().unwrap();
+    assert!(second.try_respond(Verdict::Reject(rcpt_refused())));
+    let (_, first) = group.pop().unwrap();
+    first.accept();
+    let (_, mail) = group.pop().unwrap();
+    mail.accept();
+    assert!(c.reply().starts_with("250 2.1.0"));
+    assert!(c.reply().starts_with("250 2.1.5"));
+    assert_eq!(c.reply(), "550 5.1.1 No such user\r\n");
+    assert!(c.reply().starts_with("354"));
+    c.send(b"Subject: grouped\r\n\r\nbody\r\n");
+    assert!(c.command(".").starts_with("250"));
+    assert_eq!(
+        *recipients_at_end.lock().unwrap(),
+        [vec!["b@y.test".to_owned()]],
+        "the envelope holds the accepted recipient only"
+    );
+}
+
+#[test]
+fn a_refused_mail_withdraws_the_rcpts_and_data_pipelined_after_it_and_closes_their_responders() {
+    let (running, recipients_at_end, decisions) = pipelining();
+    let mut c = greeted(&running);
+    assert!(c.command("EHLO client.test").starts_with("250"));
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    let mut group = asked(&decisions, 3).into_iter();
+    let (_, mail) = group.next().unwrap();
+    mail.reject(Reply::from_parts(550, Some("5.7.1"), "Sender refused").unwrap());
+    assert_eq!(c.reply(), "550 5.7.1 Sender refused\r\n");
+    // What a server deciding one command at a time answers: no transaction, no DATA.
+    assert_eq!(c.reply(), "503 5.5.1 Need MAIL command\r\n");
+    assert_eq!(c.reply(), "503 5.5.1 Need MAIL command\r\n");
+    for (what, responder) in group {
+        assert!(responder.is_closed(), "{what} withdrawn");
+        assert!(!responder.try_respond(Verdict::Accept), "{what} not taken");
+    }
+    // The session goes on, one decision at a time when the client does not pipeline.
+    c.send(b"MAIL FROM:<a@x.test>\r\n");
+    asked(&decisions, 1).pop().unwrap().1.accept();
+    assert!(c.reply().starts_with("250"));
+    c.send(b"RCPT TO:<b@y.test>\r\n");
+    asked(&decisions, 1).pop().unwrap().1.accept();
+    assert!(c.reply().starts_with("250"));
+    c.send(b"DATA\r\n");
+    asked(&decisions, 1).pop().unwrap().1.accept();
+    assert!(c.reply().starts_with("354"));
+    c.send(b"Subject: after\r\n\r\nbody\r\n");
+    assert!(c.command(".").starts_with("250"));
+    assert_eq!(recipients_at_end.lock().unwrap().len(), 1);
+}

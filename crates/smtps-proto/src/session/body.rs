@@ -2,6 +2,7 @@
 //! count. Body octets go to the host as they arrive; a message that breaks a limit or the
 //! line-ending policy is cut at the first offending octet and answered at its end.
 
+use super::commands::check_data;
 use super::output::{Notice, Piece, Ready};
 use super::{AbortReason, Mode, PendingKind, ServerSession};
 use crate::config::{Extensions, LineEndingPolicy};
@@ -20,7 +21,7 @@ impl ServerSession {
                 Some(txn) if txn.bdat_started => {
                     (txn.size.saturating_add(size) > max).then(too_large)
                 }
-                _ => match self.check_data(true) {
+                _ => match check_data(self.txn_view().as_ref(), true) {
                     Err(reply) => Some(reply),
                     Ok(()) if size > max => Some(too_large()),
                     Ok(()) => {

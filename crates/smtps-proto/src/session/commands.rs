@@ -156,18 +156,15 @@ impl ServerSession {
                     ForwardPath::Postmaster => true,
                     ForwardPath::Mailbox(mailbox) => mailbox.is_ascii(),
                 };
-                match self.check_rcpt(&params, ascii) {
+                match check_rcpt(self.txn_view().as_ref(), self, &params, ascii) {
                     Err(reply) => self.protocol_error(&reply),
                     Ok(()) => {
-                        if let Some(txn) = &mut self.txn {
-                            txn.attempted_rcpts += 1;
-                        }
                         let id = self.await_decision(PendingKind::Rcpt);
                         self.ready.push_back(Ready::Command(id, line));
                     }
                 }
             }
-            Command::Data => match self.check_data(false) {
+            Command::Data => match check_data(self.txn_view().as_ref(), false) {
                 Err(reply) => self.protocol_error(&reply),
                 Ok(()) => {
                     let id = self.await_decision(PendingKind::Data);
@@ -281,49 +278,95 @@ impl ServerSession {
         Ok(())
     }
 
-    fn check_rcpt(&self, params: &RcptParameters<'_>, ascii: bool) -> Result<(), Reply> {
-        let Some(txn) = &self.txn else {
-            return Err(Reply::fixed(503, (5, 5, 1), "Need MAIL command"));
-        };
-        if (params.notify.is_some() || params.orcpt.is_some()) && !self.advertised(Extensions::DSN)
+    /// With [`SessionConfig::pipelined_decisions`](crate::SessionConfig::pipelined_decisions),
+    /// while a MAIL or RCPT awaits its verdict: takes the next pipelined line if it is a RCPT or
+    /// a DATA that would be taken were every outstanding decision accepted, and hands it to the
+    /// host at once. Anything else — another command, a line the checks would refuse, a bare
+    /// line ending (its notice must not come twice if the line is read again) — waits for the
+    /// verdicts and is then read as usual.
+    pub(super) fn read_ahead(&mut self) -> bool {
+        if !self.config.pipelined_decisions
+            || !matches!(self.mode, Mode::Commands)
+            || !self.pending.back().is_some_and(|pending| {
+                matches!(pending.kind, PendingKind::Mail { .. } | PendingKind::Rcpt)
+            })
         {
-            return Err(Reply::fixed(555, (5, 5, 4), "Parameter not advertised"));
+            return false;
         }
-        if !ascii && !txn.smtputf8 {
-            return Err(non_ascii_address());
+        let buf = &self.input[self.pos..];
+        let Some(lf) = memchr(
+            b'\n',
+            &buf[..buf.len().min(self.config.limits.command_line)],
+        ) else {
+            return false;
+        };
+        if lf == 0 || buf[lf - 1] != b'\r' || memchr(b'\r', &buf[..lf - 1]).is_some() {
+            return false;
         }
-        if txn.accepted_rcpts >= self.config.limits.recipients {
-            return Err(Reply::fixed(452, (4, 5, 3), "Too many recipients"));
+        let line = self.pos..self.pos + lf - 1;
+        let Some(txn) = self.tentative_txn() else {
+            return false;
+        };
+        let kind = match parse_command(&self.input[line.clone()]) {
+            Ok(Command::Rcpt { to, params }) => {
+                let ascii = match to {
+                    ForwardPath::Postmaster => true,
+                    ForwardPath::Mailbox(mailbox) => mailbox.is_ascii(),
+                };
+                if check_rcpt(Some(&txn), self, &params, ascii).is_err() {
+                    return false;
+                }
+                PendingKind::Rcpt
+            }
+            Ok(Command::Data) if check_data(Some(&txn), false).is_ok() => PendingKind::Data,
+            _ => return false,
+        };
+        let start = self.pos;
+        self.pos += lf + 1;
+        let id = self.await_decision(kind);
+        if let Some(pending) = self.pending.back_mut() {
+            pending.read_ahead = Some(start);
         }
-        Ok(())
+        self.ready.push_back(match kind {
+            PendingKind::Data => Ready::DataStart(id, false),
+            _ => Ready::Command(id, line),
+        });
+        true
     }
 
-    /// Checks that a DATA (or a first BDAT) may start now.
-    pub(super) fn check_data(&self, chunked: bool) -> Result<(), Reply> {
-        let Some(txn) = &self.txn else {
-            return Err(Reply::fixed(503, (5, 5, 1), "Need MAIL command"));
-        };
-        if !chunked && txn.bdat_started {
-            return Err(Reply::fixed(
-                503,
-                (5, 5, 1),
-                "DATA cannot follow BDAT (RFC 3030)",
-            ));
-        }
-        if !chunked && txn.body == BodyType::BinaryMime {
-            return Err(Reply::fixed(
-                503,
-                (5, 5, 1),
-                "BINARYMIME requires BDAT (RFC 3030)",
-            ));
-        }
-        if txn.accepted_rcpts == 0 {
-            if txn.attempted_rcpts > 0 {
-                return Err(Reply::fixed(554, (5, 5, 1), "No valid recipients"));
-            }
-            return Err(Reply::fixed(503, (5, 5, 1), "Need RCPT command"));
-        }
-        Ok(())
+    /// The transaction as it stands.
+    pub(super) fn txn_view(&self) -> Option<TxnView> {
+        self.txn.as_ref().map(|txn| TxnView {
+            body: txn.body,
+            smtputf8: txn.smtputf8,
+            bdat_started: txn.bdat_started,
+            accepted_rcpts: txn.accepted_rcpts,
+            attempted_rcpts: txn.attempted_rcpts,
+        })
+    }
+
+    /// The transaction as it would stand were every outstanding MAIL and RCPT accepted.
+    fn tentative_txn(&self) -> Option<TxnView> {
+        let mut txn = self
+            .txn_view()
+            .or_else(|| match self.pending.front()?.kind {
+                PendingKind::Mail { body, smtputf8 } => Some(TxnView {
+                    body,
+                    smtputf8,
+                    bdat_started: false,
+                    accepted_rcpts: 0,
+                    attempted_rcpts: 0,
+                }),
+                _ => None,
+            })?;
+        let rcpts = self
+            .pending
+            .iter()
+            .filter(|pending| matches!(pending.kind, PendingKind::Rcpt))
+            .count();
+        txn.accepted_rcpts += rcpts;
+        txn.attempted_rcpts += rcpts;
+        Some(txn)
     }
 
     fn start_tls(&mut self) {
@@ -433,4 +476,64 @@ fn non_ascii_address() -> Reply {
         (5, 6, 7),
         "Non-ASCII address requires SMTPUTF8 (RFC 6531)",
     )
+}
+
+/// What the checks of RCPT and DATA need of the transaction: the one in progress, or one
+/// assumed while MAIL and RCPT verdicts are outstanding (`ServerSession::read_ahead`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TxnView {
+    body: BodyType,
+    smtputf8: bool,
+    bdat_started: bool,
+    accepted_rcpts: usize,
+    attempted_rcpts: usize,
+}
+
+fn check_rcpt(
+    txn: Option<&TxnView>,
+    session: &ServerSession,
+    params: &RcptParameters<'_>,
+    ascii: bool,
+) -> Result<(), Reply> {
+    let Some(txn) = txn else {
+        return Err(Reply::fixed(503, (5, 5, 1), "Need MAIL command"));
+    };
+    if (params.notify.is_some() || params.orcpt.is_some()) && !session.advertised(Extensions::DSN) {
+        return Err(Reply::fixed(555, (5, 5, 4), "Parameter not advertised"));
+    }
+    if !ascii && !txn.smtputf8 {
+        return Err(non_ascii_address());
+    }
+    if txn.accepted_rcpts >= session.config.limits.recipients {
+        return Err(Reply::fixed(452, (4, 5, 3), "Too many recipients"));
+    }
+    Ok(())
+}
+
+/// Checks that a DATA (or a first BDAT) may start now.
+pub(super) fn check_data(txn: Option<&TxnView>, chunked: bool) -> Result<(), Reply> {
+    let Some(txn) = txn else {
+        return Err(Reply::fixed(503, (5, 5, 1), "Need MAIL command"));
+    };
+    if !chunked && txn.bdat_started {
+        return Err(Reply::fixed(
+            503,
+            (5, 5, 1),
+            "DATA cannot follow BDAT (RFC 3030)",
+        ));
+    }
+    if !chunked && txn.body == BodyType::BinaryMime {
+        return Err(Reply::fixed(
+            503,
+            (5, 5, 1),
+            "BINARYMIME requires BDAT (RFC 3030)",
+        ));
+    }
+    if txn.accepted_rcpts == 0 {
+        if txn.attempted_rcpts > 0 {
+            return Err(Reply::fixed(554, (5, 5, 1), "No valid recipients"));
+        }
+        return Err(Reply::fixed(503, (5, 5, 1), "Need RCPT command"));
+    }
+    Ok(())
 }

@@ -1,11 +1,73 @@
 //! Acting on the host's verdict for an event that awaited a decision: the state change and
 //! the reply for each kind of decision (see `ServerSession::decide`).
 
-use super::{AbortReason, Mode, PendingKind, ServerSession, Transaction};
+use super::{AbortReason, Mode, Pending, PendingKind, ServerSession, Transaction};
 use crate::data::DataDecoder;
 use crate::reply::{Reply, ReplyCode};
 
 impl ServerSession {
+    /// Applies the verdicts given, in command order, as far as they go without a gap; then a
+    /// command read ahead whose ground a verdict took away is withdrawn (see `withdraw`).
+    pub(super) fn apply_verdicts(&mut self) {
+        while let Some(Pending {
+            kind,
+            verdict: Some(_),
+            ..
+        }) = self.pending.front()
+        {
+            let kind = *kind;
+            let Some(Pending {
+                verdict: Some((accepted, reply)),
+                ..
+            }) = self.pending.pop_front()
+            else {
+                break;
+            };
+            if accepted {
+                self.accept(kind, reply);
+            } else {
+                let reply = reply.unwrap_or_else(|| Reply::fixed(554, (5, 0, 0), "Refused"));
+                self.refuse(kind, &reply);
+            }
+            self.withdraw_unfounded();
+        }
+    }
+
+    /// A RCPT read ahead stands on its MAIL being accepted, a DATA on some RCPT being accepted
+    /// (RFC 2920 §3.1: "the server must reject the DATA command if there are no valid
+    /// recipients"). Once the verdicts before it are applied and its ground is not there, the
+    /// command and every one read after it are withdrawn: their events go unpolled, their
+    /// decisions become unknown to [`ServerSession::decide`], and their lines are read again as
+    /// if they had just arrived, so they get the replies a session deciding one command at a
+    /// time gives.
+    fn withdraw_unfounded(&mut self) {
+        let Some(Pending {
+            id,
+            kind,
+            read_ahead: Some(start),
+            ..
+        }) = self.pending.front()
+        else {
+            return;
+        };
+        let founded = match kind {
+            PendingKind::Rcpt => self.txn.is_some(),
+            PendingKind::Data => self.txn.as_ref().is_some_and(|txn| txn.accepted_rcpts > 0),
+            _ => true,
+        };
+        if founded {
+            return;
+        }
+        let (first, start) = (*id, *start);
+        self.pending.clear();
+        self.ready.retain(|ready| {
+            ready
+                .decision()
+                .is_none_or(|id| id.as_u64() < first.as_u64())
+        });
+        self.pos = start;
+    }
+
     pub(super) fn accept(&mut self, kind: PendingKind, reply: Option<Reply>) {
         match kind {
             PendingKind::Connect => {
@@ -46,6 +108,7 @@ impl ServerSession {
             }
             PendingKind::Rcpt => {
                 if let Some(txn) = &mut self.txn {
+                    txn.attempted_rcpts += 1;
                     txn.accepted_rcpts += 1;
                 }
                 self.reply_or(reply, 250, (2, 1, 5), "Recipient OK");
@@ -111,6 +174,11 @@ impl ServerSession {
                 return;
             }
             PendingKind::MessageEnd => self.txn = None,
+            PendingKind::Rcpt => {
+                if let Some(txn) = &mut self.txn {
+                    txn.attempted_rcpts += 1;
+                }
+            }
             // Failed authentications count as errors, so password guessing ends in 421.
             PendingKind::Auth if reply.code().class() == 5 => {
                 self.protocol_error(reply);

@@ -212,7 +212,10 @@ pub struct ServerSession {
     pos: usize,
     output: Vec<u8>,
     ready: VecDeque<Ready>,
-    pending: Option<Pending>,
+    /// Decisions outstanding, in command order: one, or with
+    /// [`SessionConfig::pipelined_decisions`] a MAIL or RCPT followed by the RCPTs and DATA
+    /// read ahead of its verdict (see `speculate`).
+    pending: VecDeque<Pending>,
     next_decision: u64,
     greeting_refused: bool,
     helo: Option<bool>,
@@ -269,6 +272,11 @@ struct Transaction {
 struct Pending {
     id: DecisionId,
     kind: PendingKind,
+    /// The host's verdict, given before an earlier decision's: applied in its turn.
+    verdict: Option<(bool, Option<Reply>)>,
+    /// Where the command's line starts in `input`, for a command read ahead of an earlier
+    /// verdict: it is read again from there if that verdict takes its ground away.
+    read_ahead: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -360,7 +368,7 @@ impl ServerSession {
             pos: 0,
             output: Vec::new(),
             ready: VecDeque::new(),
-            pending: None,
+            pending: VecDeque::new(),
             next_decision: 0,
             greeting_refused: false,
             helo: None,
@@ -387,9 +395,16 @@ impl ServerSession {
             Mode::AwaitingTls | Mode::Closed => return data.len(),
             _ => {}
         }
-        if self.ready.is_empty() && self.pos > 0 {
-            self.input.drain(..self.pos);
-            self.pos = 0;
+        // Lines read ahead of a verdict stay until it is given: they may be read again.
+        let keep = self.read_ahead_start().unwrap_or(self.pos);
+        if self.ready.is_empty() && keep > 0 {
+            self.input.drain(..keep);
+            self.pos -= keep;
+            for pending in &mut self.pending {
+                if let Some(start) = &mut pending.read_ahead {
+                    *start -= keep;
+                }
+            }
         }
         let limit = self.input_limit();
         let room = limit.saturating_sub(self.input.len());
@@ -437,7 +452,7 @@ impl ServerSession {
         self.ready
             .retain(|ready| !ready.belongs_to_refused_message());
         if end_was_read {
-            self.pending = None;
+            self.pending.clear();
             self.txn = None;
             self.reply(&reply);
             return;
@@ -475,19 +490,25 @@ impl ServerSession {
     }
 
     /// Answers an event that awaited a decision. Answers may come in any order relative to
-    /// other calls; replies still leave in command order.
+    /// other calls; replies still leave in command order. With
+    /// [`SessionConfig::pipelined_decisions`] several decisions may be outstanding: each
+    /// verdict takes effect once every earlier one has.
     ///
     /// # Errors
-    /// [`Error::UnknownDecision`] if `id` is not the outstanding decision (already answered,
-    /// or the session was closed); [`Error::InvalidVerdict`] if the reply's code is not one
+    /// [`Error::UnknownDecision`] if `id` is not an outstanding decision (already answered,
+    /// withdrawn, or the session was closed); [`Error::InvalidVerdict`] if the reply's code is not one
     /// RFC 5321 §4.3.2 allows for the command: an `AcceptWith` is `220` for the connection,
     /// `235` for AUTH (RFC 4954 §6), `354` for DATA, `250` or `251` for RCPT, `250` for the
     /// rest; a `Reject` is 4xx or 5xx, and for the connection `554` or `421` only.
     pub fn decide(&mut self, id: DecisionId, verdict: Verdict) -> Result<(), Error> {
-        let kind = match &self.pending {
-            Some(pending) if pending.id == id => pending.kind,
-            _ => return Err(Error::UnknownDecision),
+        let Some(index) = self
+            .pending
+            .iter()
+            .position(|pending| pending.id == id && pending.verdict.is_none())
+        else {
+            return Err(Error::UnknownDecision);
         };
+        let kind = self.pending[index].kind;
         let (accepted, reply) = match verdict {
             Verdict::Accept => (true, None),
             Verdict::AcceptWith(reply) if kind.decision_kind().accepts(reply.code().as_u16()) => {
@@ -498,17 +519,21 @@ impl ServerSession {
             }
             Verdict::AcceptWith(_) | Verdict::Reject(_) => return Err(Error::InvalidVerdict),
         };
-        self.pending = None;
         if matches!(kind, PendingKind::Auth) {
             self.wipe_sasl();
         }
-        if accepted {
-            self.accept(kind, reply);
-        } else {
-            let reply = reply.unwrap_or_else(|| Reply::fixed(554, (5, 0, 0), "Refused"));
-            self.refuse(kind, &reply);
-        }
+        self.pending[index].verdict = Some((accepted, reply));
+        self.apply_verdicts();
         Ok(())
+    }
+
+    /// Whether `id` is a decision still awaiting the host's verdict: false once it is given,
+    /// withdrawn (see [`SessionConfig::pipelined_decisions`]) or the session closed.
+    #[must_use]
+    pub fn awaits(&self, id: DecisionId) -> bool {
+        self.pending
+            .iter()
+            .any(|pending| pending.id == id && pending.verdict.is_none())
     }
 
     /// The next event, or `None` when the session needs more input, awaits a decision, or is
@@ -586,7 +611,7 @@ impl ServerSession {
     /// idle, and a graceful shutdown should let it finish.
     #[must_use]
     pub fn in_transaction(&self) -> bool {
-        self.txn.is_some() || self.pending.is_some() || self.in_body()
+        self.txn.is_some() || !self.pending.is_empty() || self.in_body()
     }
 
     /// "Junk" commands — NOOP, RSET, VRFY, EXPN, HELP — since the last accepted message, for
@@ -600,7 +625,7 @@ impl ServerSession {
     /// Whether an event awaits the host's decision.
     #[must_use]
     pub fn awaiting_decision(&self) -> bool {
-        self.pending.is_some()
+        !self.pending.is_empty()
     }
 
     /// The transport's security as the session knows it.
@@ -626,8 +651,9 @@ impl ServerSession {
     /// Processes input until something is ready, a decision is awaited, or input runs out.
     /// Returns whether `ready` has something.
     fn step(&mut self) -> bool {
-        while self.ready.is_empty() && self.pending.is_none() {
+        while self.ready.is_empty() {
             let progressed = match self.mode {
+                _ if !self.pending.is_empty() => self.read_ahead(),
                 Mode::Commands
                 | Mode::SaslPlain
                 | Mode::SaslLoginUser
@@ -641,7 +667,10 @@ impl ServerSession {
                 break;
             }
         }
-        if self.input.len() == self.pos && self.ready.is_empty() {
+        if self.input.len() == self.pos
+            && self.ready.is_empty()
+            && self.read_ahead_start().is_none()
+        {
             // Everything consumed: give back memory held for a large burst.
             self.input.clear();
             self.pos = 0;
@@ -657,8 +686,18 @@ impl ServerSession {
     fn await_decision(&mut self, kind: PendingKind) -> DecisionId {
         self.next_decision += 1;
         let id = DecisionId(self.next_decision);
-        self.pending = Some(Pending { id, kind });
+        self.pending.push_back(Pending {
+            id,
+            kind,
+            verdict: None,
+            read_ahead: None,
+        });
         id
+    }
+
+    /// Where the first command read ahead of a verdict starts in `input`.
+    fn read_ahead_start(&self) -> Option<usize> {
+        self.pending.iter().find_map(|pending| pending.read_ahead)
     }
 
     fn shut(&mut self, reason: AbortReason, reply: Option<&Reply>) {
@@ -671,23 +710,19 @@ impl ServerSession {
             Mode::Bdat { refusal, .. } => refusal.is_none(),
             _ => false,
         } || self.txn.as_ref().is_some_and(|txn| txn.bdat_started)
-            || matches!(
-                self.pending,
-                Some(Pending {
-                    kind: PendingKind::MessageEnd | PendingKind::Bdat { .. },
-                    ..
-                })
-            );
+            || self.pending.iter().any(|pending| {
+                matches!(
+                    pending.kind,
+                    PendingKind::MessageEnd | PendingKind::Bdat { .. }
+                )
+            });
         let already_aborted = self.txn.as_ref().is_some_and(|txn| txn.refusal.is_some());
-        let before_greeting = matches!(
-            self.pending,
-            Some(Pending {
-                kind: PendingKind::Connect,
-                ..
-            })
-        );
+        let before_greeting = self
+            .pending
+            .iter()
+            .any(|pending| matches!(pending.kind, PendingKind::Connect));
         self.ready.clear();
-        self.pending = None;
+        self.pending.clear();
         self.wipe_sasl();
         if message_started && !already_aborted {
             self.notice(Notice::Aborted(reason));

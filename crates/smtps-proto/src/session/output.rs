@@ -29,6 +29,18 @@ pub(super) enum Ready {
 }
 
 impl Ready {
+    /// The decision the event awaits, if any.
+    pub(super) fn decision(&self) -> Option<DecisionId> {
+        match self {
+            Self::Connect(id)
+            | Self::Command(id, _)
+            | Self::Auth { id, .. }
+            | Self::DataStart(id, _)
+            | Self::MessageEnd(id, _) => Some(*id),
+            _ => None,
+        }
+    }
+
     /// Whether the item is part of a message the host refused (see `refuse_message`).
     pub(super) fn belongs_to_refused_message(&self) -> bool {
         matches!(
