@@ -535,6 +535,42 @@ def cmd_reject(args):
             "reject@ refused and box@ accepted in one transaction: the message delivered once, "
             f"to box@relay.test only (recipients: {rcpts})")
 
+    # The same, pipelined in one write (the front asks Postfix for the whole group at once):
+    # the client gets Postfix's verdicts in command order, and the message goes to box@ only.
+    token = f"{args.tag}-reject-pipelined"
+    data = message(token, small_body(token))
+    save(args.sent, token, data)
+    raw = Raw(args.implicit, "127.0.0.2", args.cafile)
+    try:
+        raw.command("EHLO " + helo_of("127.0.0.2"))
+        raw.send(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<reject@relay.test>\r\n".encode()
+                 + b"RCPT TO:<box@relay.test>\r\nDATA\r\n")
+        group = [raw.reply() for _ in range(4)]
+        end = None
+        if group[3][0] == 354:
+            raw.send(re.sub(rb"(?m)^\.", b"..", data) + b".\r\n")
+            end = raw.reply()[0]
+        # Only a refused recipient: the DATA in the group gets 554 (RFC 2920 §3.1), nothing
+        # is sent, and the session goes on after RSET.
+        raw.send(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<reject@relay.test>\r\nDATA\r\n".encode())
+        lonely = [raw.reply()[0] for _ in range(3)]
+        after = [raw.command("RSET")[0], raw.command("NOOP")[0]]
+    finally:
+        raw.close()
+    codes = [code for code, _ in group]
+    note(f"pipelined MAIL, RCPT reject@, RCPT box@, DATA: {codes}, end {end}; "
+         f"MAIL, RCPT reject@, DATA: {lonely}; then RSET, NOOP: {after}")
+    found = wait_delivered(args.mail, [token], 20)
+    rcpts = read_rcpts(found.get(token, []))
+    verdict(codes[:3] == [250, codes[1], 250] and codes[1] in (550, 554)
+            and args.reject_text in group[1][1] and codes[3] == 354 and end == 250
+            and rcpts == [["box@relay.test"]],
+            "pipelined group with a refused RCPT: 250, Postfix's own refusal, 250, 354 in order; "
+            f"delivered once, to box@relay.test only (recipients: {rcpts})")
+    verdict(lonely[0] == 250 and lonely[1] in (550, 554) and lonely[2] == 554
+            and after == [250, 250],
+            "pipelined group whose only RCPT is refused: its DATA gets 554, the session goes on")
+
 
 def read_rcpts(paths):
     got = []

@@ -22,7 +22,10 @@
 //!    start of data, end of message) wait for [`ServerSession::decide`]. The answer may come at
 //!    once or much later (after a queue file is fsynced, from another thread by way of the
 //!    host's loop). Until it comes, nothing after that command is acted on, so replies always
-//!    leave in command order (RFC 2920 §3.1) and no buffered input is dropped.
+//!    leave in command order (RFC 2920 §3.1) and no buffered input is dropped. A host that
+//!    forwards commands (a relay) may opt into [`SessionConfig::pipelined_decisions`]: the
+//!    RCPTs and DATA pipelined after an undecided MAIL or RCPT then come at once, each with its
+//!    own decision, verdicts still taking effect in command order.
 //! 4. **Output** — [`ServerSession::poll_transmit`] hands over the reply octets to send. Call it
 //!    once `poll_event` has returned `None`: replies to a pipelined batch then leave together.
 //!
