@@ -10,7 +10,7 @@
 //! | target | function | checks |
 //! | --- | --- | --- |
 //! | `command` | [`command()`] | `parse_command` never panics; paths survive `Display` |
-//! | `session` | [`session()`] | reply syntax, legal event order, STARTTLS boundary |
+//! | `session` | [`session()`] | reply syntax, legal event order, STARTTLS boundary; differential: `pipelined_decisions` on answers as off ([`session::differential`]) |
 //! | `data_decoder` | [`data_decoder()`] | differential against [`data::reference_decode`]; stuffing round trip |
 //! | `tls_transport` | [`tls_transport()`] | no panic; nothing pre-TLS or forged comes out after the upgrade |
 //! | `conn` | [`conn()`] | the C ABI's connection object (`smtps_conn::Connection`) with a real TLS client, optionally behind a PROXY protocol header: reply syntax, valid record stream, no event before the handshake, nothing pre-TLS acted on; no event or output before the PROXY header, the header read is the one sent, a bad one closes with `ProxyHeader` |

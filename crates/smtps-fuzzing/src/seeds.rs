@@ -2,8 +2,11 @@
 //! input of the test suites, encoded for each target. `examples/write_seeds.rs` writes them to
 //! `fuzz/corpus/<target>/seed-<name>.bin`; `tests/corpus.rs` checks the files for drift.
 
+use smtps_proto::Verdict;
+
 use crate::conn::{ConnInput, ConnOp, ProxySpec, TlvSpec, V2Spec};
 use crate::data::DecoderInput;
+use crate::session::differential::{salt, verdict};
 use crate::session::{Op, SessionInput};
 use crate::tls::TlsInput;
 
@@ -28,6 +31,7 @@ pub fn all() -> Vec<Seed> {
     let mut seeds = Vec::new();
     command_seeds(&mut seeds);
     session_seeds(&mut seeds);
+    pipelined_seeds(&mut seeds);
     decoder_seeds(&mut seeds);
     tls_seeds(&mut seeds);
     conn_seeds(&mut seeds);
@@ -482,6 +486,144 @@ fn session_seeds(seeds: &mut Vec<Seed>) {
         vec![
             Op::AutoAccept(255),
             feed(b"EHLO c\r\nFOO\r\nBAR\r\nBAZ\r\nNOOP\r\n"),
+        ],
+    );
+}
+
+/// A path `<STEM<n>@example.org>` the differential host (`session::differential`) answers as
+/// wanted for `kind` (`mail` or `rcpt`): accepted, or refused without closing; for a sender,
+/// its DATA too.
+fn path(header: [u8; 4], kind: &str, stem: &str, accept: bool) -> String {
+    let salt = salt(header);
+    let refused = |verdict: Verdict| match verdict {
+        Verdict::Reject(reply) => Some(reply.code().as_u16() != 421),
+        _ => None,
+    };
+    (0..)
+        .map(|n| format!("<{stem}{n}@example.org>"))
+        .find(|path| {
+            let answer = refused(verdict(salt, &format!("{kind} {path}"), ""));
+            let data = kind != "mail" || refused(verdict(salt, "data", path)).is_none();
+            if accept {
+                answer.is_none() && data
+            } else {
+                answer == Some(true)
+            }
+        })
+        .unwrap_or_default()
+}
+
+/// Pipelined groups for the differential check of `pipelined_decisions`: the pipelined host
+/// decides in the order the operations pick (see `session::differential`).
+fn pipelined_seeds(seeds: &mut Vec<Seed>) {
+    let header = TLS_DEFAULTS;
+    let (sender, refused_sender) = (
+        path(header, "mail", "a", true),
+        path(header, "mail", "r", false),
+    );
+    let (ok1, ok2) = (
+        path(header, "rcpt", "b", true),
+        path(header, "rcpt", "c", true),
+    );
+    let (no1, no2) = (
+        path(header, "rcpt", "n", false),
+        path(header, "rcpt", "m", false),
+    );
+    let group = |mail: &str, rcpts: &[&str]| {
+        let mut group = format!("MAIL FROM:{mail}\r\n");
+        for rcpt in rcpts {
+            group.push_str(&format!("RCPT TO:{rcpt}\r\n"));
+        }
+        group.push_str("DATA\r\n");
+        feed(group.as_bytes())
+    };
+    let forward = Op::AutoAccept(0);
+    session_seed(
+        seeds,
+        "pipelined-group-reversed",
+        header,
+        vec![
+            feed(b"EHLO c\r\n"),
+            forward.clone(),
+            forward.clone(),
+            group(&sender, &[&ok1, &no1, &ok2]),
+            Op::Stale,
+            feed(b"Subject: x\r\n\r\nhi\r\n.\r\n"),
+            forward.clone(),
+            group(&refused_sender, &[&ok1, &ok2]),
+            Op::Reject {
+                code: 0,
+                status: 0,
+                text: Vec::new(),
+            },
+            Op::Accept,
+            Op::Stale,
+            feed(b"QUIT\r\n"),
+        ],
+    );
+    session_seed(
+        seeds,
+        "pipelined-rcpts-all-refused",
+        header,
+        vec![
+            feed(b"EHLO c\r\n"),
+            forward.clone(),
+            forward.clone(),
+            group(&sender, &[&no1, &no2]),
+            Op::AcceptWith {
+                code: 3,
+                text: Vec::new(),
+            },
+            Op::Stale,
+            group(&sender, &[&ok1]),
+            forward.clone(),
+            feed(b"hi\r\n.\r\nQUIT\r\n"),
+        ],
+    );
+    // More RCPTs than the recipient limit and the input buffer (12 KiB with 512-octet body
+    // chunks) hold: input stops while the read-ahead lines fill the buffer, and `wants_input`
+    // must say so.
+    let small_buffer = [1, 0xc0, 0, 0];
+    session_seed(
+        seeds,
+        "pipelined-buffer-full",
+        small_buffer,
+        vec![
+            feed(b"EHLO c\r\n"),
+            forward.clone(),
+            forward.clone(),
+            feed(format!("MAIL FROM:{}\r\n", path(small_buffer, "mail", "a", true)).as_bytes()),
+            Op::FeedRepeat {
+                count: 600,
+                bytes: format!("RCPT TO:{}\r\n", path(small_buffer, "rcpt", "b", true))
+                    .into_bytes(),
+            },
+            Op::Stale,
+            forward.clone(),
+            feed(b"QUIT\r\n"),
+        ],
+    );
+    // A bare LF past the size cut (64 octets), read by the one-at-a-time session after the
+    // abort and by the pipelined one in the same read: the notice came before the abort
+    // there, after it here.
+    let header = [1, 4, 0, 0];
+    let sender = path(header, "mail", "a", true);
+    let ok = path(header, "rcpt", "b", true);
+    let mut body = b"Subject: x\r\n\r\n".to_vec();
+    body.extend_from_slice(&[b'y'; 98]);
+    body.extend_from_slice(b"\r\n");
+    session_seed(
+        seeds,
+        "bare-lf-past-size-cut",
+        header,
+        vec![
+            feed(b"EHLO c\r\n"),
+            forward.clone(),
+            forward.clone(),
+            group(&sender, &[&ok]),
+            feed(&body),
+            feed(b"x\ny\r\n.\r\nQUIT\r\n"),
+            Op::Stale,
         ],
     );
 }

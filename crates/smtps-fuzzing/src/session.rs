@@ -13,6 +13,10 @@ use smtps_proto::{
 use crate::command::map_tokens;
 use crate::wire::{check_replies, show};
 
+pub(crate) mod differential;
+
+pub use differential::{Reach, differential};
+
 /// Fragments of SMTP client dialogues: byte `i` of a [`Op::FeedTokens`] stands for
 /// `SESSION_TOKENS[i]` (bytes past the table stand for themselves).
 pub const SESSION_TOKENS: &[&str] = &[
@@ -366,6 +370,10 @@ fn push_short(out: &mut Vec<u8>, bytes: &[u8]) {
 ///   upgrade nothing is processed, and after it no pre-TLS octet is;
 /// - liveness: with no decision outstanding and input waiting, the session takes input.
 ///
+/// Then the same client octets go through [`differential()`]: a session with
+/// [`SessionConfig::pipelined_decisions`] must answer them byte for byte as one deciding one
+/// command at a time does.
+///
 /// # Panics
 /// When a check fails.
 pub fn session(data: &[u8]) {
@@ -373,6 +381,10 @@ pub fn session(data: &[u8]) {
         return;
     };
     run(&input);
+    let reach = differential(&input);
+    if trace() {
+        eprintln!("differential {reach:?}");
+    }
 }
 
 /// Runs one input (also used by the seed writer's self-check).

@@ -252,8 +252,10 @@ pub struct SessionConfig {
     /// one round trip each. Verdicts still take effect, and replies still leave, in command
     /// order; a command whose ground went away (a RCPT after a refused MAIL, a DATA after
     /// every RCPT was refused) is withdrawn — its decision becomes unknown — and answered as
-    /// if it had arrived after the verdicts (`503 5.5.1`, `554 5.5.1`). Default off: each
-    /// decision is asked for only after the previous one is given.
+    /// if it had arrived after the verdicts (`503 5.5.1`, `554 5.5.1`). What is read ahead is
+    /// bounded by the input limit, so a host must not wait for a later command (the DATA) before
+    /// answering the ones it has: the group may not fit. Default off: each decision is asked
+    /// for only after the previous one is given.
     pub pipelined_decisions: bool,
 }
 

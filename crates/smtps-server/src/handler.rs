@@ -113,7 +113,8 @@ pub trait Handler: Send + Sync + 'static {
     /// MAIL was refused, the DATA after every RCPT was — is withdrawn: its responder turns
     /// closed ([`Responder::is_closed`], [`Responder::try_respond`] gives `false`) and the
     /// client gets the session's own answer (`503 5.5.1`, `554 5.5.1`), as from a server that
-    /// decides one command at a time. See
+    /// decides one command at a time. How much is read ahead is bounded (the session's input
+    /// limit), so a host answers what it has without waiting for the rest of the group. See
     /// [`SessionConfig::pipelined_decisions`](smtps_proto::SessionConfig::pipelined_decisions).
     /// Default `false`; a host that answers in the call itself gains nothing from it.
     fn pipelined_decisions(&self) -> bool {

@@ -180,6 +180,8 @@ impl ServerSession {
             rejected: policy.bare_line_ending_in_body == LineEndingPolicy::Reject,
         };
         let already_aborted = self.txn.as_ref().is_none_or(|txn| txn.refusal.is_some());
+        // Whether the bare-line-ending notice goes after the abort notice.
+        let mut notice_after_abort = false;
         if !already_aborted {
             // Octets of this read: all of them, or those before the violation (`at` ≥
             // `chunk_start` unless the violation was already acted on).
@@ -190,9 +192,18 @@ impl ServerSession {
             if let Some(txn) = &mut self.txn {
                 txn.size = chunk_start + kept;
             }
-            // The notice goes where the bare line ending stood, between the body octets.
+            // The notice goes where the bare line ending stood, between the body octets. One
+            // that stood past the cut (a size or line limit broken before it) comes after the
+            // abort notice, as it does when it arrives in a later read than the violation.
             let notice_at = match decoder_bare_at {
-                Some(at) if bare_now => Some(at.saturating_sub(chunk_start).min(kept)),
+                Some(at) if bare_now => {
+                    let at = at.saturating_sub(chunk_start);
+                    let past_the_cut = violation.as_ref().is_some_and(|(_, reason, _)| {
+                        *reason != AbortReason::BareLineEnding && at >= kept
+                    });
+                    notice_after_abort = past_the_cut;
+                    (!past_the_cut).then_some(at.min(kept))
+                }
                 _ => None,
             };
             self.queue_body(kept, notice_at, bare_notice);
@@ -201,6 +212,9 @@ impl ServerSession {
         }
         if let Some((_, reason, reply)) = violation {
             self.abort_message(reason, reply);
+        }
+        if notice_after_abort {
+            self.notice(bare_notice);
         }
         if progress.end {
             self.mode = Mode::Commands;
@@ -507,6 +521,26 @@ mod tests {
             seen.replies,
             "552 5.3.4 Message size exceeds fixed maximum message size\r\n250 2.0.0 OK\r\n"
         );
+    }
+
+    #[test]
+    fn bare_line_ending_past_the_size_cut_is_noticed_after_the_abort_at_every_split() {
+        // Found by the pipelined-decisions differential test: read whole, the notice of a bare
+        // LF past the size cut came before the abort notice; read in two, after it.
+        let mut body = lines(20, 0);
+        body.extend_from_slice(b"bare\nline\r\n");
+        body.extend(lines(5, 0));
+        let config = config(|c| c.limits.message_size = 1000);
+        let seen = run_all_splits(&config, &stuffed(&body));
+        assert_eq!(
+            seen.events,
+            [
+                body_event(&body[..1000]),
+                "aborted TooLarge".to_owned(),
+                "bare rejected=false".to_owned(),
+            ]
+        );
+        assert!(seen.replies.starts_with("552 5.3.4 "), "{}", seen.replies);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::reply::{Reply, ReplyCode};
 
 impl ServerSession {
     /// Applies the verdicts given, in command order, as far as they go without a gap; then a
-    /// command read ahead whose ground a verdict took away is withdrawn (see `withdraw`).
+    /// command read ahead whose ground a verdict took away is withdrawn (`withdraw_unfounded`).
     pub(super) fn apply_verdicts(&mut self) {
         while let Some(Pending {
             kind,

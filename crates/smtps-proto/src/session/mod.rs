@@ -214,7 +214,7 @@ pub struct ServerSession {
     ready: VecDeque<Ready>,
     /// Decisions outstanding, in command order: one, or with
     /// [`SessionConfig::pipelined_decisions`] a MAIL or RCPT followed by the RCPTs and DATA
-    /// read ahead of its verdict (see `speculate`).
+    /// read ahead of its verdict (see `read_ahead`).
     pending: VecDeque<Pending>,
     next_decision: u64,
     greeting_refused: bool,
@@ -567,8 +567,11 @@ impl ServerSession {
     /// Whether the session can take more input now.
     #[must_use]
     pub fn wants_input(&self) -> bool {
+        // Lines read ahead of a verdict stay buffered until it is given (see `handle_input`):
+        // they take room as much as unread input does.
+        let kept = self.read_ahead_start().unwrap_or(self.pos);
         !matches!(self.mode, Mode::AwaitingTls | Mode::Closed)
-            && self.input.len() - self.pos < self.input_limit()
+            && self.input.len() - kept < self.input_limit()
     }
 
     /// Whether the session answered STARTTLS with `220` and now waits for the transport to
