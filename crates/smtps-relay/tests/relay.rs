@@ -797,7 +797,10 @@ fn a_backend_saying_354_when_every_rcpt_was_refused_gets_no_body_and_the_client_
     });
     // The transaction stays open (RFC 5321: a refused DATA does not end it); after RSET the
     // client's next one goes over a new backend connection, cleanly.
-    assert!(c.command("MAIL FROM:<a@client.test>").starts_with("503 5.5.1"));
+    assert!(
+        c.command("MAIL FROM:<a@client.test>")
+            .starts_with("503 5.5.1")
+    );
     assert!(c.command("RSET").starts_with("250"));
     assert!(c.command("MAIL FROM:<a@client.test>").starts_with("250"));
     assert!(c.command("RCPT TO:<b@backend.test>").starts_with("250"));
