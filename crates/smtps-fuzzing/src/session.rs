@@ -275,8 +275,10 @@ impl SessionInput {
     /// 5 require AUTH for MAIL, 6 allow plaintext AUTH, 7 VRFY disabled.
     /// Octet 1: bits 0–1 recipients (100, 1, 2, 5), 2–3 message size (25 MiB, 64, 1000,
     /// 100000), 4–5 text line (1000, 16, none, 100), 6–7 body chunk (64 KiB, 1, 7, 512).
-    /// Octet 2: bits 0–1 errors (10, 1, 3, 100), 2–3 transactions (none, 1, 2, none),
-    /// 4 drop CHUNKING, 5 drop ENHANCEDSTATUSCODES, 6 drop SIZE and 8BITMIME, 7 add REQUIRETLS.
+    /// Octet 2: bits 0–1 errors (10, 1, 3, 100), 2–3 transactions (none, 1, 2, none with an
+    /// input buffer of a few lines: command and AUTH lines of 80 octets, body chunks of at most
+    /// 80, so that read-ahead lines fill it), 4 drop CHUNKING, 5 drop ENHANCEDSTATUSCODES,
+    /// 6 drop SIZE and 8BITMIME, 7 add REQUIRETLS.
     /// Octet 3: bits 0–1 AUTH mechanisms (both, PLAIN, LOGIN, both), 2 drop AUTH, 3 drop
     /// STARTTLS, 4 drop SMTPUTF8, 5 drop DSN, 6 drop PIPELINING, 7 a 600-octet host name.
     #[must_use]
@@ -313,6 +315,11 @@ impl SessionInput {
         limits.body_chunk = [64 * 1024, 1, 7, 512][usize::from(b >> 6)];
         limits.errors = [10, 1, 3, 100][usize::from(c & 3)];
         limits.transactions = [None, Some(1), Some(2), None][usize::from((c >> 2) & 3)];
+        if (c >> 2) & 3 == 3 {
+            limits.command_line = 80;
+            limits.auth_line = 80;
+            limits.body_chunk = limits.body_chunk.min(80);
+        }
         let mut extensions = config.extensions;
         let drops = [
             (c & 0x10, Extensions::CHUNKING),
