@@ -73,9 +73,9 @@ impl Envelope {
                     self.mail_from = Some(from);
                     self.recipients.clear();
                 }
-                // As the session: a recipient counts only within a transaction, so one
-                // accepted after its MAIL was refused is not one.
-                Step::Rcpt(to) if accepted && self.mail_from.is_some() => self.recipients.push(to),
+                // One whose MAIL was then refused waits here unseen (no transaction: the
+                // connection shows none) until the next accepted MAIL clears it.
+                Step::Rcpt(to) if accepted => self.recipients.push(to),
                 Step::MessageEnd => self.clear(),
                 _ => {}
             }

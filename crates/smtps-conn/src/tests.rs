@@ -763,6 +763,107 @@ fn envelope_holds_what_the_host_accepted_until_the_transaction_ends_rfc5321_3_3(
     assert_eq!(conn.mail_from(), Some(""));
 }
 
+/// A connection past EHLO whose session hands out pipelined decisions.
+fn ready_pipelined(now: Instant) -> Connection {
+    let mut config = SessionConfig::new("mx.test");
+    config.pipelined_decisions = true;
+    let mut conn = Connection::new(Mode::Plain, Arc::new(config), None, now).expect("plain");
+    conn.set_timeouts(timeouts());
+    accept_all(&mut conn);
+    conn.feed(now, b"EHLO c.test\r\n").expect("feed");
+    accept_all(&mut conn);
+    drain(&mut conn);
+    conn
+}
+
+/// Every decision the connection hands out until it has no more, with its command's name.
+fn collect_decisions(conn: &mut Connection) -> Vec<(String, smtps_proto::DecisionId)> {
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let Some(event) = conn.poll_event() else {
+            break;
+        };
+        let name = match &event {
+            Event::Mail { from, .. } => format!("mail {}", from.address()),
+            Event::Rcpt { to, .. } => format!("rcpt {}", to.address()),
+            Event::DataStart { .. } => "data".to_owned(),
+            other => format!("{other:?}"),
+        };
+        if let Some(decision) = event.decision() {
+            held.push((name, decision));
+        }
+    }
+    held
+}
+
+#[test]
+fn envelope_follows_pipelined_verdicts_in_command_order_whatever_order_they_come_in() {
+    let now = Instant::now();
+    let mut conn = ready_pipelined(now);
+    conn.feed(
+        now,
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nRCPT TO:<nobody@d.test>\r\nDATA\r\n",
+    )
+    .expect("feed");
+    let held = collect_decisions(&mut conn);
+    let names: Vec<&str> = held.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "mail a@b.test",
+            "rcpt c@d.test",
+            "rcpt nobody@d.test",
+            "data"
+        ]
+    );
+    let refused = Reply::from_parts(550, Some("5.1.1"), "No such user").expect("reply");
+    // Last to first: nothing shows in the envelope until the MAIL's verdict is in.
+    conn.decide(held[3].1, Verdict::Accept).expect("data");
+    conn.decide(held[2].1, Verdict::Reject(refused))
+        .expect("rcpt 2");
+    conn.decide(held[1].1, Verdict::Accept).expect("rcpt 1");
+    assert_eq!(conn.mail_from(), None);
+    assert!(conn.recipients().is_empty());
+    conn.decide(held[0].1, Verdict::Accept).expect("mail");
+    assert_eq!(conn.mail_from(), Some("a@b.test"));
+    assert_eq!(conn.recipients(), ["c@d.test"]);
+    assert!(conn.poll_event().is_none(), "the body comes next");
+    let replies = drain(&mut conn);
+    assert!(replies.starts_with("250 2.1.0"), "{replies}");
+    assert!(
+        replies.ends_with("354 Start mail input; end with <CRLF>.<CRLF>\r\n"),
+        "{replies}"
+    );
+}
+
+#[test]
+fn a_refused_mail_leaves_no_envelope_though_its_pipelined_rcpts_were_accepted_first() {
+    let now = Instant::now();
+    let mut conn = ready_pipelined(now);
+    conn.feed(
+        now,
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nRCPT TO:<e@d.test>\r\n",
+    )
+    .expect("feed");
+    let held = collect_decisions(&mut conn);
+    assert_eq!(held.len(), 3);
+    conn.decide(held[1].1, Verdict::Accept).expect("rcpt 1");
+    assert!(conn.awaits(held[2].1));
+    let refused = Reply::from_parts(550, Some("5.7.1"), "Sender refused").expect("reply");
+    conn.decide(held[0].1, Verdict::Reject(refused))
+        .expect("mail");
+    // Withdrawn: the second RCPT is no longer awaited, and nothing entered the envelope.
+    assert!(!conn.awaits(held[2].1));
+    assert!(conn.decide(held[2].1, Verdict::Accept).is_err());
+    assert!(conn.poll_event().is_none());
+    assert_eq!(conn.mail_from(), None);
+    assert!(conn.recipients().is_empty());
+    assert_eq!(
+        drain(&mut conn),
+        "550 5.7.1 Sender refused\r\n503 5.5.1 Need MAIL command\r\n503 5.5.1 Need MAIL command\r\n"
+    );
+}
+
 /// Answers every decision at once; the greeting is the host's default.
 fn greet_at_once(conn: &mut Connection) {
     accept_all(conn);
