@@ -76,6 +76,19 @@ impl Host {
         self.session.decide(id, verdict)
     }
 
+    /// Accepts every decision handed out from here on, until the session asks for no more.
+    fn accept_the_rest(&mut self) {
+        loop {
+            let decided = decisions(&self.poll());
+            if decided.is_empty() {
+                break;
+            }
+            for (_, id) in decided {
+                self.decide(id, Verdict::Accept).expect("outstanding");
+            }
+        }
+    }
+
     fn transmit(&mut self) -> String {
         let mut out = Vec::new();
         self.session.poll_transmit(&mut out);
@@ -504,15 +517,7 @@ fn rset_noop_and_a_second_mail_wait_for_the_verdicts() {
         assert_eq!(host.transmit(), "");
         host.decide(host.id("mail a@x.test"), Verdict::Accept)
             .expect("outstanding");
-        loop {
-            let decided = decisions(&host.poll());
-            if decided.is_empty() {
-                break;
-            }
-            for (_, id) in decided {
-                host.decide(id, Verdict::Accept).expect("outstanding");
-            }
-        }
+        host.accept_the_rest();
         assert_eq!(
             host.transmit(),
             one_at_a_time(|_| {}, &wire, |_| Verdict::Accept),
@@ -535,15 +540,7 @@ fn bare_lf_line_is_not_read_ahead_and_its_notice_comes_once() {
         };
         host.decide(host.id("mail a@x.test"), verdict.clone())
             .expect("outstanding");
-        loop {
-            let decided = decisions(&host.poll());
-            if decided.is_empty() {
-                break;
-            }
-            for (_, id) in decided {
-                host.decide(id, Verdict::Accept).expect("outstanding");
-            }
-        }
+        host.accept_the_rest();
         let notices = host
             .seen
             .iter()
