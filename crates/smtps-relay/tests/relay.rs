@@ -819,3 +819,39 @@ fn a_backend_saying_354_when_every_rcpt_was_refused_gets_no_body_and_the_client_
         "no final dot on the first"
     );
 }
+
+#[test]
+fn clients_vanishing_with_a_pipelined_group_outstanding_leave_no_backend_connection_and_no_message()
+{
+    // The backend answers a group only once it has read its DATA, so the decisions are still
+    // with the front (read ahead, deferred) when each client goes.
+    let backend = backend(Script {
+        answer_whole_groups: true,
+        ..Script::default()
+    });
+    let front = front(backend.addr, Identity::None);
+    let groups: [&[u8]; 3] = [
+        // Gone before any reply: MAIL, RCPT and DATA outstanding at once.
+        b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@backend.test>\r\nDATA\r\n",
+        // Gone with the group and the start of a body it never saw 354 for.
+        b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@backend.test>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n",
+        // Gone mid-group: the DATA never came.
+        b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@backend.test>\r\nRCPT TO:<c@backe",
+    ];
+    for group in groups {
+        let mut c = client(&front);
+        c.send(group);
+        drop(c);
+    }
+    wait_for("the front to close every backend connection", || {
+        let seen = backend.seen.lock().unwrap();
+        seen.connections.len() == 3 && seen.closed == 3
+    });
+    assert!(backend.seen.lock().unwrap().messages.is_empty());
+    // The front goes on serving, pipelined groups included.
+    let mut c = client(&front);
+    let replies = pipelined_group(&mut c, "a@client.test");
+    assert!(replies[3].starts_with("354"), "{replies:?}");
+    assert!(c.command("whole\r\n.").starts_with("250"));
+    assert_eq!(backend.seen.lock().unwrap().messages.len(), 1);
+}

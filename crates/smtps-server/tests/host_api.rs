@@ -91,10 +91,15 @@ impl Drop for Running {
 }
 
 fn serve<H: Handler>(handler: H) -> Running {
+    serve_with(handler, |_| {})
+}
+
+fn serve_with<H: Handler>(handler: H, edit: impl FnOnce(&mut ServerConfig)) -> Running {
     let mut config = ServerConfig::new(SessionConfig::new("mx.test"))
         .listener("127.0.0.1:0".parse().unwrap(), Mode::ImplicitTls)
         .tls(acceptor());
     config.workers = 1;
+    edit(&mut config);
     let server = Server::bind(config, handler).unwrap();
     let addr = server.local_addrs()[0];
     Running {
@@ -512,13 +517,19 @@ impl Handler for Pipelining {
 type Recipients = Arc<Mutex<Vec<Vec<String>>>>;
 
 fn pipelining() -> (Running, Recipients, mpsc::Receiver<(String, Responder)>) {
+    pipelining_with(|_| {})
+}
+
+fn pipelining_with(
+    edit: impl FnOnce(&mut ServerConfig),
+) -> (Running, Recipients, mpsc::Receiver<(String, Responder)>) {
     let (sender, receiver) = mpsc::channel();
     let recipients_at_end = Recipients::default();
     let host = Pipelining {
         decisions: Mutex::new(sender),
         recipients_at_end: Arc::clone(&recipients_at_end),
     };
-    (serve(host), recipients_at_end, receiver)
+    (serve_with(host, edit), recipients_at_end, receiver)
 }
 
 /// The next `n` decisions the host was asked for, in the order asked.
@@ -606,4 +617,31 @@ fn a_refused_mail_withdraws_the_rcpts_and_data_pipelined_after_it_and_closes_the
     c.send(b"Subject: after\r\n\r\nbody\r\n");
     assert!(c.command(".").starts_with("250"));
     assert_eq!(recipients_at_end.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn the_decision_timeout_answers_every_overdue_pipelined_decision_in_command_order() {
+    let (running, _, decisions) =
+        pipelining_with(|config| config.timeouts.decision = Duration::from_millis(300));
+    let mut c = greeted(&running);
+    assert!(c.command("EHLO client.test").starts_with("250"));
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n");
+    let mut group = asked(&decisions, 4).into_iter();
+    // The MAIL is answered in time; the RCPTs and the DATA never are.
+    group.next().unwrap().1.accept();
+    let held: Vec<(String, Responder)> = group.collect();
+    assert!(c.reply().starts_with("250 2.1.0"));
+    // Both RCPTs run out: 451 each; the DATA, without a recipient, is withdrawn and answered
+    // by the session, not by the timer.
+    assert!(c.reply().starts_with("451 4.3.0"));
+    assert!(c.reply().starts_with("451 4.3.0"));
+    assert_eq!(c.reply(), "554 5.5.1 No valid recipients\r\n");
+    for (what, responder) in held {
+        assert!(
+            responder.is_closed(),
+            "{what} settled without its responder"
+        );
+    }
+    // The session goes on.
+    assert!(c.command("RSET").starts_with("250"));
 }
